@@ -1,0 +1,241 @@
+"""Per-image search strategies: differential evolution and the extreme-colour sweep.
+
+A strategy is a :class:`Search`: three pure per-image functions that the engine
+``vmap``s over image slots. Each engine step asks every slot for
+``num_candidates`` candidate vectors, evaluates them all in one forward pass and
+hands the energies (lower is better) back. Step 0 of differential evolution
+evaluates the initial population; steps 1..maxiter evaluate trial vectors, so a
+full run costs exactly ``popsize * (maxiter + 1)`` model evaluations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxpix.attack import perturb
+
+
+class Search(NamedTuple):
+  """A per-image search, run by the engine for ``max_steps`` steps at most.
+
+  Attributes:
+    num_candidates: candidates evaluated per image per step (P).
+    max_steps: steps per image, the initial evaluation included.
+    init: ``key -> state``, the per-image search state.
+    propose: ``(state, key, step) -> (candidates [P, D], n_valid)``; only the
+      first ``n_valid`` candidates count as queries (the rest are padding).
+    update: ``(state, candidates, energies [P], step) -> state``.
+  """
+
+  num_candidates: int
+  max_steps: int
+  init: Callable[[jax.Array], Any]
+  propose: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+  update: Callable[[Any, jax.Array, jax.Array, jax.Array], Any]
+
+
+# --------------------------------------------------------------------------- #
+# Differential evolution
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class DEConfig:
+  """Differential-evolution settings. The defaults are Su et al. (2019).
+
+  Attributes:
+    popsize: population size (candidates per generation).
+    maxiter: generations after the initial population.
+    strategy: ``'rand1'`` (v = x_r1 + F (x_r2 - x_r3), Su et al.) or ``'best1'``
+      (v = x_best + F (x_r1 - x_r2), scipy's best1bin as used by the reference
+      Keras implementation).
+    mutation: F, or a ``(low, high)`` pair to draw F uniformly per generation
+      ("dithering", as scipy does).
+    crossover: ``None`` for no crossover (the trial is the mutant, Su et al.),
+      or a binomial crossover rate CR in [0, 1].
+    init: ``'normal'`` (coordinates uniform, colours N(128, 127) clipped, Su et
+      al.) or ``'latin'`` (Latin hypercube over the bounds, scipy's default).
+    boundary: what happens to a gene a mutation pushes out of bounds:
+      ``'clip'`` it to the bound, or ``'resample'`` it uniformly within the
+      bounds (scipy). Su et al. do not say; clipping makes the extreme colours
+      0 and 255, the strongest one-pixel values, reachable.
+  """
+
+  popsize: int = 400
+  maxiter: int = 100
+  strategy: Literal['rand1', 'best1'] = 'rand1'
+  mutation: float | tuple[float, float] = 0.5
+  crossover: float | None = None
+  init: Literal['normal', 'latin'] = 'normal'
+  boundary: Literal['clip', 'resample'] = 'clip'
+
+  def __post_init__(self):
+    if self.strategy not in ('rand1', 'best1'):
+      raise ValueError(f"strategy must be 'rand1' or 'best1', got {self.strategy!r}")
+    need = 4 if self.strategy == 'rand1' else 3
+    if not isinstance(self.popsize, int) or self.popsize < need:
+      raise ValueError(
+          f'popsize must be an int >= {need} for {self.strategy} (the mutation '
+          f'needs {need - 1} distinct other members), got {self.popsize!r}')
+    if not isinstance(self.maxiter, int) or self.maxiter < 0:
+      raise ValueError(f'maxiter must be an int >= 0, got {self.maxiter!r}')
+    f = self.mutation
+    if isinstance(f, tuple):
+      if len(f) != 2 or not 0 <= f[0] <= f[1] <= 2:
+        raise ValueError(f'mutation dither must be (low, high) with 0 <= low <= high <= 2, got {f!r}')
+    elif not 0 < f <= 2:
+      raise ValueError(f'mutation F must be in (0, 2], got {f!r}')
+    if self.crossover is not None and not 0 <= self.crossover <= 1:
+      raise ValueError(f'crossover must be None or a rate in [0, 1], got {self.crossover!r}')
+    if self.init not in ('normal', 'latin'):
+      raise ValueError(f"init must be 'normal' or 'latin', got {self.init!r}")
+    if self.boundary not in ('clip', 'resample'):
+      raise ValueError(f"boundary must be 'clip' or 'resample', got {self.boundary!r}")
+
+
+#: Su, Vargas and Sakurai (2019): rand/1, F = 0.5, no crossover, 400 x 100.
+SU = DEConfig()
+#: The reference Keras implementation (one-pixel-attack-keras): scipy's
+#: best1bin, F dithered in [0.5, 1), recombination 1, Latin hypercube init,
+#: 75 generations, out-of-bounds genes resampled as scipy does.
+KERAS = DEConfig(maxiter=75, strategy='best1', mutation=(0.5, 1.0), crossover=1.0,
+                 init='latin', boundary='resample')
+PRESETS = {'su': SU, 'keras': KERAS}
+
+
+def _distinct_others(key: jax.Array, popsize: int, n: int) -> jax.Array:
+  """For each member i, n distinct indices != i, uniformly. Returns int [P, n]."""
+  excluded = jnp.arange(popsize)[:, None]
+  picks = []
+  for j in range(n):
+    a = jax.random.randint(jax.random.fold_in(key, j), (popsize,), 0, popsize - 1 - j)
+    # Map a to the a-th integer not yet excluded: walk the sorted exclusions.
+    ex = jnp.sort(excluded, axis=1)
+    for m in range(ex.shape[1]):
+      a = a + (a >= ex[:, m])
+    picks.append(a)
+    excluded = jnp.concatenate([excluded, a[:, None]], axis=1)
+  return jnp.stack(picks, axis=1)
+
+
+def _init_population(key, cfg: DEConfig, lo, hi, pixels, channels, mode):
+  p, d = cfg.popsize, lo.shape[0]
+  if cfg.init == 'latin':
+    ku, kp = jax.random.split(key)
+    strata = (jnp.arange(p, dtype=jnp.float32)[:, None] + jax.random.uniform(ku, (p, d))) / p
+    perms = jax.vmap(lambda k: jax.random.permutation(k, p), out_axes=1)(jax.random.split(kp, d))
+    u = jnp.take_along_axis(strata, perms, axis=0)
+    return lo + u * (hi - lo)
+  ku, kn = jax.random.split(key)
+  pop = lo + jax.random.uniform(ku, (p, d)) * (hi - lo)
+  if mode == 'replace':
+    # Su et al.: colours ~ N(128, 127), clipped to the valid range.
+    colours = jnp.clip(128 + 127 * jax.random.normal(kn, (p, d)), 0, 255)
+    is_colour = jnp.tile(jnp.array([False, False] + [True] * channels), pixels)
+    pop = jnp.where(is_colour, colours, pop)
+  # 'add' deltas stay uniform on [-255, 255]: no paper gives a prior for them.
+  return pop
+
+
+def differential_evolution(cfg: DEConfig, lo: jax.Array, hi: jax.Array, pixels: int,
+                           channels: int, mode: perturb.Mode) -> Search:
+  """The DE search over candidate vectors bounded by ``lo``/``hi`` [D]."""
+  p, d = cfg.popsize, lo.shape[0]
+
+  def init(key):
+    pop = _init_population(key, cfg, lo, hi, pixels, channels, mode)
+    # Energies start at +inf so that step 0 (which proposes the population
+    # itself) "selects" every member: the same update serves both phases.
+    return pop, jnp.full((p,), jnp.inf, jnp.float32)
+
+  def trials(pop, energy, key):
+    k_idx, k_f, k_cr, k_j, k_b = jax.random.split(key, 5)
+    if isinstance(cfg.mutation, tuple):
+      f = jax.random.uniform(k_f, (), minval=cfg.mutation[0], maxval=cfg.mutation[1])
+    else:
+      f = cfg.mutation
+    if cfg.strategy == 'rand1':
+      r = _distinct_others(k_idx, p, 3)
+      mutant = pop[r[:, 0]] + f * (pop[r[:, 1]] - pop[r[:, 2]])
+    else:
+      r = _distinct_others(k_idx, p, 2)
+      mutant = pop[jnp.argmin(energy)][None] + f * (pop[r[:, 0]] - pop[r[:, 1]])
+    if cfg.crossover is None:
+      trial = mutant
+    else:
+      take = jax.random.uniform(k_cr, (p, d)) < cfg.crossover
+      take |= jnp.arange(d)[None] == jax.random.randint(k_j, (p, 1), 0, d)
+      trial = jnp.where(take, mutant, pop)
+    upper = _upper(lo, hi, channels, pixels)
+    if cfg.boundary == 'clip':
+      return jnp.clip(trial, lo, upper)
+    out = (trial < lo) | (trial > upper)
+    fresh = lo + jax.random.uniform(k_b, (p, d)) * (hi - lo)
+    return jnp.where(out, fresh, trial)
+
+  def propose(state, key, step):
+    pop, energy = state
+    cands = jax.lax.cond(step == 0, lambda: pop, lambda: trials(pop, energy, key))
+    return cands, jnp.int32(p)
+
+  def update(state, cands, energies, step):
+    del step
+    pop, energy = state
+    # "<=" lets the population drift across plateaus of equal fitness.
+    better = energies <= energy
+    return jnp.where(better[:, None], cands, pop), jnp.where(better, energies, energy)
+
+  return Search(p, cfg.maxiter + 1, init, propose, update)
+
+
+def _upper(lo, hi, channels, pixels):
+  """Inclusive upper bounds: coordinates are floored, so H itself is out of range."""
+  is_coord = jnp.tile(jnp.array([True, True] + [False] * channels), pixels)
+  return jnp.where(is_coord, hi - 1e-3, hi)
+
+
+# --------------------------------------------------------------------------- #
+# Exhaustive extreme-colour search
+# --------------------------------------------------------------------------- #
+
+
+def corners(channels: int) -> jax.Array:
+  """The 2^C corners of the colour cube, int32 [2^C, C]; channel c is bit c."""
+  k = jnp.arange(2**channels)[:, None]
+  return ((k >> jnp.arange(channels)[None]) & 1) * 255
+
+
+def extreme_colour(height: int, width: int, channels: int, chunk: int) -> Search:
+  """Every position x every colour-cube corner, ``chunk`` candidates per step.
+
+  Candidate number i is position i // 2^C (row-major) with corner i % 2^C. The
+  last step is padded with copies of the last candidate; padding is not
+  counted as queries.
+  """
+  n_corner = 2**channels
+  total = height * width * n_corner
+  cube = corners(channels).astype(jnp.float32)
+
+  def init(key):
+    del key
+    return jnp.zeros((), jnp.int32)
+
+  def propose(state, key, step):
+    del key
+    idx = step * chunk + jnp.arange(chunk)
+    n_valid = jnp.clip(total - step * chunk, 0, chunk).astype(jnp.int32)
+    idx = jnp.minimum(idx, total - 1)
+    pos, corner = idx // n_corner, idx % n_corner
+    # +0.5 puts the coordinate inside its pixel, far from the floor boundary.
+    coords = jnp.stack([pos // width, pos % width], axis=1).astype(jnp.float32) + 0.5
+    return jnp.concatenate([coords, cube[corner]], axis=1), n_valid
+
+  def update(state, cands, energies, step):
+    return state
+
+  return Search(chunk, math.ceil(total / chunk), init, propose, update)
