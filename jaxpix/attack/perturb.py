@@ -20,8 +20,14 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Mode = Literal['replace', 'add']
+
+# uint8 / 255 as numpy computes it (correctly rounded). XLA turns "/ 255" into a
+# multiply by the reciprocal, which is 1 ulp off for some levels; a table keeps
+# every written pixel bit-identical to uint8 / 255.
+_LEVELS = np.arange(256, dtype=np.float32) / np.float32(255)
 MODES = ('replace', 'add')
 
 
@@ -68,11 +74,11 @@ def apply(image: jax.Array, positions: jax.Array, values: jax.Array, mode: Mode)
     (r, c), v = pv
     mask = ((rr == r) & (cc == c))[..., None]  # [H, W, 1]
     if mode == 'replace':
-      new = v.astype(img.dtype) / 255
+      level = v
     else:
       # Deltas act on the 8-bit value; images are validated to lie on that grid.
-      new = jnp.clip(jnp.round(img * 255) + v.astype(img.dtype), 0, 255) / 255
-    return jnp.where(mask, new, img), None
+      level = jnp.clip(jnp.round(img[r, c] * 255).astype(jnp.int32) + v, 0, 255)
+    return jnp.where(mask, jnp.asarray(_LEVELS)[level].astype(img.dtype), img), None
 
   out, _ = jax.lax.scan(one, image, (positions, values))
   return out

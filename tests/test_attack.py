@@ -1,0 +1,307 @@
+"""The attack engine against hand-made models with known answers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpix import attack
+from jaxpix.attack import search
+import models
+
+
+def _changed_pixels(a, b):
+  """Sorted (row, col) pairs where images [H, W, C] differ."""
+  return sorted(map(tuple, np.argwhere(np.any(a != b, axis=-1)).tolist()))
+
+
+def _assert_valid_uint8(x):
+  assert np.all((x >= 0) & (x <= 1))
+  np.testing.assert_array_equal(np.round(x * 255) / 255, x)
+
+
+# --------------------------------------------------------------------------- #
+# Known answers
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize('strategy', ['su', 'keras'])
+def test_de_finds_the_single_fooling_position_and_colour(strategy):
+  h = w = 12
+  pos, colour = (7, 2), (0.9, 0.1, 0.8)
+  predict = models.needle(h, w, pos, colour)
+  x = models.gray_images(4, h, w)
+  y = np.zeros(4, np.int32)
+  popsize, maxiter = 100, 40
+  r = attack.one_pixel(predict, x, y, key=jax.random.key(1), popsize=popsize, maxiter=maxiter,
+                       strategy=strategy)
+  assert r.success.all()
+  np.testing.assert_array_equal(r.positions[:, 0], np.tile(pos, (4, 1)))
+  dist = np.linalg.norm(r.colors[:, 0] / 255 - np.array(colour), axis=1)
+  assert np.all(dist < predict.radius)
+  # The reported images really fool the model and carry the reported fields.
+  logits = np.asarray(predict(jnp.asarray(r.adv_images)))
+  np.testing.assert_array_equal(logits.argmax(1), r.adv_label)
+  np.testing.assert_array_equal(r.adv_label, 1)
+  probs = np.asarray(jax.nn.softmax(logits))
+  np.testing.assert_allclose(r.true_prob, probs[:, 0], rtol=1e-5)
+  np.testing.assert_allclose(r.adv_prob, probs[:, 1], rtol=1e-5)
+  assert np.all(r.queries <= popsize * (maxiter + 1))
+  assert np.all(r.queries % popsize == 0)
+  np.testing.assert_array_equal(r.clean_label, 0)
+
+
+def test_extreme_colour_finds_corner_trigger_exactly():
+  h, w = 8, 6
+  pos, corner = (5, 4), (255, 0, 255)
+  predict = models.exact_corner(pos, corner)
+  x = models.cifar_like(3, h, w)
+  x[:, pos[0], pos[1]] = 128 / 255  # make sure the clean image is not the trigger
+  chunk = 16
+  r = attack.extreme_colour(predict, x, np.zeros(3, np.int32), chunk=chunk)
+  assert r.success.all()
+  np.testing.assert_array_equal(r.positions[:, 0], np.tile(pos, (3, 1)))
+  np.testing.assert_array_equal(r.colors[:, 0], np.tile(corner, (3, 1)))
+  # Candidate index of the trigger: position-major, corner k has channel c = bit c.
+  idx = (pos[0] * w + pos[1]) * 8 + 5
+  np.testing.assert_array_equal(r.queries, (idx // chunk + 1) * chunk)
+  for i in range(3):
+    assert _changed_pixels(r.adv_images[i], x[i]) == [pos]
+
+
+def test_extreme_colour_full_sweep_is_a_certificate():
+  h, w = 4, 5
+  x = models.cifar_like(2, h, w)
+  # 4 * 5 * 8 = 160 candidates; chunk 64 leaves a padded last step of 32.
+  r = attack.extreme_colour(models.never_fooled(), x, np.zeros(2, np.int32), early_stop=False,
+                            chunk=64)
+  assert not r.success.any()
+  np.testing.assert_array_equal(r.queries, 160)
+  # Without early stop the trigger is still found, after the whole sweep.
+  r = attack.extreme_colour(models.exact_corner((3, 1), (0, 255, 0)), x, np.zeros(2, np.int32),
+                            early_stop=False, chunk=64)
+  assert r.success.all()
+  np.testing.assert_array_equal(r.queries, 160)
+  np.testing.assert_array_equal(r.colors[:, 0], [[0, 255, 0]] * 2)
+
+
+# --------------------------------------------------------------------------- #
+# Budget and query accounting
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize('strategy', ['su', 'keras'])
+def test_never_fooled_spends_exactly_the_budget(strategy):
+  x = models.cifar_like(5, 6, 6)
+  r = attack.one_pixel(models.never_fooled(), x, np.zeros(5, np.int32), key=jax.random.key(0),
+                       popsize=8, maxiter=7, strategy=strategy, slots=2)
+  assert not r.success.any()
+  np.testing.assert_array_equal(r.queries, 8 * (7 + 1))
+
+
+def test_budget_bound_and_early_stop_on_a_real_classifier():
+  h = w = 8
+  x = models.cifar_like(12, h, w, seed=3)
+  predict = models.linear(h, w)
+  y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
+  popsize, maxiter = 20, 15
+  r = attack.one_pixel(predict, x, y, key=jax.random.key(0), popsize=popsize, maxiter=maxiter,
+                       slots=3)
+  assert np.all(r.queries <= popsize * (maxiter + 1))
+  assert np.all(r.queries % popsize == 0)
+  # Early stop: a fooled image spent less than the whole budget unless it was
+  # fooled in the very last generation; an unfooled one spent all of it.
+  np.testing.assert_array_equal(r.queries[~r.success], popsize * (maxiter + 1))
+  assert 0 < r.success.sum() < 12  # the test is informative both ways
+  np.testing.assert_array_equal(r.adv_label != y, r.success)
+
+
+# --------------------------------------------------------------------------- #
+# Determinism
+# --------------------------------------------------------------------------- #
+
+
+def _attack_linear(x, y, predict, **kw):
+  return attack.one_pixel(predict, x, y, key=jax.random.key(7), popsize=12, maxiter=6, **kw)
+
+
+def _assert_same(a, b):
+  for f in ('success', 'queries', 'positions', 'colors', 'adv_label', 'adv_images'):
+    np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+  np.testing.assert_allclose(a.fitness, b.fitness, rtol=1e-6)
+
+
+def test_same_result_whatever_the_slot_count_and_split():
+  h = w = 6
+  x = models.cifar_like(7, h, w, seed=5)
+  predict = models.linear(h, w, seed=2)
+  y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
+  one = _attack_linear(x, y, predict, slots=1, devices=jax.devices()[:1])
+  three = _attack_linear(x, y, predict, slots=3, devices=jax.devices()[:1])
+  _assert_same(one, three)
+  assert 0 < one.success.sum() < 7 and len(set(one.queries)) > 1  # slots really rotate
+  # Attacking a piece of the data set with its global indices gives its rows.
+  part = _attack_linear(x[2:5], y[2:5], predict, slots=2, devices=jax.devices()[:1],
+                        indices=np.arange(2, 5))
+  for f in ('success', 'queries', 'positions', 'colors'):
+    np.testing.assert_array_equal(getattr(part, f), getattr(one, f)[2:5])
+
+
+def test_same_result_on_one_and_four_devices():
+  assert jax.device_count() >= 4, 'conftest sets four fake CPU devices'
+  h = w = 6
+  x = models.cifar_like(10, h, w, seed=6)
+  predict = models.linear(h, w, seed=4)
+  y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
+  one = _attack_linear(x, y, predict, slots=2, devices=jax.devices()[:1])
+  four = _attack_linear(x, y, predict, slots=2, devices=jax.devices()[:4])
+  _assert_same(one, four)
+  e1 = attack.extreme_colour(predict, x, y, chunk=48, devices=jax.devices()[:1])
+  e4 = attack.extreme_colour(predict, x, y, chunk=48, devices=jax.devices()[:4])
+  _assert_same(e1, e4)
+
+
+# --------------------------------------------------------------------------- #
+# Targeted, k pixels, perturbation models, fitness options
+# --------------------------------------------------------------------------- #
+
+
+def test_targeted_hits_the_target():
+  predict = models.corner_classes()
+  x = models.gray_images(6, 8, 8)
+  y = np.full(6, 8, np.int32)  # gray is class 8
+  targets = np.array([0, 1, 3, 5, 6, 7], np.int32)
+  r = attack.one_pixel(predict, x, y, targets=targets, key=jax.random.key(2), popsize=40,
+                       maxiter=30)
+  assert r.success.all()
+  np.testing.assert_array_equal(r.adv_label, targets)
+  assert np.all(r.target_prob > 0.5)
+  np.testing.assert_array_equal(np.asarray(predict(jnp.asarray(r.adv_images))).argmax(1), targets)
+
+
+@pytest.mark.parametrize('mode', ['replace', 'add'])
+def test_k_pixels_change_only_the_reported_pixels(mode):
+  h = w = 8
+  k = 3
+  x = models.cifar_like(6, h, w, seed=9)
+  predict = models.never_fooled()  # spend the whole budget: many candidates tried
+  r = attack.one_pixel(predict, x, np.zeros(6, np.int32), key=jax.random.key(3), pixels=k,
+                       popsize=10, maxiter=3, mode=mode)
+  assert r.positions.shape == (6, k, 2) and r.colors.shape == (6, k, 3)
+  _assert_valid_uint8(r.adv_images)
+  lo = 0 if mode == 'replace' else -255
+  assert r.colors.min() >= lo and r.colors.max() <= 255
+  for i in range(6):
+    changed = _changed_pixels(r.adv_images[i], x[i])
+    assert len(changed) <= k
+    assert set(changed) <= set(map(tuple, r.positions[i].tolist()))
+    # Rebuild the image from the reported pixels (applied in order).
+    want = np.round(x[i] * 255).astype(np.int64)
+    for (row, col), v in zip(r.positions[i], r.colors[i]):
+      want[row, col] = v if mode == 'replace' else np.clip(want[row, col] + v, 0, 255)
+    np.testing.assert_array_equal(np.round(r.adv_images[i] * 255), want)
+
+
+def test_add_mode_fools_with_a_delta():
+  predict = models.corner_classes()
+  x = models.gray_images(3, 6, 6)
+  r = attack.one_pixel(predict, x, np.full(3, 8, np.int32), key=jax.random.key(4), popsize=30,
+                       maxiter=20, mode='add')
+  assert r.success.all()
+  assert np.any(np.abs(r.colors) > 100)  # gray is far from every corner
+
+
+def test_l2_penalised_fitness_value():
+  predict = models.corner_classes()
+  x = models.gray_images(3, 6, 6)
+  lam = 0.05
+  r = attack.one_pixel(predict, x, np.full(3, 8, np.int32), key=jax.random.key(5), popsize=20,
+                       maxiter=5, l2_penalty=lam)
+  probs = np.asarray(jax.nn.softmax(predict(jnp.asarray(r.adv_images))))
+  d = np.sqrt(((r.adv_images - x) ** 2).sum(axis=(1, 2, 3)))
+  np.testing.assert_allclose(r.fitness, probs[:, 8] + lam * d, rtol=1e-5)
+  np.testing.assert_allclose(r.true_prob, probs[:, 8], rtol=1e-5)
+
+
+def test_stop_threshold_keeps_searching_until_confident():
+  predict = models.corner_classes()
+  x = models.gray_images(4, 6, 6)
+  y = np.full(4, 8, np.int32)
+  plain = attack.one_pixel(predict, x, y, key=jax.random.key(6), popsize=20, maxiter=30)
+  strict = attack.one_pixel(predict, x, y, key=jax.random.key(6), popsize=20, maxiter=30,
+                            stop_threshold=0.01)
+  assert plain.success.all() and strict.success.all()
+  # The model's floor is 1 / (1 + e^5) = 0.0067, so 1% is reachable but not easily.
+  assert np.all(strict.true_prob <= 0.01) and np.any(plain.true_prob > 0.01)
+  assert np.all(strict.queries >= plain.queries)
+
+
+# --------------------------------------------------------------------------- #
+# The fixed-budget core inside a caller's jit
+# --------------------------------------------------------------------------- #
+
+
+def test_fixed_budget_runs_inside_jit_and_differentiates_after():
+  h = w = 8
+  pos, colour = (2, 6), (0.1, 0.9, 0.2)
+  needle = models.needle(h, w, pos, colour)
+  cfg = attack.DEConfig(popsize=64, maxiter=25)
+
+  @jax.jit
+  def train_like_step(scale, images, labels, key):
+    predict = lambda im: scale * needle(im)
+    res = attack.de_fixed_budget(predict, images, labels, key, config=cfg)
+    loss = lambda s: -jnp.mean(jax.nn.log_softmax(s * needle(res.adv_images))[:, 0])
+    return res, jax.grad(loss)(scale)
+
+  x = models.gray_images(4, h, w)
+  res, g = train_like_step(1.0, x, jnp.zeros(4, jnp.int32), jax.random.key(0))
+  assert bool(res.success.all())
+  assert np.isfinite(float(g)) and float(g) != 0
+  for i in range(4):
+    assert _changed_pixels(np.asarray(res.adv_images[i]), x[i]) == [pos]
+  # Same images and key as the batched attack: the same adversarial images.
+  full = attack.one_pixel(needle, x, np.zeros(4, np.int32), key=jax.random.key(0), popsize=64,
+                          maxiter=25)
+  np.testing.assert_array_equal(full.adv_images, np.asarray(res.adv_images))
+  np.testing.assert_array_equal(full.queries, np.asarray(res.queries))
+  assert np.all(full.queries < 64 * 26)  # they stopped early, in both
+
+
+# --------------------------------------------------------------------------- #
+# DE internals
+# --------------------------------------------------------------------------- #
+
+
+def test_mutation_indices_are_distinct_and_exclude_self():
+  for seed in range(20):
+    r = np.asarray(search._distinct_others(jax.random.key(seed), 5, 3))
+    rows = np.concatenate([np.arange(5)[:, None], r], axis=1)
+    assert all(len(set(row)) == 4 for row in rows.tolist())
+  # And uniform: each of the 4 others is picked as r1 about equally often.
+  r = np.concatenate([np.asarray(search._distinct_others(jax.random.key(s), 5, 3))
+                      for s in range(400)])
+  counts = np.bincount(r[::5, 0], minlength=5)  # r1 of member 0 in each draw
+  assert counts[0] == 0 and counts[1:].min() > 0.8 * counts[1:].mean()
+
+
+def test_latin_hypercube_init_has_one_member_per_stratum():
+  lo = jnp.array([0.0, 0.0, 0, 0, 0])
+  hi = jnp.array([32.0, 32.0, 255, 255, 255])
+  pop = np.asarray(search._init_population(jax.random.key(0), attack.KERAS, lo, hi, 1, 3,
+                                           'replace'))
+  u = (pop - np.asarray(lo)) / np.asarray(hi - lo)
+  for d in range(5):
+    np.testing.assert_array_equal(np.sort(np.floor(u[:, d] * 400)), np.arange(400))
+
+
+def test_su_init_colours_follow_the_paper():
+  lo, hi = attack.attacks.perturb.bounds(1, 32, 32, 3, 'replace')
+  pop = np.asarray(search._init_population(jax.random.key(0), search.DEConfig(popsize=4000), lo,
+                                           hi, 1, 3, 'replace'))
+  col = pop[:, 2:]
+  assert col.min() >= 0 and col.max() <= 255
+  # N(128, 127) clipped to [0, 255]: P(clip at 0) = P(Z < -128/127) ~ 15.7%.
+  np.testing.assert_allclose(np.mean(col == 0), 0.157, atol=0.02)
+  np.testing.assert_allclose(np.median(col), 128, atol=6)
+  assert abs(pop[:, 0].mean() - 16) < 0.6 and pop[:, :2].max() < 32
