@@ -286,8 +286,8 @@ def test_mutation_indices_are_distinct_and_exclude_self():
 
 
 def test_latin_hypercube_init_has_one_member_per_stratum():
-  lo = jnp.array([0.0, 0.0, 0, 0, 0])
-  hi = jnp.array([32.0, 32.0, 255, 255, 255])
+  lo = np.array([0.0, 0.0, 0, 0, 0], np.float32)
+  hi = np.array([32.0, 32.0, 255, 255, 255], np.float32)
   pop = np.asarray(search._init_population(jax.random.key(0), attack.KERAS, lo, hi, 1, 3,
                                            'replace'))
   u = (pop - np.asarray(lo)) / np.asarray(hi - lo)

@@ -211,8 +211,7 @@ def one_pixel(predict: Predict, images, labels, *, key: jax.Array, pixels: int =
   n, h, w, c = x.shape
   _check_pixels(pixels, h, w)
   _check_mode(mode)
-  lo, hi = perturb.bounds(pixels, h, w, c, mode)
-  srch = search.differential_evolution(cfg, lo, hi, pixels, c, mode)
+  srch = search.differential_evolution(cfg, pixels, h, w, c, mode)
   return _attack(srch, predict, x, labels, targets, key, pixels, mode, l2_penalty,
                  stop_threshold, True, slots, devices, indices, steps_per_call, progress)
 
@@ -291,8 +290,13 @@ def _apply_all(x, vecs, mode, batch=1024):
                          for i in range(0, len(x), batch)])
 
 
+@functools.lru_cache(maxsize=16)
+def _softmax_fn(predict):
+  return jax.jit(lambda im: jax.nn.softmax(predict(im).astype(jnp.float32), axis=-1))
+
+
 def _clean(predict, x, y, batch=1024):
-  fn = jax.jit(lambda im: jax.nn.softmax(predict(im).astype(jnp.float32), axis=-1))
+  fn = _softmax_fn(predict)
   probs = np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, len(x), batch)])
   return probs.argmax(-1).astype(np.int32), probs[np.arange(len(y)), y]
 
@@ -335,8 +339,7 @@ def de_fixed_budget(predict: Predict, images: jax.Array, labels: jax.Array, key:
     A :class:`FixedBudgetResult`.
   """
   b, h, w, c = images.shape
-  lo, hi = perturb.bounds(pixels, h, w, c, mode)
-  srch = search.differential_evolution(config, lo, hi, pixels, c, mode)
+  srch = search.differential_evolution(config, pixels, h, w, c, mode)
   fit = Fitness(targeted=targets is not None, l2_penalty=l2_penalty, mode=mode)
   labels = labels.astype(jnp.int32)
   idx = jnp.arange(b, dtype=jnp.int32) if indices is None else indices.astype(jnp.int32)

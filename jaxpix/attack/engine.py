@@ -256,7 +256,7 @@ def run(search: Search, predict: Predict, fit: Fitness, images: np.ndarray, labe
     out, n_out = jax.device_get((out, n_out))
     finished = {}
     for d in range(nd):
-      sel = slice(d * (q + s), d * (q + s) + int(n_out[d]))
+      sel = slice(d * (q + s), d * (q + s) + int(n_out[d]))  # each device's buffer is q + s
       for k in _OUT_FIELDS:
         finished.setdefault(k, []).append(out[k][sel])
     finished = {k: np.concatenate(v) for k, v in finished.items()}
@@ -271,7 +271,26 @@ def run(search: Search, predict: Predict, fit: Fitness, images: np.ndarray, labe
     done += len(rows)
     if progress is not None and len(rows):
       progress(finished)
+    if done < n and not more.any() and np.all(qpos == qlen):
+      st, s = _compact(st, s, nd, put)
   return results
+
+
+def _compact(st, s, nd, put):
+  """The tail of a run: no image is left to load, so move the images still in
+  flight into fewer slots (halving, so at most log2(S) shapes get compiled)
+  rather than spend forward passes on empty slots. Results are unchanged: an
+  image's computation never depends on its slot."""
+  act = np.asarray(jax.device_get(st['active'])).reshape(nd, s)
+  need = int(act.sum(axis=1).max())
+  new = s
+  while new > 1 and new // 2 >= need:
+    new //= 2
+  if new == s:
+    return st, s
+  # Per device: its active slots first, then enough idle ones to fill new slots.
+  idx = np.concatenate([d * s + np.argsort(~act[d], kind='stable')[:new] for d in range(nd)])
+  return jax.tree.map(lambda a: put(a[idx]), st), new
 
 
 def _rows_of(indices: np.ndarray, gidx: np.ndarray) -> np.ndarray:

@@ -41,12 +41,15 @@ def value_bounds(mode: Mode) -> tuple[float, float]:
 
 
 def bounds(pixels: int, height: int, width: int, channels: int, mode: Mode):
-  """Lower and upper bounds of every gene, each a float32 array [D]."""
+  """Lower and upper bounds of every gene, each a numpy float32 array [D].
+
+  Numpy, not jax: searches are cached and may be built inside a trace.
+  """
   lo_v, hi_v = value_bounds(mode)
-  lo = jnp.array([0.0, 0.0] + [lo_v] * channels, jnp.float32)
+  lo = np.array([0.0, 0.0] + [lo_v] * channels, np.float32)
   # Coordinates are floored, so the open upper end H (W) maps to row H - 1.
-  hi = jnp.array([float(height), float(width)] + [hi_v] * channels, jnp.float32)
-  return jnp.tile(lo, pixels), jnp.tile(hi, pixels)
+  hi = np.array([float(height), float(width)] + [hi_v] * channels, np.float32)
+  return np.tile(lo, pixels), np.tile(hi, pixels)
 
 
 def decode(vec: jax.Array, height: int, width: int, channels: int, mode: Mode):

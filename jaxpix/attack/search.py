@@ -11,11 +11,13 @@ full run costs exactly ``popsize * (maxiter + 1)`` model evaluations.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxpix.attack import perturb
 
@@ -136,15 +138,22 @@ def _init_population(key, cfg: DEConfig, lo, hi, pixels, channels, mode):
   if mode == 'replace':
     # Su et al.: colours ~ N(128, 127), clipped to the valid range.
     colours = jnp.clip(128 + 127 * jax.random.normal(kn, (p, d)), 0, 255)
-    is_colour = jnp.tile(jnp.array([False, False] + [True] * channels), pixels)
+    is_colour = np.tile([False, False] + [True] * channels, pixels)
     pop = jnp.where(is_colour, colours, pop)
   # 'add' deltas stay uniform on [-255, 255]: no paper gives a prior for them.
   return pop
 
 
-def differential_evolution(cfg: DEConfig, lo: jax.Array, hi: jax.Array, pixels: int,
-                           channels: int, mode: perturb.Mode) -> Search:
-  """The DE search over candidate vectors bounded by ``lo``/``hi`` [D]."""
+@functools.cache
+def differential_evolution(cfg: DEConfig, pixels: int, height: int, width: int, channels: int,
+                           mode: perturb.Mode) -> Search:
+  """The DE search for a k-pixel attack on [height, width, channels] images.
+
+  Cached, so equal arguments give the same (hashable) object and the engine's
+  compiled loop is reused across calls.
+  """
+  lo, hi = perturb.bounds(pixels, height, width, channels, mode)
+  upper = _upper(lo, hi, channels, pixels)  # inclusive, for clipping
   p, d = cfg.popsize, lo.shape[0]
 
   def init(key):
@@ -171,7 +180,6 @@ def differential_evolution(cfg: DEConfig, lo: jax.Array, hi: jax.Array, pixels: 
       take = jax.random.uniform(k_cr, (p, d)) < cfg.crossover
       take |= jnp.arange(d)[None] == jax.random.randint(k_j, (p, 1), 0, d)
       trial = jnp.where(take, mutant, pop)
-    upper = _upper(lo, hi, channels, pixels)
     if cfg.boundary == 'clip':
       return jnp.clip(trial, lo, upper)
     out = (trial < lo) | (trial > upper)
@@ -195,8 +203,8 @@ def differential_evolution(cfg: DEConfig, lo: jax.Array, hi: jax.Array, pixels: 
 
 def _upper(lo, hi, channels, pixels):
   """Inclusive upper bounds: coordinates are floored, so H itself is out of range."""
-  is_coord = jnp.tile(jnp.array([True, True] + [False] * channels), pixels)
-  return jnp.where(is_coord, hi - 1e-3, hi)
+  is_coord = np.tile([True, True] + [False] * channels, pixels)
+  return np.where(is_coord, hi - np.float32(1e-3), hi).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- #
@@ -205,11 +213,12 @@ def _upper(lo, hi, channels, pixels):
 
 
 def corners(channels: int) -> jax.Array:
-  """The 2^C corners of the colour cube, int32 [2^C, C]; channel c is bit c."""
-  k = jnp.arange(2**channels)[:, None]
-  return ((k >> jnp.arange(channels)[None]) & 1) * 255
+  """The 2^C corners of the colour cube, int [2^C, C] (numpy); channel c is bit c."""
+  k = np.arange(2**channels)[:, None]
+  return ((k >> np.arange(channels)[None]) & 1) * 255
 
 
+@functools.cache
 def extreme_colour(height: int, width: int, channels: int, chunk: int) -> Search:
   """Every position x every colour-cube corner, ``chunk`` candidates per step.
 
@@ -219,7 +228,7 @@ def extreme_colour(height: int, width: int, channels: int, chunk: int) -> Search
   """
   n_corner = 2**channels
   total = height * width * n_corner
-  cube = corners(channels).astype(jnp.float32)
+  cube = corners(channels).astype(np.float32)
 
   def init(key):
     del key
@@ -233,7 +242,7 @@ def extreme_colour(height: int, width: int, channels: int, chunk: int) -> Search
     pos, corner = idx // n_corner, idx % n_corner
     # +0.5 puts the coordinate inside its pixel, far from the floor boundary.
     coords = jnp.stack([pos // width, pos % width], axis=1).astype(jnp.float32) + 0.5
-    return jnp.concatenate([coords, cube[corner]], axis=1), n_valid
+    return jnp.concatenate([coords, jnp.asarray(cube)[corner]], axis=1), n_valid
 
   def update(state, cands, energies, step):
     return state
