@@ -4,6 +4,23 @@ The flag must be set before JAX initialises its backends, i.e. before any test
 module touches a device.
 """
 
+import os
+import pathlib
+
 import jax
+import pytest
 
 jax.config.update('jax_num_cpu_devices', 4)
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture
+def shared_data() -> pathlib.Path:
+  """``../shared/data``; skipped where absent, a failure under .ci/run."""
+  if not (SHARED_DATA / 'cifar10' / 'test.npz').is_file():
+    msg = f'real data not found at {SHARED_DATA}'
+    if os.environ.get('JAXPIX_REQUIRE_DATA'):
+      pytest.fail(msg + ' (JAXPIX_REQUIRE_DATA is set, as in .ci/run)')
+    pytest.skip(msg)
+  return SHARED_DATA

@@ -1,6 +1,5 @@
 """Hand-made ``predict`` functions with known answers, shared by the tests."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -7,6 +7,7 @@ import pytest
 
 from jaxpix import attack
 from jaxpix.attack import search
+
 import models
 
 
@@ -197,7 +198,7 @@ def test_k_pixels_change_only_the_reported_pixels(mode):
     assert set(changed) <= set(map(tuple, r.positions[i].tolist()))
     # Rebuild the image from the reported pixels (applied in order).
     want = np.round(x[i] * 255).astype(np.int64)
-    for (row, col), v in zip(r.positions[i], r.colors[i]):
+    for (row, col), v in zip(r.positions[i], r.colors[i], strict=True):
       want[row, col] = v if mode == 'replace' else np.clip(want[row, col] + v, 0, 255)
     np.testing.assert_array_equal(np.round(r.adv_images[i] * 255), want)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxpix import attack
+
 import models
 
 H = W = 6

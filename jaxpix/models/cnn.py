@@ -21,14 +21,14 @@ class CNN6(nnx.Module):
     chans = [max(1, round(c * width)) for c in (32, 32, 64, 64, 128, 128)]
     cin = [3] + chans[:-1]
     self.convs = nnx.List([nnx.Conv(i, o, (3, 3), use_bias=False, rngs=rngs)
-                           for i, o in zip(cin, chans)])
+                           for i, o in zip(cin, chans, strict=True)])
     self.norms = nnx.List([nnx.BatchNorm(o, momentum=0.9, rngs=rngs) for o in chans])
     self.head = nnx.Linear(chans[-1], num_classes, rngs=rngs)
     self.mean, self.std = mean, std
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = normalise(x, self.mean, self.std)  # [B, 32, 32, 3]
-    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+    for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
       x = nnx.relu(norm(conv(x)))
       if i % 2 == 1:
         x = nnx.max_pool(x, (2, 2), (2, 2))
