@@ -148,6 +148,25 @@ def test_same_result_whatever_the_slot_count_and_split():
     np.testing.assert_array_equal(getattr(part, f), getattr(one, f)[2:5])
 
 
+def test_progress_reports_every_image_once_as_it_finishes():
+  h = w = 6
+  x = models.cifar_like(9, h, w, seed=8)
+  predict = models.linear(h, w, seed=1)
+  y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
+  seen = []
+  r = _attack_linear(x, y, predict, slots=2, indices=np.arange(100, 109), steps_per_call=2,
+                     progress=lambda fin: seen.append(fin))
+  assert len(seen) > 1  # reported in pieces, not all at the end
+  gidx = np.concatenate([f['gidx'] for f in seen])
+  np.testing.assert_array_equal(np.sort(gidx), np.arange(100, 109))
+  queries = dict(zip(gidx.tolist(), np.concatenate([f['queries'] for f in seen]).tolist(),
+                     strict=True))
+  np.testing.assert_array_equal([queries[i] for i in range(100, 109)], r.queries)
+  # The bar variant runs the same attack.
+  _assert_same(r, _attack_linear(x, y, predict, slots=2, indices=np.arange(100, 109),
+                                 progress=True))
+
+
 def test_same_result_on_one_and_four_devices():
   assert jax.device_count() >= 4, 'conftest sets four fake CPU devices'
   h = w = 6

@@ -172,7 +172,7 @@ def one_pixel(predict: Predict, images, labels, *, key: jax.Array, pixels: int =
               mode: perturb.Mode = 'replace', l2_penalty: float = 0.0,
               stop_threshold: float | None = None, slots: int | None = None,
               devices=None, indices=None, steps_per_call: int = 10,
-              progress: Callable[[dict], None] | None = None) -> AttackResult:
+              progress: bool | Callable[[dict], None] = False) -> AttackResult:
   """The one-pixel (k-pixel) attack by differential evolution, batched.
 
   Args:
@@ -197,8 +197,10 @@ def one_pixel(predict: Predict, images, labels, *, key: jax.Array, pixels: int =
     indices: global indices of the images for the per-image keys (default
       ``arange(N)``); pass them when attacking a dataset in pieces.
     steps_per_call: generations per compiled call between host syncs.
-    progress: called with a dict of numpy arrays for the images finished after
-      each compiled call (``gidx``, ``success``, ``queries``, ...).
+    progress: ``True`` for a progress bar (images done, success rate so far,
+      evaluations/s), or a function called with a dict of numpy arrays for
+      the images finished after each compiled call (``gidx``, ``success``,
+      ``queries``, ...), e.g. to write results as they finish.
 
   Returns:
     An :class:`AttackResult`.
@@ -220,7 +222,7 @@ def one_pixel(predict: Predict, images, labels, *, key: jax.Array, pixels: int =
 def extreme_colour(predict: Predict, images, labels, *, targets=None, early_stop: bool = True,
                    chunk: int = 512, slots: int | None = None, devices=None, indices=None,
                    steps_per_call: int = 16,
-                   progress: Callable[[dict], None] | None = None) -> AttackResult:
+                   progress: bool | Callable[[dict], None] = False) -> AttackResult:
   """Exhaustive one-pixel search over every position x every colour-cube corner.
 
   For RGB this is H * W * 8 evaluations per image (8,192 on CIFAR-10), ``chunk``
@@ -268,9 +270,12 @@ def _attack(srch, predict, x, labels, targets, key, pixels, mode, l2_penalty, st
   fit = Fitness(targeted=t is not None, l2_penalty=float(l2_penalty),
                 stop_threshold=stop_threshold, early_stop=early_stop, mode=mode)
   dim = pixels * (2 + c)
+  callback = _ProgressBar(n) if progress is True else (progress or None)
   rec = engine.run(srch, predict, fit, x, y, y if t is None else t, idx, key, dim=dim,
                    slots=slots, devices=devices, steps_per_call=steps_per_call,
-                   progress=progress)
+                   progress=callback)
+  if isinstance(callback, _ProgressBar):
+    callback.close()
   pos, val = jax.device_get(perturb.decode(jnp.asarray(rec['vec']), h, w, c, mode))
   adv = _apply_all(x, rec['vec'], mode)
   clean_label, clean_true = _clean(predict, x, y)
@@ -279,6 +284,27 @@ def _attack(srch, predict, x, labels, targets, key, pixels, mode, l2_penalty, st
       true_prob=rec['true_prob'], adv_prob=rec['pred_prob'], adv_label=rec['pred'],
       target_prob=None if t is None else rec['target_prob'], fitness=rec['energy'], labels=y,
       targets=t, clean_label=clean_label, clean_true_prob=clean_true)
+
+
+class _ProgressBar:
+  """tqdm bar: images done, success rate so far and model evaluations/s."""
+
+  def __init__(self, total):
+    from tqdm.auto import tqdm
+
+    self.bar = tqdm(total=total, unit='img', desc='attack')
+    self.done = self.fooled = self.queries = 0
+
+  def __call__(self, finished):
+    self.done += len(finished['gidx'])
+    self.fooled += int(finished['success'].sum())
+    self.queries += int(finished['queries'].sum())
+    rate = self.queries / max(self.bar.format_dict['elapsed'], 1e-9)
+    self.bar.set_postfix(asr=f'{self.fooled / self.done:.3f}', evals_s=f'{rate:.0f}')
+    self.bar.update(len(finished['gidx']))
+
+  def close(self):
+    self.bar.close()
 
 
 @functools.partial(jax.jit, static_argnames='mode')
