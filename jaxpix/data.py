@@ -92,3 +92,115 @@ def load_npz(dataset: str, split: str, directory: str | pathlib.Path) -> Split:
 def to_float(images: np.ndarray) -> np.ndarray:
   """uint8 images -> float32 in [0, 1], exactly ``uint8 / 255``."""
   return images.astype(np.float32) / np.float32(255)
+
+
+# --------------------------------------------------------------------------- #
+# Splits for training, from a config
+# --------------------------------------------------------------------------- #
+
+
+def load_tfds(dataset: str, split: str, data_dir: str | None) -> Split:
+  """Loads a prepared tensorflow-datasets split (array_record, no TensorFlow).
+
+  Only datasets already prepared under ``data_dir`` work offline; the error
+  says so rather than falling back to anything else.
+  """
+  import tensorflow_datasets as tfds
+
+  name = {'cifar10': 'cifar10', 'imagenet': 'imagenet2012'}.get(dataset)
+  if name is None:
+    raise ValueError(f'dataset {dataset!r} has no tensorflow-datasets source; use source="npz"')
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # noqa: BLE001 - tfds raises many kinds; re-raised with the fix
+    raise FileNotFoundError(
+        f'tensorflow-datasets {name}:{split} is not prepared under data_dir={data_dir!r} ({e}); '
+        'prepare it on a machine with internet, or set config.data.source="npz" and '
+        'config.data.dir to a folder of .npz files') from e
+  rows = [source[i] for i in range(len(source))]
+  images = np.stack([r['image'] for r in rows]).astype(np.uint8)
+  labels = np.asarray([r['label'] for r in rows], np.int32)
+  return Split(images, labels, int(labels.max()) + 1 if dataset != 'cifar10' else 10)
+
+
+def load(cfg) -> tuple[Split, Split, str]:
+  """Train and evaluation splits for a ``config.data`` block.
+
+  With ``validation_size > 0`` the last ``validation_size`` images of a fixed
+  permutation of train (seed ``split_seed``) are held out and become the
+  evaluation split, so model selection never sees the test images; otherwise
+  the evaluation split is ``test``. ``train_subset > 0`` keeps the first that
+  many training images (CPU runs). Returns (train, eval, eval split name).
+  """
+  if cfg.source == 'npz':
+    get = lambda split: load_npz(cfg.dataset, split, cfg.dir)
+  elif cfg.source == 'tfds':
+    get = lambda split: load_tfds(cfg.dataset, split, cfg.dir or None)
+  else:
+    raise ValueError(f'config.data.source must be "npz" or "tfds", got {cfg.source!r}')
+  train = get('train')
+  if cfg.validation_size:
+    if not 0 < cfg.validation_size < len(train):
+      raise ValueError(f'config.data.validation_size must be in [0, {len(train)}), got '
+                       f'{cfg.validation_size}')
+    perm = np.random.default_rng(cfg.split_seed).permutation(len(train))
+    keep, held = perm[:-cfg.validation_size], perm[-cfg.validation_size:]
+    evaluation = Split(train.images[held], train.labels[held], train.num_classes)
+    train = Split(train.images[keep], train.labels[keep], train.num_classes)
+    name = 'validation'
+  else:
+    evaluation, name = get('test'), 'test'
+  if cfg.train_subset:
+    train = Split(train.images[:cfg.train_subset], train.labels[:cfg.train_subset],
+                  train.num_classes)
+  if cfg.eval_subset:
+    evaluation = Split(evaluation.images[:cfg.eval_subset], evaluation.labels[:cfg.eval_subset],
+                       evaluation.num_classes)
+  return train, evaluation, name
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The training order of one epoch: a permutation fixed by (seed, epoch), so
+  a resumed run knows where the data order stands from the step alone."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+# --------------------------------------------------------------------------- #
+# On-device augmentation (inside the jitted step)
+# --------------------------------------------------------------------------- #
+
+
+def augment(key, images_u8, pad: int = 4, flip: bool = True):
+  """Random crop with zero padding ``pad`` and random horizontal flip.
+
+  ``images_u8`` uint8 [B, H, W, C] -> float32 [0, 1]. Example ``b`` uses
+  ``fold_in(key, b)``, so the result does not depend on how the batch is
+  sharded.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  b, h, w, _ = images_u8.shape
+  x = jnp.pad(images_u8, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+  def one(i, img):
+    k = jax.random.fold_in(key, i)
+    kc, kf = jax.random.split(k)
+    dy, dx = jax.random.randint(kc, (2,), 0, 2 * pad + 1)
+    out = jax.lax.dynamic_slice(img, (dy, dx, 0), (h, w, img.shape[-1]))
+    if flip:
+      out = jnp.where(jax.random.bernoulli(kf), out[:, ::-1], out)
+    return out
+
+  return levels(jax.vmap(one)(jnp.arange(b), x))
+
+
+def levels(images_u8):
+  """uint8 images -> float32 [0, 1] on device, bit-identical to ``to_float``."""
+  import jax.numpy as jnp
+
+  return jnp.asarray(_LEVELS)[images_u8.astype(jnp.int32)]
+
+
+# uint8 / 255 exactly (see jaxpix.attack.perturb): a table, not a division.
+_LEVELS = np.arange(256, dtype=np.float32) / np.float32(255)

@@ -81,3 +81,48 @@ def test_not_an_npz(tmp_path):
   (tmp_path / 'test.npz').write_text('hello')
   with pytest.raises(ValueError, match='not a readable'):
     data.load_npz('cifar10', 'test', tmp_path)
+
+
+def test_validation_split_is_carved_from_train(shared_data):
+  from configs import cifar_baseline
+
+  cfg = cifar_baseline.get_config('cpu').data
+  train, val, name = data.load(cfg)
+  assert name == 'validation' and len(val) == 5000 and len(train) == 45000
+  # Disjoint: no validation image appears in train (the data has no duplicates).
+  tr = {x.tobytes() for x in train.images[::9]}
+  assert not any(x.tobytes() in tr for x in val.images)
+  # Fixed by split_seed: the same split every time.
+  again = data.load(cfg)[1]
+  np.testing.assert_array_equal(again.labels, val.labels)
+  del shared_data
+
+
+def test_epoch_order_is_a_fixed_permutation():
+  a = data.epoch_order(100, seed=3, epoch=2)
+  np.testing.assert_array_equal(np.sort(a), np.arange(100))
+  np.testing.assert_array_equal(a, data.epoch_order(100, seed=3, epoch=2))
+  assert not np.array_equal(a, data.epoch_order(100, seed=3, epoch=3))
+
+
+def test_augment_crops_and_flips_per_example():
+  import jax
+
+  rng = np.random.default_rng(0)
+  x = rng.integers(1, 256, size=(16, 8, 8, 3)).astype(np.uint8)  # no zeros: padding shows
+  out = np.asarray(data.augment(jax.random.key(0), x, pad=2))
+  assert out.shape == (16, 8, 8, 3) and out.dtype == np.float32
+  padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  flips = shifts = 0
+  for i in range(16):
+    u8 = np.round(out[i] * 255).astype(np.uint8)
+    found = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+             if np.array_equal(u8, (lambda c: c[:, ::-1] if f else c)(
+                 padded[i, dy:dy + 8, dx:dx + 8]))]
+    assert found, f'example {i} is not a crop/flip of its padded image'
+    flips += found[0][2]
+    shifts += found[0][:2] != (2, 2)
+  assert 0 < flips < 16 and shifts > 8  # both kinds of change happen, not always
+  # Per-example keys: example i does not depend on the rest of the batch.
+  np.testing.assert_array_equal(np.asarray(data.augment(jax.random.key(0), x[:4], pad=2)),
+                                out[:4])

@@ -1,6 +1,56 @@
-"""Classifiers (Flax NNX). Each takes float images in [0, 1] and normalises inside."""
+"""Classifiers (Flax NNX). Each takes float images in [0, 1] [B, H, W, 3],
+normalises inside (dataset mean / std) and returns float32 logits.
 
-from jaxpix.models.cnn import CNN6 as CNN6
-from jaxpix.models.common import CIFAR10_MEAN as CIFAR10_MEAN
-from jaxpix.models.common import CIFAR10_STD as CIFAR10_STD
-from jaxpix.models.common import as_predict as as_predict
+``create(name, ...)`` builds one by the name used in configs
+(``config.model.name``); ``width`` scales every hidden layer's channel count,
+for CPU runs.
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from jaxpix.models.cnn import CNN6, LeNet, NiN, PureCNN
+from jaxpix.models.common import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    as_predict,
+)
+from jaxpix.models.densenet import DenseNetBC
+from jaxpix.models.resnet import PreActResNet32, ResNet18, ResNet50, WideResNet16_8
+from jaxpix.models.vgg import VGG16, VGG19
+
+REGISTRY = {
+    # name: (constructor, dataset it is laid out for)
+    'cnn6': (CNN6, 'cifar10'),
+    'resnet18': (ResNet18, 'cifar10'),
+    'vgg16': (VGG16, 'cifar10'),
+    'lenet': (LeNet, 'cifar10'),
+    'pure_cnn': (PureCNN, 'cifar10'),
+    'nin': (NiN, 'cifar10'),
+    'resnet32': (PreActResNet32, 'cifar10'),
+    'densenet_bc100': (DenseNetBC, 'cifar10'),
+    'wrn16_8': (WideResNet16_8, 'cifar10'),
+    'resnet50': (ResNet50, 'imagenet'),
+    'vgg19': (VGG19, 'imagenet'),
+}
+
+
+def create(name: str, *, num_classes: int, width: float = 1.0, dtype=None,
+           seed: int = 0) -> nnx.Module:
+  """Builds model ``name`` with fresh parameters from ``seed``."""
+  if name not in REGISTRY:
+    raise ValueError(f'unknown model {name!r}; expected one of {sorted(REGISTRY)}')
+  if not width > 0:
+    raise ValueError(f'model width must be > 0, got {width!r}')
+  ctor, _ = REGISTRY[name]
+  return ctor(num_classes=num_classes, width=width, dtype=dtype, rngs=nnx.Rngs(seed))
+
+
+__all__ = [
+    'CIFAR10_MEAN', 'CIFAR10_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'REGISTRY', 'CNN6',
+    'DenseNetBC', 'LeNet', 'NiN', 'PreActResNet32', 'PureCNN', 'ResNet18', 'ResNet50', 'VGG16',
+    'VGG19', 'WideResNet16_8', 'as_predict', 'create',
+]

@@ -1,4 +1,4 @@
-"""Pieces shared by the models: input normalisation and the pure ``predict``."""
+"""Pieces shared by the models: input normalisation, conv-BN blocks, ``predict``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,34 @@ from flax import nnx
 # Training-set statistics of the offline CIFAR-10 copy (its README), 0-1 scale.
 CIFAR10_MEAN = (125.306918 / 255, 122.950394 / 255, 113.865383 / 255)
 CIFAR10_STD = (62.993219 / 255, 62.088708 / 255, 66.704900 / 255)
+# The usual ImageNet statistics (torchvision / Keras "torch" preprocessing).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalise(x: jax.Array, mean, std) -> jax.Array:
-  return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+def normalise(x: jax.Array, mean, std, dtype=None) -> jax.Array:
+  x = (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+  return x if dtype is None else x.astype(dtype)
+
+
+def scaled(channels: int, width: float) -> int:
+  """A layer's channel count at a width multiplier (at least 1)."""
+  return max(1, round(channels * width))
+
+
+class ConvBN(nnx.Module):
+  """Conv -> BatchNorm (-> ReLU): the building block of most of the zoo."""
+
+  def __init__(self, cin, cout, kernel=3, stride=1, *, padding='SAME', relu=True, dtype=None,
+               rngs: nnx.Rngs):
+    self.conv = nnx.Conv(cin, cout, (kernel, kernel), (stride, stride), padding=padding,
+                         use_bias=False, dtype=dtype, rngs=rngs)
+    self.bn = nnx.BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs)
+    self.relu = relu
+
+  def __call__(self, x):
+    x = self.bn(self.conv(x))
+    return nnx.relu(x) if self.relu else x
 
 
 def as_predict(model: nnx.Module):

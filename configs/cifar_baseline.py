@@ -1,0 +1,43 @@
+"""CIFAR-10 classifier with no defence: the APR paper's "No Defence" row.
+
+    python run.py --config configs/cifar_baseline.py --workdir workdir/cifar_baseline
+    python run.py --config configs/cifar_baseline.py:cpu --workdir workdir/cifar_baseline_cpu
+    python run.py --config configs/cifar_baseline.py:test --workdir /tmp/jaxpix_test
+
+Variants (comma-separated after the colon):
+  (none) the paper's settings: ResNet-18, Adam lr 1e-3, weight decay 5e-4,
+         batch 128, 200 epochs; for accelerators.
+  cpu    ResNet-18 at width 0.25 for 8 epochs with a cosine schedule, 5,000
+         train images held out for validation; finishes on a 2-core CPU.
+  test   a few steps of a tiny CNN on 512 images, for the tests (seconds).
+  vgg16  VGG-16 instead of ResNet-18 (the paper's second CIFAR model).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  variants = common.parse_arg(arg, ('cpu', 'test', 'vgg16'))
+  c = common.base('cifar10')
+  if 'vgg16' in variants:
+    c.model.name = 'vgg16'
+  if 'cpu' in variants:
+    c.model.width = 0.25
+    c.train.epochs = 8
+    c.train.schedule = 'cosine'
+    c.train.warmup_steps = 200
+    c.train.lr = 2e-3
+    c.train.checkpoint_every = 500
+    c.data.validation_size = 5000
+  if 'test' in variants:
+    c.model.name = 'cnn6'
+    c.model.width = 0.125
+    c.data.train_subset = 512
+    c.data.eval_subset = 200
+    c.train.batch_size = 64
+    c.train.steps = 12
+    c.train.log_every = 4
+    c.train.checkpoint_every = 4
+    c.train.eval_batch_size = 100
+    c.train.progress = False
+  return c

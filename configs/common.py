@@ -1,0 +1,66 @@
+"""Fields every experiment config shares, and the ``:variant`` argument parser.
+
+Configs are ``get_config(arg)`` functions returning a ``ConfigDict``; run.py
+locks them, so an override with a misspelt field is an error.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+
+# ../shared/data relative to the repository root (this file is configs/common.py).
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = 'train'  # train | eval
+  c.seed = 0
+  c.dtype = 'float32'  # or 'bfloat16' (compute only; parameters stay float32)
+  c.checkpoint = ''  # eval mode: a workdir (or its checkpoints/ folder) to load
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = dataset
+  c.data.source = 'npz'  # or 'tfds' (prepared tensorflow-datasets, no download)
+  c.data.dir = str(SHARED_DATA / ('cifar10' if dataset == 'cifar10' else 'imagenet_sample'))
+  c.data.validation_size = 0  # > 0: hold out that many train images for model selection
+  c.data.split_seed = 0
+  c.data.train_subset = 0  # > 0: train on the first that many images only
+  c.data.eval_subset = 0
+  c.data.augment = True  # random crop (padding 4) + horizontal flip, on device
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'resnet18'
+  c.model.width = 1.0
+
+  c.defence = ml_collections.ConfigDict()
+  c.defence.name = 'none'
+
+  c.train = ml_collections.ConfigDict()
+  # The APR paper: Adam, lr 1e-3, weight decay 5e-4, batch 128, 200 epochs.
+  c.train.batch_size = 128
+  c.train.epochs = 200
+  c.train.steps = 0  # > 0 overrides epochs
+  c.train.lr = 1e-3
+  c.train.weight_decay = 5e-4
+  c.train.schedule = 'constant'  # or 'cosine' (with warmup_steps)
+  c.train.warmup_steps = 0
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.resume_step = 0  # 0: resume from the latest checkpoint
+  c.train.eval_every_epoch = True
+  c.train.eval_batch_size = 500
+  c.train.progress = True
+  return c
+
+
+def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
+  """``'cpu,no_adv'`` -> {'cpu', 'no_adv'}; unknown variants are an error."""
+  parts = {p for p in (arg or '').split(',') if p}
+  unknown = parts - set(allowed)
+  if unknown:
+    raise ValueError(f'unknown config variant(s) {sorted(unknown)}; expected {list(allowed)}')
+  return parts

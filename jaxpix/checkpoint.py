@@ -1,0 +1,106 @@
+"""Checkpoints through one orbax ``CheckpointManager``.
+
+A checkpoint holds two items: ``state``, the training state as a flat dict
+keyed by pytree path (readable, and restored into the structure of a freshly
+built state, so any mismatch is caught by name), and ``meta``, JSON describing
+what produced it (model name, width, defence, dataset, step), which lets a
+consumer refuse a checkpoint of another model before touching its arrays.
+
+Orbax writes each step to a temporary folder and renames it when complete, so
+a run killed mid-save leaves the previous checkpoints intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _flat(tree) -> dict[str, Any]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing, corrupted or of another model / config."""
+
+
+class Checkpointer:
+  """Saves and restores training states under ``directory``.
+
+  Args:
+    directory: where the step folders go (created if missing).
+    keep: how many of the latest checkpoints to keep.
+  """
+
+  def __init__(self, directory: str | pathlib.Path, keep: int = 3):
+    self.directory = pathlib.Path(directory).absolute()
+    # Orbax logs every save at INFO/WARNING; progress is reported by the caller.
+    logging.getLogger('absl').setLevel(logging.ERROR)
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_names=('state', 'meta'))
+
+  def steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state, meta: dict) -> None:
+    """Saves asynchronously; ``wait()`` or ``close()`` makes it durable."""
+    self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_flat(state)),
+                                                  meta=ocp.args.JsonSave(dict(meta, step=step))))
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def meta(self, step: int | None = None) -> dict:
+    step = self._step(step)
+    try:
+      return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds; re-raised with the path
+      raise CheckpointError(self._explain(step, f'its metadata cannot be read: {e}')) from e
+
+  def restore(self, like, step: int | None = None):
+    """Restores ``step`` (default: the latest) into the structure of ``like``.
+
+    ``like`` is a state of the expected shapes (arrays or ShapeDtypeStructs);
+    its shardings are used for the restored arrays.
+    """
+    step = self._step(step)
+    flat_like = _flat(like)
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, 'sharding', None))
+                for k, v in flat_like.items()}
+    try:
+      got = self._mngr.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(self._explain(step, f'it does not match this config: {e}')) from e
+    treedef = jax.tree.structure(like)
+    return jax.tree.unflatten(treedef, [got[k] for k in flat_like])
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+  def _step(self, step):
+    steps = self.steps()
+    if not steps:
+      raise CheckpointError(f'no checkpoint in {self.directory}; train first or point '
+                            'config.checkpoint at a workdir that has one')
+    if step is None:
+      return steps[-1]
+    if step not in steps:
+      raise CheckpointError(f'no checkpoint for step {step} in {self.directory}; it has {steps}')
+    return step
+
+  def _explain(self, step, what):
+    older = [s for s in self.steps() if s < step]
+    hint = (f' Older checkpoints there are still usable: steps {older} (pick one with '
+            'config.train.resume_step=N).' if older else '')
+    return f'checkpoint {self.directory / str(step)} cannot be used: {what}.{hint}'

@@ -1,0 +1,19 @@
+"""What ``run.py`` dispatches to, by ``config.mode``."""
+
+from __future__ import annotations
+
+import ml_collections
+
+MODES = ('train', 'eval')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  if config.mode == 'train':
+    from jaxpix import train
+
+    return train.train_and_evaluate(config, workdir)
+  if config.mode == 'eval':
+    from jaxpix import evaluate
+
+    return evaluate.evaluate(config, workdir)
+  raise ValueError(f'config.mode must be one of {MODES}, got {config.mode!r}')

@@ -1,0 +1,293 @@
+"""Training: one jitted data-parallel step over a device mesh, orbax checkpoints,
+metrics as JSON lines.
+
+``train_and_evaluate(config, workdir)`` is what ``run.py`` calls for
+``config.mode == 'train'``. Running it again on the same workdir continues from
+the latest checkpoint; the data order is a function of (seed, epoch) and the
+augmentation key a function of (seed, step), so a resumed run replays exactly
+what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxpix import checkpoint, data, models
+
+DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
+
+# A loss term: (model in train mode, images [B, H, W, C] in [0, 1], labels [B],
+# key) -> (scalar, metrics). Defences add terms (adversarial examples, the
+# input-gradient penalty, distillation); the clean cross-entropy is the base.
+LossTerm = Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]
+
+
+# --------------------------------------------------------------------------- #
+# Mesh and input pipeline
+# --------------------------------------------------------------------------- #
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """All devices (of every host; or ``devices``) on one ``data`` axis.
+
+  Auto axis type: XLA propagates the batch sharding through the step (explicit
+  sharding, the default of ``jax.make_mesh`` today, would make every vmap over
+  the batch spell out its sharding).
+  """
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def global_batch(mesh, images: np.ndarray, labels: np.ndarray):
+  """A host batch -> arrays sharded over ``data``. On several hosts each
+  process contributes its slice of the (identical) global batch."""
+  sharding = NamedSharding(mesh, P('data'))
+  per = len(labels) // jax.process_count()
+  sl = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+  return (jax.make_array_from_process_local_data(sharding, images[sl]),
+          jax.make_array_from_process_local_data(sharding, labels[sl]))
+
+
+# --------------------------------------------------------------------------- #
+# Model, optimiser, loss
+# --------------------------------------------------------------------------- #
+
+
+def build_model(config, num_classes: int) -> nnx.Module:
+  return models.create(config.model.name, num_classes=num_classes, width=config.model.width,
+                       dtype=DTYPES[config.dtype], seed=config.seed)
+
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+  """Adam with coupled L2 weight decay, as PyTorch's ``Adam(weight_decay=...)``
+  which the APR paper used (lr 1e-3, wd 5e-4): the decay is added to the
+  gradient before the moment estimates, not decoupled as in AdamW."""
+  if cfg.schedule == 'constant':
+    lr = cfg.lr
+  elif cfg.schedule == 'cosine':
+    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps,
+                                            max(total_steps, cfg.warmup_steps + 1))
+  else:
+    raise ValueError(f'config.train.schedule must be "constant" or "cosine", got {cfg.schedule!r}')
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(lr))
+
+
+def cross_entropy(logits, labels, temperature: float = 1.0):
+  return optax.softmax_cross_entropy_with_integer_labels(logits / temperature, labels).mean()
+
+
+def clean_term(model, x, y, key):
+  del key
+  logits = model(x)
+  loss = cross_entropy(logits, y)
+  return loss, {'clean_loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y)}
+
+
+def make_loss(config) -> list[tuple[str, float, LossTerm]]:
+  """The weighted terms of the training loss for ``config``."""
+  return [('clean', 1.0, clean_term)]
+
+
+# --------------------------------------------------------------------------- #
+# State and steps
+# --------------------------------------------------------------------------- #
+
+
+def init_state(model: nnx.Module, tx, seed: int):
+  """The training state: a pytree of arrays (keys as raw key data for orbax)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  state = dict(params=params, rest=rest, opt=tx.init(params), step=jnp.zeros((), jnp.int32),
+               key=jax.random.key_data(jax.random.key(seed)))
+  return graphdef, state
+
+
+def make_train_step(graphdef, tx, terms, augment: bool):
+  def train_step(state, images_u8, labels):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state['key']), state['step'])
+    k_aug, k_loss = jax.random.split(key)
+    x = data.augment(k_aug, images_u8) if augment else data.levels(images_u8)
+
+    model = nnx.merge(graphdef, state['params'], state['rest'])
+    model.train()
+
+    def loss_fn(model):
+      total, metrics = 0.0, {}
+      for i, (_, weight, term) in enumerate(terms):
+        value, m = term(model, x, labels, jax.random.fold_in(k_loss, i))
+        total = total + weight * value
+        metrics.update(m)
+      metrics['loss'] = total
+      return total, metrics
+
+    # Gradients w.r.t. the parameters only; batch statistics update in place.
+    (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    _, _, rest = nnx.split(model, nnx.Param, ...)
+    updates, opt = tx.update(grads, state['opt'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    return dict(state, params=params, rest=rest, opt=opt, step=state['step'] + 1), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef):
+  def eval_step(state, images_u8, labels, mask):
+    model = nnx.merge(graphdef, state['params'], state['rest'])
+    model.eval()
+    logits = model(data.levels(images_u8))
+    return jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
+
+  return eval_step
+
+
+def accuracy(mesh, eval_step, state, split: data.Split, batch_size: int) -> float:
+  """Exact accuracy over a whole split (the last batch padded and masked)."""
+  correct = 0
+  for i in range(0, len(split), batch_size):
+    x, y = split.images[i:i + batch_size], split.labels[i:i + batch_size]
+    pad = batch_size - len(y)
+    mask = np.arange(batch_size) < len(y)
+    if pad:
+      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    xs, ys = global_batch(mesh, x, y)
+    _, ms = global_batch(mesh, x, mask)
+    correct += int(eval_step(state, xs, ys, ms))
+  return correct / len(split)
+
+
+# --------------------------------------------------------------------------- #
+# The loop
+# --------------------------------------------------------------------------- #
+
+
+def checkpoint_meta(config, num_classes: int) -> dict:
+  return dict(model=config.model.name, width=config.model.width, defence=config.defence.name,
+              dataset=config.data.dataset, num_classes=num_classes)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+  Args:
+    config: the experiment config.
+    workdir: where checkpoints, ``metrics.jsonl`` and ``config.json`` go.
+    devices: the devices to train on (default: all of them).
+
+  Returns:
+    The final metrics (also the last line of ``workdir/metrics.jsonl``).
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  tcfg = config.train
+  # --- data
+  train, evaluation, eval_name = data.load(config.data)
+  batch = tcfg.batch_size
+  mesh = make_mesh(devices)
+  if batch % mesh.size:
+    raise ValueError(f'config.train.batch_size={batch} must be divisible by the number of '
+                     f'devices ({mesh.size})')
+  steps_per_epoch = len(train) // batch
+  if steps_per_epoch == 0:
+    raise ValueError(f'config.train.batch_size={batch} exceeds the {len(train)} training images')
+  total = tcfg.steps or tcfg.epochs * steps_per_epoch
+  # --- model, optimiser
+  model = build_model(config, train.num_classes)
+  tx = make_optimizer(tcfg, total)
+  graphdef, state = init_state(model, tx, config.seed)
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  train_step = jax.jit(make_train_step(graphdef, tx, make_loss(config), config.data.augment),
+                       in_shardings=(repl, shard, shard), out_shardings=(repl, repl),
+                       donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(graphdef), in_shardings=(repl, shard, shard, shard),
+                      out_shardings=repl)
+  # --- checkpoint: resume where a previous run stopped
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', keep=tcfg.keep_checkpoints)
+  meta = checkpoint_meta(config, train.num_classes)
+  start = 0
+  if ckpt.latest_step() is not None:
+    saved = ckpt.meta(tcfg.resume_step or None)
+    _check_meta(saved, meta, ckpt.directory)
+    state = ckpt.restore(state, tcfg.resume_step or None)
+    start = int(state['step'])
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+  log = _MetricsLog(workdir / 'metrics.jsonl', keep_until=start)
+  # --- loop
+  bar = _progress(total, start, tcfg.progress)
+  window, t0, seen = [], time.perf_counter(), 0
+  order, order_epoch = None, -1
+  for step in range(start, total):
+    epoch, i = divmod(step, steps_per_epoch)
+    if epoch != order_epoch:
+      order, order_epoch = data.epoch_order(len(train), config.seed, epoch), epoch
+    idx = order[i * batch:(i + 1) * batch]
+    state, metrics = train_step(state, *global_batch(mesh, train.images[idx], train.labels[idx]))
+    window.append(metrics)
+    seen += batch
+    done = step + 1
+    if step == start:  # the first step compiled: time from here on
+      jax.block_until_ready(metrics)
+      t0, seen = time.perf_counter(), 0
+    if done % tcfg.log_every == 0 or done == total:
+      m = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
+      rate = seen / max(time.perf_counter() - t0, 1e-9)
+      log.write(dict(step=done, epoch=done / steps_per_epoch, images_per_s=rate, **m))
+      bar.set_postfix(loss=f'{m["loss"]:.3f}', acc=f'{m["accuracy"]:.3f}', img_s=f'{rate:.0f}')
+      window, t0, seen = [], time.perf_counter(), 0
+    if done % steps_per_epoch == 0 and tcfg.eval_every_epoch and done < total:
+      acc = accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size)
+      log.write({'step': done, 'epoch': done / steps_per_epoch, f'{eval_name}_accuracy': acc})
+      t0, seen = time.perf_counter(), 0  # images/s measures training only
+    if done % tcfg.checkpoint_every == 0 or done == total:
+      ckpt.save(done, state, meta)
+    bar.update(1)
+  bar.close()
+  ckpt.close()
+  final = accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size)
+  result = {'step': total, 'epoch': total / steps_per_epoch, f'{eval_name}_accuracy': final,
+            'final': True}
+  log.write(result)
+  return result
+
+
+def _check_meta(saved: dict, want: dict, directory) -> None:
+  for k in ('model', 'width', 'defence', 'dataset', 'num_classes'):
+    if saved.get(k) != want[k]:
+      raise checkpoint.CheckpointError(
+          f'checkpoint in {directory} was trained with {k}={saved.get(k)!r} but the config asks '
+          f'for {k}={want[k]!r}; use a fresh workdir or the matching config')
+
+
+class _MetricsLog:
+  """Appends JSON lines; on resume drops lines past the restored step, which the
+  killed run wrote but which the resumed run will write again."""
+
+  def __init__(self, path: pathlib.Path, keep_until: int):
+    self.path = path
+    if path.exists():
+      lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+      kept = [ln for ln in lines if json.loads(ln).get('step', 0) <= keep_until]
+      path.write_text(''.join(ln + '\n' for ln in kept))
+
+  def write(self, record: dict) -> None:
+    with self.path.open('a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def _progress(total, start, enabled):
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, initial=start, unit='step', desc='train', disable=not enabled)

@@ -1,0 +1,30 @@
+"""Trains or evaluates one experiment.
+
+    python run.py --config configs/cifar_baseline.py:cpu --workdir workdir/baseline_cpu
+    python run.py --config configs/cifar_baseline.py --config.train.epochs=3 --workdir ...
+
+Kept thin (as flax's examples/mnist/main.py) so that everything it does lives
+in the package, where it is tested: see ``jaxpix.experiment.run``.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxpix import experiment
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  print(json.dumps(experiment.run(_CONFIG.value, _WORKDIR.value)))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,95 @@
+"""The model zoo: parameter counts at full width and forward shapes at small width."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxpix import models
+
+# Full-width parameter counts (10 classes for CIFAR models, 1,000 for ImageNet).
+# References: ResNet-18 (CIFAR) 11.17 M, VGG-16 (CIFAR, BN) 14.7 M, LeNet-5 62 K,
+# All-CNN-C 1.37 M, NiN 0.97 M, ResNet-32 0.46 M, DenseNet-BC-100 (k=12) 0.8 M,
+# WRN-16-8 11.0 M, ResNet-50 25,557,032 (torchvision, exactly), VGG-19-BN
+# 143,678,248 in torchvision minus the 5,504 conv biases that BN makes redundant.
+PARAMS = {
+    'cnn6': 288_746,
+    'resnet18': 11_173_962,
+    'vgg16': 14_724_042,
+    'lenet': 62_006,
+    'pure_cnn': 1_370_986,
+    'nin': 968_394,
+    'resnet32': 466_714,
+    'densenet_bc100': 769_162,
+    'wrn16_8': 10_961_370,
+    'resnet50': 25_557_032,
+    'vgg19': 143_672_744,
+}
+
+
+def _count(name, **kw):
+  k = 1000 if models.REGISTRY[name][1] == 'imagenet' else 10
+  m = nnx.eval_shape(lambda: models.create(name, num_classes=k, **kw))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+
+
+@pytest.mark.parametrize('name', sorted(PARAMS))
+def test_parameter_count(name):
+  assert _count(name) == PARAMS[name]
+
+
+def test_width_shrinks_the_model():
+  assert _count('resnet18', width=0.25) < PARAMS['resnet18'] / 10
+
+
+@pytest.mark.parametrize('name', ['cnn6', 'resnet18', 'vgg16', 'lenet', 'pure_cnn', 'nin',
+                                  'resnet32', 'densenet_bc100', 'wrn16_8'])
+def test_cifar_forward(name):
+  m = models.create(name, num_classes=10, width=0.25 if name != 'lenet' else 1.0)
+  x = jnp.asarray(np.random.default_rng(0).random((2, 32, 32, 3), np.float32))
+  m.eval()
+  y = m(x)
+  assert y.shape == (2, 10) and y.dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(y)))
+  # Eval mode is deterministic and per-example.
+  np.testing.assert_allclose(np.asarray(m(x[:1])), np.asarray(y[:1]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['resnet50', 'vgg19'])
+def test_imagenet_forward(name):
+  m = models.create(name, num_classes=1000, width=1 / 16)
+  m.eval()
+  y = m(jnp.full((1, 224, 224, 3), 0.5))
+  assert y.shape == (1, 1000) and np.all(np.isfinite(np.asarray(y)))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  m = models.create('cnn6', num_classes=10, width=0.25, dtype=jnp.bfloat16)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  m.eval()
+  y = m(jnp.zeros((2, 32, 32, 3)))
+  assert y.dtype == jnp.float32
+
+
+def test_normalisation_is_inside():
+  # A constant image at the CIFAR mean normalises to zero: every conv input is 0.
+  m = models.create('cnn6', num_classes=10)
+  m.eval()
+  x = jnp.broadcast_to(jnp.asarray(models.CIFAR10_MEAN), (1, 32, 32, 3))
+  first = m.blocks[0].conv(models.common.normalise(x, models.CIFAR10_MEAN, models.CIFAR10_STD))
+  np.testing.assert_allclose(np.asarray(first), 0, atol=1e-5)
+
+
+def test_unknown_model():
+  with pytest.raises(ValueError, match="unknown model 'resnet7'"):
+    models.create('resnet7', num_classes=10)
+  with pytest.raises(ValueError, match='width must be > 0'):
+    models.create('cnn6', num_classes=10, width=0)
+
+
+def test_as_predict_is_a_pure_jittable_function():
+  m = models.create('lenet', num_classes=10)
+  predict = models.as_predict(m)
+  x = jnp.full((3, 32, 32, 3), 0.25)
+  np.testing.assert_allclose(np.asarray(jax.jit(predict)(x)), np.asarray(m(x)), rtol=1e-5)

@@ -1,0 +1,183 @@
+"""Training loop, checkpoints and resume, on real CIFAR-10 with the `test` config."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import cifar_baseline
+from jaxpix import checkpoint, data, evaluate, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(**overrides):
+  c = cifar_baseline.get_config('test')
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def _lines(workdir):
+  return [json.loads(ln) for ln in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def _params(workdir, config, step=None):
+  """The flat parameter dict of a checkpoint."""
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints')
+  model = train.build_model(config, 10)
+  _, like = train.init_state(model, train.make_optimizer(config.train, 1), config.seed)
+  state = ckpt.restore(like, step)
+  ckpt.close()
+  return {k: np.asarray(v) for k, v in checkpoint._flat(state['params']).items()}
+
+
+def test_train_end_to_end(shared_data, tmp_path):
+  del shared_data
+  cfg = _config()
+  result = train.train_and_evaluate(cfg, str(tmp_path))
+  lines = _lines(tmp_path)
+  assert [ln['step'] for ln in lines if 'loss' in ln] == [4, 8, 12]
+  assert lines[-1] == result and result['final'] and 0 <= result['test_accuracy'] <= 1
+  # 512 images at batch 64: epoch 1 ends at step 8 and is evaluated.
+  assert any(ln.get('step') == 8 and 'test_accuracy' in ln for ln in lines)
+  assert lines[-2]['loss'] < lines[0]['loss']  # it learns something in 12 steps
+  assert all(ln['images_per_s'] > 0 for ln in lines if 'loss' in ln)
+  assert json.loads((tmp_path / 'config.json').read_text())['model']['name'] == 'cnn6'
+  ckpt = checkpoint.Checkpointer(tmp_path / 'checkpoints', keep=3)
+  assert ckpt.steps() == [4, 8, 12]
+  assert ckpt.meta() == dict(model='cnn6', width=0.125, defence='none', dataset='cifar10',
+                             num_classes=10, step=12)
+  ckpt.close()
+  # Eval mode restores the same model and finds the same test accuracy.
+  ev = evaluate.evaluate(_config(mode='eval', checkpoint=str(tmp_path)), str(tmp_path / 'ev'))
+  test = data.load_npz('cifar10', 'test', cfg.data.dir)
+  assert ev['step'] == 12 and ev['test_images'] == len(test)
+  sub = _config(mode='eval', checkpoint=str(tmp_path))
+  sub.data.eval_subset = 200
+  # The final metric was on the first 200 test images: evaluate those the same way.
+  mesh = train.make_mesh()
+  graphdef, state, _, _ = evaluate.load_state(sub, 10)
+  eval_step = jax.jit(train.make_eval_step(graphdef))
+  first = data.Split(test.images[:200], test.labels[:200], 10)
+  assert train.accuracy(mesh, eval_step, state, first, 100) == result['test_accuracy']
+
+
+def test_resume_continues_and_refuses_another_model(shared_data, tmp_path):
+  del shared_data
+  train.train_and_evaluate(_config(**{'train.steps': 8}), str(tmp_path))
+  # Same workdir, longer run: continues from step 8 instead of starting over.
+  train.train_and_evaluate(_config(**{'train.steps': 12}), str(tmp_path))
+  steps = [ln['step'] for ln in _lines(tmp_path) if 'loss' in ln]
+  assert steps == [4, 8, 12]  # the final line of the first run was replaced, not kept twice
+  with pytest.raises(checkpoint.CheckpointError, match=r'width=0\.125.*width=0\.25'):
+    train.train_and_evaluate(_config(**{'model.width': 0.25, 'train.steps': 16}),
+                             str(tmp_path))
+
+
+def test_corrupted_checkpoint_names_the_directory_and_older_ones_still_work(shared_data,
+                                                                            tmp_path):
+  del shared_data
+  cfg = _config()
+  train.train_and_evaluate(cfg, str(tmp_path))
+  latest = tmp_path / 'checkpoints' / '12' / 'state'
+  for f in latest.rglob('*'):
+    if f.is_file() and f.stat().st_size > 0 and 'manifest' in f.name:
+      f.write_bytes(b'garbage')
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    train.train_and_evaluate(_config(**{'train.steps': 16}), str(tmp_path))
+  assert str(tmp_path / 'checkpoints' / '12') in str(e.value)
+  assert 'steps [4, 8]' in str(e.value)
+  old = _params(tmp_path, cfg, step=8)
+  assert old and all(np.all(np.isfinite(v)) for v in old.values())
+  # Resuming explicitly from an older checkpoint works.
+  train.train_and_evaluate(_config(**{'train.steps': 16, 'train.resume_step': 8}),
+                           str(tmp_path))
+  assert checkpoint.Checkpointer(tmp_path / 'checkpoints').latest_step() == 16
+
+
+def test_sigkill_mid_training_then_resume_equals_uninterrupted(shared_data, tmp_path):
+  del shared_data
+  steps, every = 160, 20
+  args = [sys.executable, str(ROOT / 'run.py'), '--config', 'configs/cifar_baseline.py:test',
+          f'--config.train.steps={steps}', f'--config.train.checkpoint_every={every}',
+          '--config.train.log_every=20']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  killed = tmp_path / 'killed'
+  proc = subprocess.Popen(args + [f'--workdir={killed}'], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # Kill it as soon as a checkpoint exists, well before the end.
+  deadline = time.time() + 240
+  while not (killed / 'checkpoints' / str(every)).is_dir() and time.time() < deadline:
+    assert proc.poll() is None, 'training ended before it could be killed'
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  left = checkpoint.Checkpointer(killed / 'checkpoints').latest_step()
+  assert left is not None and left < steps
+  subprocess.run(args + [f'--workdir={killed}'], cwd=ROOT, env=env, check=True,
+                 capture_output=True)
+  clean = tmp_path / 'clean'
+  subprocess.run(args + [f'--workdir={clean}'], cwd=ROOT, env=env, check=True,
+                 capture_output=True)
+  cfg = _config()
+  a, b = _params(killed, cfg), _params(clean, cfg)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+  ka = [ln for ln in _lines(killed) if 'loss' in ln]
+  kb = [ln for ln in _lines(clean) if 'loss' in ln]
+  assert [x['step'] for x in ka] == [x['step'] for x in kb]
+  np.testing.assert_allclose([x['loss'] for x in ka], [x['loss'] for x in kb], rtol=1e-6)
+
+
+def test_one_and_four_devices_give_the_same_trajectory(shared_data, tmp_path):
+  del shared_data
+  assert jax.device_count() >= 4
+  cfg = _config(**{'train.log_every': 1, 'train.steps': 6})
+  one = train.train_and_evaluate(cfg, str(tmp_path / 'one'), devices=jax.devices()[:1])
+  four = train.train_and_evaluate(cfg, str(tmp_path / 'four'), devices=jax.devices()[:4])
+  la = [ln['loss'] for ln in _lines(tmp_path / 'one') if 'loss' in ln]
+  lb = [ln['loss'] for ln in _lines(tmp_path / 'four') if 'loss' in ln]
+  assert len(la) == 6
+  # Batch norm sees the global batch on 4 devices too (XLA all-reduces its
+  # statistics), so only the float summation order differs.
+  np.testing.assert_allclose(la, lb, rtol=1e-4)
+  assert abs(one['test_accuracy'] - four['test_accuracy']) <= 0.01
+  pa, pb = _params(tmp_path / 'one', cfg), _params(tmp_path / 'four', cfg)
+  for k in pa:
+    np.testing.assert_allclose(pa[k], pb[k], rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+def test_bad_configs(shared_data, tmp_path):
+  del shared_data
+  with pytest.raises(FileNotFoundError, match='nowhere'):
+    train.train_and_evaluate(_config(**{'data.dir': str(tmp_path / 'nowhere')}), str(tmp_path))
+  with pytest.raises(ValueError, match=r'batch_size=66 must be divisible by the number of '
+                                       r'devices \(4\)'):
+    train.train_and_evaluate(_config(**{'train.batch_size': 66}), str(tmp_path),
+                             devices=jax.devices()[:4])
+  with pytest.raises(ValueError, match='schedule must be'):
+    train.train_and_evaluate(_config(**{'train.schedule': 'linear'}), str(tmp_path))
+  with pytest.raises(ValueError, match='unknown config variant'):
+    cifar_baseline.get_config('gpu')
+  with pytest.raises(checkpoint.CheckpointError, match='does not exist'):
+    evaluate.evaluate(_config(mode='eval', checkpoint=str(tmp_path / 'none')), str(tmp_path))
+
+
+def test_locked_config_rejects_typos():
+  r = subprocess.run([sys.executable, 'run.py', '--config', 'configs/cifar_baseline.py:test',
+                      '--config.train.epoch=3', '--workdir=/tmp/never'], cwd=ROOT,
+                     capture_output=True, text=True)
+  assert r.returncode != 0 and 'epoch' in r.stderr
