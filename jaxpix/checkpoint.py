@@ -56,6 +56,14 @@ class Checkpointer:
     self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_flat(state)),
                                                   meta=ocp.args.JsonSave(dict(meta, step=step))))
 
+  def delete_after(self, step: int) -> list[int]:
+    """Deletes checkpoints newer than ``step`` (a run resumed from an older
+    checkpoint replaces them; orbax would otherwise skip saving those steps)."""
+    newer = [s for s in self.steps() if s > step]
+    for s in newer:
+      self._mngr.delete(s)
+    return newer
+
   def wait(self) -> None:
     self._mngr.wait_until_finished()
 

@@ -11,6 +11,7 @@ what an uninterrupted one would have done.
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import time
 from collections.abc import Callable
@@ -154,6 +155,7 @@ def make_eval_step(graphdef):
 
 def accuracy(mesh, eval_step, state, split: data.Split, batch_size: int) -> float:
   """Exact accuracy over a whole split (the last batch padded and masked)."""
+  batch_size = -(-batch_size // mesh.size) * mesh.size  # shardable over every device
   correct = 0
   for i in range(0, len(split), batch_size):
     x, y = split.images[i:i + batch_size], split.labels[i:i + batch_size]
@@ -173,9 +175,9 @@ def accuracy(mesh, eval_step, state, split: data.Split, batch_size: int) -> floa
 # --------------------------------------------------------------------------- #
 
 
-def checkpoint_meta(config, num_classes: int) -> dict:
+def checkpoint_meta(config, num_classes: int, total_steps: int | None = None) -> dict:
   return dict(model=config.model.name, width=config.model.width, defence=config.defence.name,
-              dataset=config.data.dataset, num_classes=num_classes)
+              dataset=config.data.dataset, num_classes=num_classes, total_steps=total_steps)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -216,19 +218,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                       out_shardings=repl)
   # --- checkpoint: resume where a previous run stopped
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', keep=tcfg.keep_checkpoints)
-  meta = checkpoint_meta(config, train.num_classes)
+  meta = checkpoint_meta(config, train.num_classes, total)
   start = 0
   if ckpt.latest_step() is not None:
     saved = ckpt.meta(tcfg.resume_step or None)
     _check_meta(saved, meta, ckpt.directory)
     state = ckpt.restore(state, tcfg.resume_step or None)
     start = int(state['step'])
+    if start > total:
+      raise ValueError(f'the checkpoint in {ckpt.directory} is at step {start}, past this '
+                       f'run\'s {total} steps; raise config.train.steps/epochs or use another '
+                       'workdir')
+    if saved.get('total_steps') != total and tcfg.schedule != 'constant':
+      logging.warning('resuming a %s schedule planned for %s steps with %d steps: the learning '
+                      'rate from here on differs from the original plan', tcfg.schedule,
+                      saved.get('total_steps'), total)
+    dropped = ckpt.delete_after(start)
+    if dropped:
+      logging.warning('resumed from step %d; deleted the newer checkpoints %s', start, dropped)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
   log = _MetricsLog(workdir / 'metrics.jsonl', keep_until=start)
   # --- loop
   bar = _progress(total, start, tcfg.progress)
   window, t0, seen = [], time.perf_counter(), 0
   order, order_epoch = None, -1
+  last_eval = (-1, None)
   for step in range(start, total):
     epoch, i = divmod(step, steps_per_epoch)
     if epoch != order_epoch:
@@ -247,16 +261,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       log.write(dict(step=done, epoch=done / steps_per_epoch, images_per_s=rate, **m))
       bar.set_postfix(loss=f'{m["loss"]:.3f}', acc=f'{m["accuracy"]:.3f}', img_s=f'{rate:.0f}')
       window, t0, seen = [], time.perf_counter(), 0
-    if done % steps_per_epoch == 0 and tcfg.eval_every_epoch and done < total:
-      acc = accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size)
-      log.write({'step': done, 'epoch': done / steps_per_epoch, f'{eval_name}_accuracy': acc})
+    if done % steps_per_epoch == 0 and tcfg.eval_every_epoch:
+      last_eval = (done, accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size))
+      log.write({'step': done, 'epoch': done / steps_per_epoch,
+                 f'{eval_name}_accuracy': last_eval[1]})
       t0, seen = time.perf_counter(), 0  # images/s measures training only
     if done % tcfg.checkpoint_every == 0 or done == total:
       ckpt.save(done, state, meta)
     bar.update(1)
   bar.close()
   ckpt.close()
-  final = accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size)
+  final = (last_eval[1] if last_eval[0] == total else
+           accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size))
   result = {'step': total, 'epoch': total / steps_per_epoch, f'{eval_name}_accuracy': final,
             'final': True}
   log.write(result)
@@ -272,14 +288,22 @@ def _check_meta(saved: dict, want: dict, directory) -> None:
 
 
 class _MetricsLog:
-  """Appends JSON lines; on resume drops lines past the restored step, which the
-  killed run wrote but which the resumed run will write again."""
+  """Appends JSON lines. On resume it keeps what the restored state had done:
+  lines past the restored step (the killed run wrote them, the resumed run will
+  write them again), an earlier run's closing ``final`` record and a line torn
+  by the kill are dropped, so the file reads as one uninterrupted run."""
 
   def __init__(self, path: pathlib.Path, keep_until: int):
     self.path = path
     if path.exists():
-      lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-      kept = [ln for ln in lines if json.loads(ln).get('step', 0) <= keep_until]
+      kept = []
+      for ln in path.read_text().splitlines():
+        try:
+          rec = json.loads(ln)
+        except json.JSONDecodeError:
+          continue
+        if rec.get('step', 0) <= keep_until and not rec.get('final'):
+          kept.append(ln)
       path.write_text(''.join(ln + '\n' for ln in kept))
 
   def write(self, record: dict) -> None:

@@ -65,6 +65,7 @@ def test_targets_equal_to_labels():
     (dict(stop_threshold=1.5), 'stop_threshold'),
     (dict(l2_penalty=-1.0), 'l2_penalty'),
     (dict(slots=0), 'slots must be a positive int'),
+    (dict(steps_per_call=0), 'steps_per_call must be a positive int'),
     (dict(indices=np.array([0, 0, 1])), 'indices must be distinct'),
 ])
 def test_bad_settings(kw, words):

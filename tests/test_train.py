@@ -58,7 +58,7 @@ def test_train_end_to_end(shared_data, tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path / 'checkpoints', keep=3)
   assert ckpt.steps() == [4, 8, 12]
   assert ckpt.meta() == dict(model='cnn6', width=0.125, defence='none', dataset='cifar10',
-                             num_classes=10, step=12)
+                             num_classes=10, total_steps=12, step=12)
   ckpt.close()
   # Eval mode restores the same model and finds the same test accuracy.
   ev = evaluate.evaluate(_config(mode='eval', checkpoint=str(tmp_path)), str(tmp_path / 'ev'))
@@ -79,8 +79,12 @@ def test_resume_continues_and_refuses_another_model(shared_data, tmp_path):
   train.train_and_evaluate(_config(**{'train.steps': 8}), str(tmp_path))
   # Same workdir, longer run: continues from step 8 instead of starting over.
   train.train_and_evaluate(_config(**{'train.steps': 12}), str(tmp_path))
-  steps = [ln['step'] for ln in _lines(tmp_path) if 'loss' in ln]
-  assert steps == [4, 8, 12]  # the final line of the first run was replaced, not kept twice
+  # The log reads as one 12-step run: the first run's closing record is gone,
+  # the epoch evaluation at step 8 (skipped as final in the 8-step run) is there.
+  kinds = [(ln['step'], 'loss' in ln, 'test_accuracy' in ln, bool(ln.get('final')))
+           for ln in _lines(tmp_path)]
+  assert kinds == [(4, True, False, False), (8, True, False, False), (8, False, True, False),
+                   (12, True, False, False), (12, False, True, True)]
   with pytest.raises(checkpoint.CheckpointError, match=r'width=0\.125.*width=0\.25'):
     train.train_and_evaluate(_config(**{'model.width': 0.25, 'train.steps': 16}),
                              str(tmp_path))
@@ -101,10 +105,12 @@ def test_corrupted_checkpoint_names_the_directory_and_older_ones_still_work(shar
   assert 'steps [4, 8]' in str(e.value)
   old = _params(tmp_path, cfg, step=8)
   assert old and all(np.all(np.isfinite(v)) for v in old.values())
-  # Resuming explicitly from an older checkpoint works.
-  train.train_and_evaluate(_config(**{'train.steps': 16, 'train.resume_step': 8}),
+  # Resuming explicitly from an older checkpoint works, and replaces the newer
+  # (corrupted) one instead of leaving it for the next resume to trip on.
+  train.train_and_evaluate(_config(**{'train.steps': 12, 'train.resume_step': 8}),
                            str(tmp_path))
-  assert checkpoint.Checkpointer(tmp_path / 'checkpoints').latest_step() == 16
+  assert checkpoint.Checkpointer(tmp_path / 'checkpoints').steps() == [4, 8, 12]
+  assert _params(tmp_path, cfg, step=12).keys() == old.keys()
 
 
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(shared_data, tmp_path):

@@ -267,6 +267,8 @@ def _attack(srch, predict, x, labels, targets, key, pixels, mode, l2_penalty, st
     slots = max(1, _DEFAULT_BATCH // srch.num_candidates)
   if not isinstance(slots, int) or slots < 1:
     raise ValueError(f'slots must be a positive int, got {slots!r}')
+  if not isinstance(steps_per_call, int) or steps_per_call < 1:
+    raise ValueError(f'steps_per_call must be a positive int, got {steps_per_call!r}')
   fit = Fitness(targeted=t is not None, l2_penalty=float(l2_penalty),
                 stop_threshold=stop_threshold, early_stop=early_stop, mode=mode)
   dim = pixels * (2 + c)
@@ -317,7 +319,7 @@ def _apply_all(x, vecs, mode, batch=1024):
                          for i in range(0, len(x), batch)])
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _softmax_fn(predict):
   return jax.jit(lambda im: jax.nn.softmax(predict(im).astype(jnp.float32), axis=-1))
 

@@ -10,9 +10,13 @@ bounded by the slot and queue sizes, never by the number of images.
 
 Per-image randomness is ``fold_in(key, global_index)`` and step ``s`` of an
 image uses ``fold_in(image_key, s)``, so an image's result depends on the key
-and the image only, not on which slot, call or device ran it. (Bitwise equality
-across slot counts also needs ``predict`` to give each example the same logits
-whatever else is in its batch, which holds for ordinary models on one backend.)
+and the image only, not on which slot, call or device ran it. Bitwise equality
+across slot counts, device counts and the tail compaction (which halves the
+forward batch) also needs ``predict`` to give each example the same logits
+whatever the size of its batch. XLA's CPU convolutions do (tested with a
+CNN); GPU libraries may pick other algorithms for other batch sizes, and then
+results agree to float rounding, which a ``<=`` selection can amplify into a
+different trajectory. A rerun of the same call is reproducible either way.
 """
 
 from __future__ import annotations
@@ -56,8 +60,11 @@ class Fitness:
   mode: perturb.Mode = 'replace'
 
 
-# Per-image record of the best candidate seen so far (lexicographic: a
-# successful candidate beats any unsuccessful one, then lower energy wins).
+# Per-image record of the best candidate seen so far. Ranked by tier, then
+# energy: a candidate that meets the stop rule (tier 2) beats a merely
+# successful one (tier 1), which beats any unsuccessful one (tier 0); lower
+# energy breaks ties. (Energy alone would not do: with an L2 penalty a
+# candidate past the stop threshold can have the higher energy.)
 _BEST_FIELDS = ('vec', 'energy', 'success', 'stop', 'true_prob', 'pred', 'pred_prob',
                 'target_prob')
 
@@ -87,14 +94,19 @@ def evaluate(predict: Predict, images, cands, labels, targets, fit: Fitness):
               pred=pred, pred_prob=jnp.max(probs, axis=-1), target_prob=tgt_p)
 
 
+def _tier(rec):
+  return rec['stop'].astype(jnp.int32) + rec['success'].astype(jnp.int32)  # stop => success
+
+
 def _merge_best(best, ev):
   """Folds this step's candidates [S, P] into the per-slot best record [S]."""
-  any_s = jnp.any(ev['success'], axis=1, keepdims=True)
-  j = jnp.argmin(jnp.where(ev['success'] | ~any_s, ev['energy'], jnp.inf), axis=1)
+  tier = _tier(ev)
+  top = jnp.max(tier, axis=1, keepdims=True)
+  j = jnp.argmin(jnp.where(tier == top, ev['energy'], jnp.inf), axis=1)
   new = {k: jnp.take_along_axis(ev[k], j.reshape((-1,) + (1,) * (ev[k].ndim - 1)), axis=1)[:, 0]
          for k in _BEST_FIELDS}
-  better = (new['success'] & ~best['success']) | (
-      (new['success'] == best['success']) & (new['energy'] < best['energy']))
+  t_new, t_old = _tier(new), _tier(best)
+  better = (t_new > t_old) | ((t_new == t_old) & (new['energy'] < best['energy']))
   return {k: _where(better, new[k], best[k]) for k in _BEST_FIELDS}
 
 
@@ -190,7 +202,10 @@ def _device_loop(search, predict, fit, steps_per_call, dim, st, queue, queue_len
   return st, qpos[None], out, n_out[None]
 
 
-@functools.lru_cache(maxsize=16)
+# Keyed on the predict function itself (its captured parameters stay alive while
+# cached): reuse one predict object to reuse the compilation; a small cache
+# bounds what stale parameter sets can pin.
+@functools.lru_cache(maxsize=4)
 def _compiled(search, predict, fit, steps_per_call, dim, mesh):
   fn = functools.partial(_device_loop, search, predict, fit, steps_per_call, dim)
   d = P('data')

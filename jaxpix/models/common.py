@@ -43,12 +43,15 @@ def as_predict(model: nnx.Module):
   """A pure ``images -> logits`` function of a model in eval mode, for the attack.
 
   The model's state is captured as arrays (split once), so the function can be
-  jitted, vmapped and sharded like any JAX function.
+  jitted, vmapped and sharded like any JAX function; the model passed in is not
+  changed. Each call makes a new function, and the attack compiles once per
+  function: make it once and reuse it.
   """
-  model.eval()
   graphdef, state = nnx.split(model)
 
   def predict(images):
-    return nnx.merge(graphdef, state)(images)
+    m = nnx.merge(graphdef, state)
+    m.eval()
+    return m(images)
 
   return predict

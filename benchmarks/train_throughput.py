@@ -1,0 +1,66 @@
+"""Training throughput (images/s) of the jitted train step, per model and width.
+
+    python benchmarks/train_throughput.py --models resnet18@0.25 resnet18@1 cnn6@1
+
+Times ``--steps`` steps of the real train step (augmentation, forward,
+backward, Adam) on random uint8 CIFAR-shaped batches after one compile step,
+on all local devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
+from configs import cifar_baseline  # noqa: E402
+from jaxpix import train  # noqa: E402
+
+
+def measure(name: str, width: float, batch: int, steps: int) -> dict:
+  cfg = cifar_baseline.get_config()
+  cfg.model.name, cfg.model.width, cfg.train.batch_size = name, width, batch
+  mesh = train.make_mesh()
+  model = train.build_model(cfg, 10)
+  tx = train.make_optimizer(cfg.train, 1000)
+  graphdef, state = train.init_state(model, tx, 0)
+  repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  state = jax.device_put(state, repl)
+  step = jax.jit(train.make_train_step(graphdef, tx, train.make_loss(cfg), True),
+                 in_shardings=(repl, shard, shard), out_shardings=(repl, repl), donate_argnums=0)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+  y = rng.integers(0, 10, batch).astype(np.int32)
+  xb, yb = train.global_batch(mesh, x, y)
+  state, m = step(state, xb, yb)
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = step(state, xb, yb)
+  jax.block_until_ready(m)
+  dt = time.perf_counter() - t0
+  return dict(model=name, width=width, batch=batch, steps=steps,
+              images_per_s=steps * batch / dt, seconds_per_step=dt / steps)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--models', nargs='+', default=['resnet18@0.25', 'resnet18@1'])
+  ap.add_argument('--batch', type=int, default=128)
+  ap.add_argument('--steps', type=int, default=5)
+  args = ap.parse_args(argv)
+  for spec in args.models:
+    name, _, width = spec.partition('@')
+    print(json.dumps(measure(name, float(width or 1), args.batch, args.steps)), flush=True)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
