@@ -25,6 +25,8 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.data.dataset = dataset
   c.data.source = 'npz'  # or 'tfds' (prepared tensorflow-datasets, no download)
   c.data.dir = str(SHARED_DATA / ('cifar10' if dataset == 'cifar10' else 'imagenet_sample'))
+  c.data.train_split = 'train'
+  c.data.eval_split = 'test'  # used when validation_size == 0; eval mode's test split
   c.data.validation_size = 0  # > 0: hold out that many train images for model selection
   c.data.split_seed = 0
   c.data.train_subset = 0  # > 0: train on the first that many images only

@@ -25,11 +25,14 @@ def get_config(arg=None):
   c.model.name = 'vgg19' if 'vgg19' in variants else 'resnet50'
   c.train.batch_size = 64
   c.train.epochs = 90
+  c.data.eval_split = 'validation'  # the paper evaluates on ImageNet's validation set
   c.data.augment = False  # random-resized crops belong to the tfds pipeline; not built yet
   if 'smoke' in variants:
     c.data.dataset = 'imagenet_sample'
     c.data.source = 'npz'
     c.data.dir = str(common.SHARED_DATA / 'imagenet_sample')
+    c.data.train_split = 'test'  # the sample's only split: train on 400, evaluate on 100
+    c.data.eval_split = 'test'
     c.data.validation_size = 100
     c.model.width = 0.125
     c.train.batch_size = 16

@@ -127,9 +127,9 @@ def load(cfg) -> tuple[Split, Split, str]:
   """Train and evaluation splits for a ``config.data`` block.
 
   With ``validation_size > 0`` the last ``validation_size`` images of a fixed
-  permutation of train (seed ``split_seed``) are held out and become the
-  evaluation split, so model selection never sees the test images; otherwise
-  the evaluation split is ``test``. ``train_subset > 0`` keeps the first that
+  permutation of ``train_split`` (seed ``split_seed``) are held out and become
+  the evaluation split, so model selection never sees the test images;
+  otherwise the evaluation split is ``eval_split``. ``train_subset > 0`` keeps the first that
   many training images (CPU runs). Returns (train, eval, eval split name).
   """
   if cfg.source == 'npz':
@@ -138,7 +138,7 @@ def load(cfg) -> tuple[Split, Split, str]:
     get = lambda split: load_tfds(cfg.dataset, split, cfg.dir or None)
   else:
     raise ValueError(f'config.data.source must be "npz" or "tfds", got {cfg.source!r}')
-  train = get('train')
+  train = get(cfg.train_split)
   if cfg.validation_size:
     if not 0 < cfg.validation_size < len(train):
       raise ValueError(f'config.data.validation_size must be in [0, {len(train)}), got '
@@ -149,7 +149,7 @@ def load(cfg) -> tuple[Split, Split, str]:
     train = Split(train.images[keep], train.labels[keep], train.num_classes)
     name = 'validation'
   else:
-    evaluation, name = get('test'), 'test'
+    evaluation, name = get(cfg.eval_split), cfg.eval_split
   if cfg.train_subset:
     train = Split(train.images[:cfg.train_subset], train.labels[:cfg.train_subset],
                   train.num_classes)

@@ -48,7 +48,7 @@ def evaluate(config, workdir: str) -> dict:
   cfg = config.data
   get = (lambda s: data.load_npz(cfg.dataset, s, cfg.dir)) if cfg.source == 'npz' else (
       lambda s: data.load_tfds(cfg.dataset, s, cfg.dir or None))
-  test = get('test')
+  test = get(cfg.eval_split)
   graphdef, state, mesh, step = load_state(config, test.num_classes)
   repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   eval_step = jax.jit(train.make_eval_step(graphdef), in_shardings=(repl, shard, shard, shard),
