@@ -126,3 +126,11 @@ def test_augment_crops_and_flips_per_example():
   # Per-example keys: example i does not depend on the rest of the batch.
   np.testing.assert_array_equal(np.asarray(data.augment(jax.random.key(0), x[:4], pad=2)),
                                 out[:4])
+
+
+def test_unprepared_tfds_source_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r'(?s)cifar10:train is not prepared under data_dir=.*'
+                                              r'source="npz"'):
+    data.load_tfds('cifar10', 'train', str(tmp_path))
+  with pytest.raises(ValueError, match='has no tensorflow-datasets source'):
+    data.load_tfds('imagenet_sample', 'test', str(tmp_path))

@@ -205,3 +205,15 @@ def test_imagenet_smoke_config_runs_the_224_path(shared_data, tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path / 'checkpoints')
   assert ckpt.meta()['model'] == 'resnet50' and ckpt.meta()['num_classes'] == 1000
   ckpt.close()
+
+
+def test_bfloat16_compute_trains(shared_data, tmp_path):
+  del shared_data
+  result = train.train_and_evaluate(_config(dtype='bfloat16', **{'train.steps': 8}),
+                                    str(tmp_path))
+  losses = [ln['loss'] for ln in _lines(tmp_path) if 'loss' in ln]
+  assert len(losses) == 2 and all(np.isfinite(losses)) and losses[1] < losses[0]
+  assert 0 <= result['test_accuracy'] <= 1
+  # Parameters are kept (and checkpointed) in float32.
+  params = _params(tmp_path, _config(dtype='bfloat16'))
+  assert all(v.dtype == np.float32 for v in params.values())
