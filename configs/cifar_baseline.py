@@ -24,23 +24,5 @@ def get_config(arg=None):
   c = common.base('cifar10')
   if 'vgg16' in variants:
     c.model.name = 'vgg16'
-  if 'cpu' in variants:
-    c.model.width = 0.25
-    c.train.epochs = 8
-    c.train.schedule = 'cosine'
-    c.train.warmup_steps = 200
-    c.train.lr = 2e-3
-    c.train.checkpoint_every = 500
-    c.data.validation_size = 5000
-  if 'test' in variants:
-    c.model.name = 'cnn6'
-    c.model.width = 0.125
-    c.data.train_subset = 512
-    c.data.eval_subset = 200
-    c.train.batch_size = 64
-    c.train.steps = 12
-    c.train.log_every = 4
-    c.train.checkpoint_every = 4
-    c.train.eval_batch_size = 100
-    c.train.progress = False
+  common.small(c, variants)
   return c

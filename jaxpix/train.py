@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxpix import checkpoint, data, models
+from jaxpix import checkpoint, data, defences, models
 
 DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 
@@ -68,8 +68,14 @@ def global_batch(mesh, images: np.ndarray, labels: np.ndarray):
 
 
 def build_model(config, num_classes: int) -> nnx.Module:
-  return models.create(config.model.name, num_classes=num_classes, width=config.model.width,
-                       dtype=DTYPES[config.dtype], seed=config.seed)
+  """The classifier of ``config.model``, behind pixel-wise attention if the
+  defence has it (APR)."""
+  model = models.create(config.model.name, num_classes=num_classes, width=config.model.width,
+                        dtype=DTYPES[config.dtype], seed=config.seed)
+  if config.defence.attention:
+    model = defences.Attended(model, config.defence.attention_kernel,
+                              rngs=nnx.Rngs(config.seed + 1))
+  return model
 
 
 def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
@@ -86,20 +92,9 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(lr))
 
 
-def cross_entropy(logits, labels, temperature: float = 1.0):
-  return optax.softmax_cross_entropy_with_integer_labels(logits / temperature, labels).mean()
-
-
-def clean_term(model, x, y, key):
-  del key
-  logits = model(x)
-  loss = cross_entropy(logits, y)
-  return loss, {'clean_loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y)}
-
-
 def make_loss(config) -> list[tuple[str, float, LossTerm]]:
-  """The weighted terms of the training loss for ``config``."""
-  return [('clean', 1.0, clean_term)]
+  """The weighted terms of the training loss for ``config`` (its defence)."""
+  return defences.loss_terms(config)
 
 
 # --------------------------------------------------------------------------- #

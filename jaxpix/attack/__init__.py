@@ -12,6 +12,7 @@ from jaxpix.attack.attacks import (
     extreme_colour,
     one_pixel,
 )
+from jaxpix.attack.guided import GuidedResult, gradient_extreme
 from jaxpix.attack.perturb import apply as apply_pixels
 from jaxpix.attack.perturb import decode
 from jaxpix.attack.search import KERAS, PRESETS, SU, DEConfig
@@ -23,9 +24,11 @@ __all__ = [
     'AttackResult',
     'DEConfig',
     'FixedBudgetResult',
+    'GuidedResult',
     'apply_pixels',
     'de_fixed_budget',
     'decode',
     'extreme_colour',
+    'gradient_extreme',
     'one_pixel',
 ]

@@ -50,7 +50,7 @@ def as_predict(model: nnx.Module):
   graphdef, state = nnx.split(model)
 
   def predict(images):
-    m = nnx.merge(graphdef, state)
+    m = nnx.merge(graphdef, state, copy=True)
     m.eval()
     return m(images)
 

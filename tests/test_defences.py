@@ -1,0 +1,166 @@
+"""APR (attention, mixed adversarial loss, gradient penalty), AT and the guided adversary."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import cifar_apr, cifar_at
+from jaxpix import attack, checkpoint, defences, models, train
+from jaxpix.defences import apr
+
+import models as toy
+
+
+def _lines(workdir):
+  return [json.loads(ln) for ln in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_apr_trains_with_all_three_terms(shared_data, tmp_path):
+  del shared_data
+  cfg = cifar_apr.get_config('test')
+  train.train_and_evaluate(cfg, str(tmp_path))
+  logged = [ln for ln in _lines(tmp_path) if 'loss' in ln]
+  assert len(logged) == 3
+  for ln in logged:
+    for k in ('clean_loss', 'adv_loss', 'grad_penalty'):
+      assert np.isfinite(ln[k]) and ln[k] > 0, k
+    # L_total = alpha L_clean + (1 - alpha) L_adv + beta R (averages are linear).
+    want = 0.7 * ln['clean_loss'] + 0.3 * ln['adv_loss'] + 0.01 * ln['grad_penalty']
+    assert ln['loss'] == pytest.approx(want, rel=1e-5)
+    assert ln['adv_changed'] > 0.9  # the adversary really perturbed the batch
+  ckpt = checkpoint.Checkpointer(tmp_path / 'checkpoints')
+  assert ckpt.meta()['defence'] == 'apr'
+  ckpt.close()
+
+
+def test_adversarial_training_with_the_guided_adversary(shared_data, tmp_path):
+  del shared_data
+  cfg = cifar_at.get_config('test,guided')
+  train.train_and_evaluate(cfg, str(tmp_path))
+  ln = [ln for ln in _lines(tmp_path) if 'loss' in ln][-1]
+  assert 'grad_penalty' not in ln
+  assert ln['loss'] == pytest.approx(0.7 * ln['clean_loss'] + 0.3 * ln['adv_loss'], rel=1e-5)
+
+
+@pytest.mark.parametrize('variant, terms, attention', [
+    ('', ['clean', 'adv', 'grad_penalty'], True),
+    ('no_attention', ['clean', 'adv', 'grad_penalty'], False),
+    ('no_adv', ['clean', 'grad_penalty'], True),
+    ('no_reg', ['clean', 'adv'], True),
+])
+def test_ablation_switches(variant, terms, attention):
+  cfg = cifar_apr.get_config(','.join(['test', variant]).strip(','))
+  got = train.make_loss(cfg)
+  assert [name for name, _, _ in got] == terms
+  weights = dict((name, w) for name, w, _ in got)
+  if 'adv' in weights:
+    assert (weights['clean'], weights['adv']) == (0.7, pytest.approx(0.3))
+  else:
+    assert weights['clean'] == 1.0
+  model = train.build_model(cfg, 10)
+  assert isinstance(model, defences.Attended) == attention
+  assert cfg.defence.name == ('apr_' + variant if variant else 'apr')
+
+
+def test_baseline_has_only_the_clean_term():
+  from configs import cifar_baseline
+
+  assert [n for n, _, _ in train.make_loss(cifar_baseline.get_config('test'))] == ['clean']
+
+
+def test_attention_map_and_attended_output():
+  base = models.create('cnn6', num_classes=10, width=0.125)
+  m = defences.Attended(base, kernel_size=5, rngs=nnx.Rngs(0))
+  m.eval()
+  x = jnp.asarray(toy.cifar_like(2, 32, 32))
+  a = m.attention_map(x)
+  assert a.shape == x.shape
+  assert float(a.min()) > 0 and float(a.max()) < 1
+  np.testing.assert_allclose(np.asarray(m(x)), np.asarray(base(a * x)), rtol=1e-6)
+  assert m.attention.conv.kernel.shape == (5, 5, 3, 3)
+
+
+class _Linear(nnx.Module):
+  def __init__(self, w):
+    self.w = nnx.Param(jnp.asarray(w))
+
+  def __call__(self, x):
+    return x.reshape(x.shape[0], -1) @ self.w
+
+
+def test_gradient_penalty_is_the_input_gradient_of_the_cross_entropy():
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(4 * 4 * 3, 5)).astype(np.float32)
+  x = jnp.asarray(toy.cifar_like(3, 4, 4))
+  y = jnp.array([0, 3, 4])
+  value, _ = apr.gradient_penalty_term(_Linear(w), x, y, None)
+  # d(-log softmax(xW)_y)/dx = W (softmax(xW) - onehot(y)).
+  p = np.asarray(jax.nn.softmax(np.asarray(x).reshape(3, -1) @ w))
+  g = (p - np.eye(5)[np.asarray(y)]) @ w.T
+  assert float(value) == pytest.approx(np.mean(np.sum(g * g, axis=1)), rel=1e-4)
+  # Double backprop: the penalty has a finite, non-zero gradient in the weights.
+  grads = nnx.grad(lambda m: apr.gradient_penalty_term(m, x, y, None)[0])(_Linear(w))
+  gw = np.asarray(grads['w'])
+  assert np.all(np.isfinite(gw)) and np.abs(gw).sum() > 0
+
+
+def test_every_term_has_finite_gradients():
+  cfg = cifar_apr.get_config('test')
+  model = train.build_model(cfg, 10)
+  model.train()
+  x = jnp.asarray(toy.cifar_like(4, 32, 32))
+  y = jnp.array([0, 1, 2, 3])
+  for name, _, term in train.make_loss(cfg):
+    grads = nnx.grad(lambda m, term=term: term(m, x, y, jax.random.key(0))[0])(model)
+    leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
+    assert all(np.all(np.isfinite(g)) for g in leaves), name
+    assert sum(np.abs(g).sum() for g in leaves) > 0, name
+
+
+def test_adversarial_term_changes_at_most_one_pixel_per_image():
+  cfg = cifar_apr.get_config('test')
+  adversary = apr.make_adversary(cfg.defence.adv)
+  model = models.create('cnn6', num_classes=10, width=0.125)
+  x = jnp.asarray(toy.cifar_like(5, 32, 32, seed=4))
+  y = jnp.arange(5)
+  x_adv = np.asarray(jax.jit(lambda x, y: adversary(apr._eval_predict(model), x, y,
+                                                    jax.random.key(1)))(x, y))
+  changed = np.any(x_adv != np.asarray(x), axis=-1).sum(axis=(1, 2))
+  assert np.all(changed <= 1) and changed.sum() >= 1
+  np.testing.assert_array_equal(np.round(x_adv * 255) / 255, x_adv)
+
+
+def test_guided_adversary_finds_the_sensitive_pixel():
+  r0, c0 = 5, 2
+
+  def predict(x):
+    # Class 1 only if the red channel of pixel (5, 2) is near 1: the input
+    # gradient is non-zero there alone.
+    return jnp.stack([jnp.zeros(x.shape[0]), 50 * (x[:, r0, c0, 0] - 0.9)], axis=1)
+
+  x = jnp.asarray(toy.gray_images(3, 8, 8))
+  res = jax.jit(lambda x, y: attack.gradient_extreme(predict, x, y, top=1))(x, jnp.zeros(3,
+                                                                                        int))
+  assert bool(res.success.all())
+  np.testing.assert_array_equal(np.asarray(res.positions), [[r0, c0]] * 3)
+  assert np.all(np.asarray(res.adv_images)[:, r0, c0, 0] == 1.0)
+
+
+def test_bad_adversary_method():
+  cfg = cifar_apr.get_config('test')
+  cfg.defence.adv.method = 'pgd'
+  with pytest.raises(ValueError, match='adv.method must be "de" or "guided"'):
+    train.make_loss(cfg)
+  with pytest.raises(ValueError, match='unknown config variant'):
+    cifar_apr.get_config('no_attn')
+
+
+def test_clean_term_is_the_mean_cross_entropy():
+  m = _Linear(np.zeros((4 * 4 * 3, 5), np.float32))  # all logits 0: p = 1/5, argmax 0
+  v, met = apr.clean_term(m, jnp.asarray(toy.gray_images(2, 4, 4)), jnp.array([0, 2]), None)
+  assert float(v) == pytest.approx(np.log(5), rel=1e-6)
+  assert float(met['accuracy']) == 0.5
