@@ -1,10 +1,13 @@
-"""Training throughput (images/s) of the jitted train step, per model and width.
+"""Training throughput (images/s) of the jitted train step, per model or per config.
 
     python benchmarks/train_throughput.py --models resnet18@0.25 resnet18@1 cnn6@1
+    python benchmarks/train_throughput.py --configs cifar_baseline.py:cpu cifar_apr.py:cpu \
+        cifar_apr.py:cpu,guided cifar_at.py:cpu
 
-Times ``--steps`` steps of the real train step (augmentation, forward,
-backward, Adam) on random uint8 CIFAR-shaped batches after one compile step,
-on all local devices.
+Times ``--steps`` steps of the real train step (augmentation, the config's
+whole loss with its defence, backward, Adam) on random uint8 CIFAR-shaped
+batches after one compile step, on all local devices. With ``--configs`` the
+first one is the reference and each line also gives its step time relative to it.
 """
 
 from __future__ import annotations
@@ -21,13 +24,23 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
+import importlib  # noqa: E402
+
 from configs import cifar_baseline  # noqa: E402
 from jaxpix import train  # noqa: E402
 
 
-def measure(name: str, width: float, batch: int, steps: int) -> dict:
-  cfg = cifar_baseline.get_config()
-  cfg.model.name, cfg.model.width, cfg.train.batch_size = name, width, batch
+def config_of(spec: str):
+  """'cifar_apr.py:cpu,guided' -> that config."""
+  name, _, arg = spec.partition(':')
+  return importlib.import_module('configs.' + name.removesuffix('.py')).get_config(arg or None)
+
+
+def measure(name: str, width: float, batch: int, steps: int, cfg=None) -> dict:
+  if cfg is None:
+    cfg = cifar_baseline.get_config()
+    cfg.model.name, cfg.model.width = name, width
+  cfg.train.batch_size = batch
   mesh = train.make_mesh()
   model = train.build_model(cfg, 10)
   tx = train.make_optimizer(cfg.train, 1000)
@@ -47,16 +60,27 @@ def measure(name: str, width: float, batch: int, steps: int) -> dict:
     state, m = step(state, xb, yb)
   jax.block_until_ready(m)
   dt = time.perf_counter() - t0
-  return dict(model=name, width=width, batch=batch, steps=steps,
-              images_per_s=steps * batch / dt, seconds_per_step=dt / steps)
+  return dict(model=cfg.model.name, width=cfg.model.width, defence=cfg.defence.name,
+              adversary=cfg.defence.adv.method if cfg.defence.adversarial else None,
+              batch=batch, steps=steps, images_per_s=steps * batch / dt,
+              seconds_per_step=dt / steps)
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser()
-  ap.add_argument('--models', nargs='+', default=['resnet18@0.25', 'resnet18@1'])
+  ap.add_argument('--models', nargs='*', default=['resnet18@0.25', 'resnet18@1'])
+  ap.add_argument('--configs', nargs='*', default=[])
   ap.add_argument('--batch', type=int, default=128)
   ap.add_argument('--steps', type=int, default=5)
   args = ap.parse_args(argv)
+  if args.configs:
+    ref = None
+    for spec in args.configs:
+      r = dict(config=spec, **measure('', 0, args.batch, args.steps, config_of(spec)))
+      ref = ref or r['seconds_per_step']
+      r['relative_step_time'] = r['seconds_per_step'] / ref
+      print(json.dumps(r), flush=True)
+    return
   for spec in args.models:
     name, _, width = spec.partition('@')
     print(json.dumps(measure(name, float(width or 1), args.batch, args.steps)), flush=True)
