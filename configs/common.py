@@ -45,6 +45,9 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.defence.adversarial = False  # L = alpha L_clean + (1 - alpha) L_adv
   c.defence.alpha = 0.7
   c.defence.beta = 0.0  # input-gradient penalty weight (APR: 0.01)
+  # Input transformations in front of the classifier (IT); 0 = off.
+  c.defence.bit_depth = 0
+  c.defence.jpeg_quality = 0
   c.defence.adv = ml_collections.ConfigDict()
   c.defence.adv.method = 'de'  # 'de' (the paper) or 'guided' (top-m gradient pixels x 8 corners)
   # The paper attacks with population 400 x 100 generations; per mini-batch that

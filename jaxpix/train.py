@@ -68,10 +68,12 @@ def global_batch(mesh, images: np.ndarray, labels: np.ndarray):
 
 
 def build_model(config, num_classes: int) -> nnx.Module:
-  """The classifier of ``config.model``, behind pixel-wise attention if the
-  defence has it (APR)."""
+  """The classifier of ``config.model``, behind the defence's input
+  transformations (IT) and pixel-wise attention (APR) where it has them."""
   model = models.create(config.model.name, num_classes=num_classes, width=config.model.width,
                         dtype=DTYPES[config.dtype], seed=config.seed)
+  if config.defence.bit_depth or config.defence.jpeg_quality:
+    model = defences.Transformed(model, config.defence.bit_depth, config.defence.jpeg_quality)
   if config.defence.attention:
     model = defences.Attended(model, config.defence.attention_kernel,
                               rngs=nnx.Rngs(config.seed + 1))

@@ -1,6 +1,7 @@
-"""Defences: APR and adversarial training (``apr``); input transformations,
-distillation and the autoencoder follow."""
+"""Defences: APR and adversarial training (``apr``), input transformations
+(``transforms``); distillation and the autoencoder follow."""
 
 from jaxpix.defences.apr import Attended, PixelAttention, loss_terms
+from jaxpix.defences.transforms import Transformed, bit_depth, jpeg
 
-__all__ = ['Attended', 'PixelAttention', 'loss_terms']
+__all__ = ['Attended', 'PixelAttention', 'Transformed', 'bit_depth', 'jpeg', 'loss_terms']
