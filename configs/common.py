@@ -48,6 +48,10 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # Input transformations in front of the classifier (IT); 0 = off.
   c.defence.bit_depth = 0
   c.defence.jpeg_quality = 0
+  # Defensive distillation: softmax temperature of teacher and student, and the
+  # teacher's workdir ('' = <workdir>/teacher, trained first if missing).
+  c.defence.temperature = 1.0
+  c.defence.teacher = ''
   c.defence.adv = ml_collections.ConfigDict()
   c.defence.adv.method = 'de'  # 'de' (the paper) or 'guided' (top-m gradient pixels x 8 corners)
   # The paper attacks with population 400 x 100 generations; per mini-batch that

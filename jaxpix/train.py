@@ -94,9 +94,33 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(lr))
 
 
-def make_loss(config) -> list[tuple[str, float, LossTerm]]:
-  """The weighted terms of the training loss for ``config`` (its defence)."""
-  return defences.loss_terms(config)
+def make_loss(config, teacher_predict=None) -> list[tuple[str, float, LossTerm]]:
+  """The weighted terms of the training loss for ``config`` (its defence);
+  a distillation student also needs its teacher's ``predict``."""
+  return defences.loss_terms(config, teacher_predict)
+
+
+def teacher_config(config) -> ml_collections.ConfigDict:
+  """The config of a distillation student's teacher: same model and data,
+  trained at the temperature on hard labels."""
+  t = ml_collections.ConfigDict(config.to_dict())
+  t.defence.name = 'dd_teacher'
+  return t
+
+
+def train_teacher(config, workdir: pathlib.Path, num_classes: int, devices=None):
+  """Trains (or resumes, or just loads) the teacher of a distillation student
+  in ``config.defence.teacher`` (default ``workdir/teacher``); returns its
+  frozen ``predict`` at T = 1 (the term divides by T itself)."""
+  from jaxpix import evaluate  # evaluate imports this module
+
+  tcfg = teacher_config(config)
+  tdir = pathlib.Path(config.defence.teacher or workdir / 'teacher')
+  train_and_evaluate(tcfg, str(tdir), devices)
+  tcfg.checkpoint = str(tdir)
+  tcfg.train.resume_step = 0
+  graphdef, state, _, _ = evaluate.load_state(tcfg, num_classes)
+  return models.as_predict(nnx.merge(graphdef, state['params'], state['rest']))
 
 
 # --------------------------------------------------------------------------- #
@@ -208,7 +232,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   graphdef, state = init_state(model, tx, config.seed)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  train_step = jax.jit(make_train_step(graphdef, tx, make_loss(config), config.data.augment),
+  teacher = (train_teacher(config, workdir, train.num_classes, devices)
+             if config.defence.name == 'dd' else None)
+  train_step = jax.jit(make_train_step(graphdef, tx, make_loss(config, teacher),
+                                       config.data.augment),
                        in_shardings=(repl, shard, shard), out_shardings=(repl, repl),
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(graphdef), in_shardings=(repl, shard, shard, shard),

@@ -164,3 +164,58 @@ def test_clean_term_is_the_mean_cross_entropy():
   v, met = apr.clean_term(m, jnp.asarray(toy.gray_images(2, 4, 4)), jnp.array([0, 2]), None)
   assert float(v) == pytest.approx(np.log(5), rel=1e-6)
   assert float(met['accuracy']) == 0.5
+
+
+# --------------------------------------------------------------------------- #
+# Defensive distillation
+# --------------------------------------------------------------------------- #
+
+
+def test_distillation_student_targets_are_the_teachers_tempered_probabilities():
+  from jaxpix.defences import distillation
+
+  rng = np.random.default_rng(1)
+  wt = rng.normal(size=(4 * 4 * 3, 5)).astype(np.float32) * 5
+  ws = rng.normal(size=(4 * 4 * 3, 5)).astype(np.float32)
+  x = jnp.asarray(toy.cifar_like(3, 4, 4))
+  y = jnp.array([0, 1, 2])
+  t = 20.0
+  teacher = _Linear(wt)
+  value, met = distillation.distillation_term(teacher, t)(_Linear(ws), x, y, None)
+  flat = np.asarray(x).reshape(3, -1)
+  soft = np.asarray(jax.nn.softmax(flat @ wt / t))
+  logq = np.asarray(jax.nn.log_softmax(flat @ ws / t))
+  assert float(value) == pytest.approx(-(soft * logq).sum(1).mean(), rel=1e-5)
+  np.testing.assert_allclose(np.asarray(distillation.soft_labels(flat @ wt, t)), soft,
+                             rtol=1e-6)
+  # The teacher's own loss is the cross-entropy of softmax(logits / T).
+  v, _ = distillation.tempered_term(t)(teacher, x, y, None)
+  logp = np.asarray(jax.nn.log_softmax(flat @ wt / t))
+  assert float(v) == pytest.approx(-logp[np.arange(3), np.asarray(y)].mean(), rel=1e-5)
+  # No gradient reaches the teacher through the soft labels.
+  g = nnx.grad(lambda m: distillation.distillation_term(m, t)(_Linear(ws), x, y, None)[0])(
+      _Linear(wt))
+  assert np.abs(np.asarray(g['w'])).sum() == 0
+
+
+def test_distillation_trains_teacher_then_student(shared_data, tmp_path):
+  del shared_data
+  from configs import cifar_dd
+
+  cfg = cifar_dd.get_config('test')
+  result = train.train_and_evaluate(cfg, str(tmp_path))
+  assert 0 <= result['test_accuracy'] <= 1
+  metas = {}
+  for sub in ('teacher', '.'):
+    ckpt = checkpoint.Checkpointer(tmp_path / sub / 'checkpoints')
+    metas[sub] = ckpt.meta()
+    ckpt.close()
+  assert metas['teacher']['defence'] == 'dd_teacher' and metas['.']['defence'] == 'dd'
+  student = [ln for ln in _lines(tmp_path) if 'loss' in ln]
+  assert all('distill_loss' in ln and 0 <= ln['teacher_agreement'] <= 1 for ln in student)
+  # A second run finds both finished: the teacher is not trained again.
+  before = (tmp_path / 'teacher' / 'metrics.jsonl').read_text()
+  train.train_and_evaluate(cfg, str(tmp_path))
+  after = (tmp_path / 'teacher' / 'metrics.jsonl').read_text()
+  assert [json.loads(x)['step'] for x in after.splitlines() if 'loss' in x] == \
+      [json.loads(x)['step'] for x in before.splitlines() if 'loss' in x]

@@ -1,7 +1,22 @@
 """Defences: APR and adversarial training (``apr``), input transformations
-(``transforms``); distillation and the autoencoder follow."""
+(``transforms``), defensive distillation (``distillation``); the autoencoder
+follows."""
 
-from jaxpix.defences.apr import Attended, PixelAttention, loss_terms
+from jaxpix.defences import apr, distillation
+from jaxpix.defences.apr import Attended, PixelAttention
 from jaxpix.defences.transforms import Transformed, bit_depth, jpeg
+
+
+def loss_terms(config, teacher_predict=None):
+  """The weighted loss terms (name, weight, term) of ``config.defence``."""
+  d = config.defence
+  if d.name == 'dd_teacher':
+    return [('clean', 1.0, distillation.tempered_term(d.temperature))]
+  if d.name == 'dd':
+    if teacher_predict is None:
+      raise ValueError('defensive distillation needs the trained teacher (teacher_predict)')
+    return [('distill', 1.0, distillation.distillation_term(teacher_predict, d.temperature))]
+  return apr.loss_terms(config)
+
 
 __all__ = ['Attended', 'PixelAttention', 'Transformed', 'bit_depth', 'jpeg', 'loss_terms']
