@@ -52,6 +52,11 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # teacher's workdir ('' = <workdir>/teacher, trained first if missing).
   c.defence.temperature = 1.0
   c.defence.teacher = ''
+  # Autoencoder before a frozen classifier: the classifier's workdir ('' =
+  # <workdir>/classifier, trained first as config.model with no defence).
+  c.defence.classifier = ''
+  c.defence.ae_width = 32
+  c.defence.ae_max_pixels = 3  # training corruptions: 0..3 pixels set to extreme colours
   c.defence.adv = ml_collections.ConfigDict()
   c.defence.adv.method = 'de'  # 'de' (the paper) or 'guided' (top-m gradient pixels x 8 corners)
   # The paper attacks with population 400 x 100 generations; per mini-batch that

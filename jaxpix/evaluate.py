@@ -35,7 +35,12 @@ def load_state(config, num_classes: int):
   step = config.train.resume_step or None
   train._check_meta(ckpt.meta(step), train.checkpoint_meta(config, num_classes), ckpt.directory)
   mesh = train.make_mesh()
-  model = train.build_model(config, num_classes)
+  classifier = None
+  if config.defence.name == 'autoencoder':  # its classifier sits beside the checkpoint
+    cdir = pathlib.Path(config.defence.classifier or pathlib.Path(config.checkpoint) / 'classifier')
+    classifier = train.pretrained_predict(train.sub_config(config, 'none'), cdir, num_classes,
+                                          fit=False)
+  model = train.build_model(config, num_classes, classifier)
   tx = train.make_optimizer(config.train, 1)
   graphdef, like = train.init_state(model, tx, config.seed)
   like = jax.device_put(like, NamedSharding(mesh, P()))

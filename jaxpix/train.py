@@ -67,9 +67,16 @@ def global_batch(mesh, images: np.ndarray, labels: np.ndarray):
 # --------------------------------------------------------------------------- #
 
 
-def build_model(config, num_classes: int) -> nnx.Module:
+def build_model(config, num_classes: int, classifier_predict=None) -> nnx.Module:
   """The classifier of ``config.model``, behind the defence's input
-  transformations (IT) and pixel-wise attention (APR) where it has them."""
+  transformations (IT) and pixel-wise attention (APR) where it has them; for
+  the autoencoder defence, the autoencoder before ``classifier_predict``."""
+  if config.defence.name == 'autoencoder':
+    if classifier_predict is None:
+      raise ValueError('the autoencoder defence needs its frozen classifier')
+    ae = defences.autoencoder.ConvAutoencoder(config.defence.ae_width,
+                                              rngs=nnx.Rngs(config.seed))
+    return defences.autoencoder.Reconstructed(ae, classifier_predict)
   model = models.create(config.model.name, num_classes=num_classes, width=config.model.width,
                         dtype=DTYPES[config.dtype], seed=config.seed)
   if config.defence.bit_depth or config.defence.jpeg_quality:
@@ -100,27 +107,31 @@ def make_loss(config, teacher_predict=None) -> list[tuple[str, float, LossTerm]]
   return defences.loss_terms(config, teacher_predict)
 
 
-def teacher_config(config) -> ml_collections.ConfigDict:
-  """The config of a distillation student's teacher: same model and data,
-  trained at the temperature on hard labels."""
-  t = ml_collections.ConfigDict(config.to_dict())
-  t.defence.name = 'dd_teacher'
-  return t
+def sub_config(config, defence_name: str) -> ml_collections.ConfigDict:
+  """A copy of ``config`` for a model another one builds on: a distillation
+  student's teacher (``'dd_teacher'``) or the autoencoder's classifier (``'none'``)."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.defence.name = defence_name
+  c.train.resume_step = 0
+  return c
 
 
-def train_teacher(config, workdir: pathlib.Path, num_classes: int, devices=None):
-  """Trains (or resumes, or just loads) the teacher of a distillation student
-  in ``config.defence.teacher`` (default ``workdir/teacher``); returns its
-  frozen ``predict`` at T = 1 (the term divides by T itself)."""
+def pretrained_predict(config, directory, num_classes: int, devices=None, fit: bool = True):
+  """The frozen ``predict`` of the model ``config`` trains in ``directory``;
+  with ``fit`` it is trained first (or resumed; a finished run is only
+  re-evaluated)."""
   from jaxpix import evaluate  # evaluate imports this module
 
-  tcfg = teacher_config(config)
-  tdir = pathlib.Path(config.defence.teacher or workdir / 'teacher')
-  train_and_evaluate(tcfg, str(tdir), devices)
-  tcfg.checkpoint = str(tdir)
-  tcfg.train.resume_step = 0
-  graphdef, state, _, _ = evaluate.load_state(tcfg, num_classes)
+  if fit:
+    train_and_evaluate(config, str(directory), devices)
+  config.checkpoint = str(directory)
+  graphdef, state, _, _ = evaluate.load_state(config, num_classes)
   return models.as_predict(nnx.merge(graphdef, state['params'], state['rest']))
+
+
+def classifier_dir(config, workdir) -> pathlib.Path:
+  """Where the autoencoder defence's frozen classifier lives."""
+  return pathlib.Path(config.defence.classifier or pathlib.Path(workdir) / 'classifier')
 
 
 # --------------------------------------------------------------------------- #
@@ -227,12 +238,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     raise ValueError(f'config.train.batch_size={batch} exceeds the {len(train)} training images')
   total = tcfg.steps or tcfg.epochs * steps_per_epoch
   # --- model, optimiser
-  model = build_model(config, train.num_classes)
+  classifier = (pretrained_predict(sub_config(config, 'none'), classifier_dir(config, workdir),
+                                   train.num_classes, devices)
+                if config.defence.name == 'autoencoder' else None)
+  model = build_model(config, train.num_classes, classifier)
   tx = make_optimizer(tcfg, total)
   graphdef, state = init_state(model, tx, config.seed)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  teacher = (train_teacher(config, workdir, train.num_classes, devices)
+  teacher = (pretrained_predict(sub_config(config, 'dd_teacher'),
+                                config.defence.teacher or workdir / 'teacher',
+                                train.num_classes, devices)
              if config.defence.name == 'dd' else None)
   train_step = jax.jit(make_train_step(graphdef, tx, make_loss(config, teacher),
                                        config.data.augment),

@@ -219,3 +219,74 @@ def test_distillation_trains_teacher_then_student(shared_data, tmp_path):
   after = (tmp_path / 'teacher' / 'metrics.jsonl').read_text()
   assert [json.loads(x)['step'] for x in after.splitlines() if 'loss' in x] == \
       [json.loads(x)['step'] for x in before.splitlines() if 'loss' in x]
+
+
+# --------------------------------------------------------------------------- #
+# Autoencoder before a frozen classifier
+# --------------------------------------------------------------------------- #
+
+
+def test_corruption_sets_up_to_k_pixels_to_extreme_colours():
+  from jaxpix.defences import autoencoder
+
+  x = jnp.asarray(toy.gray_images(64, 8, 8))
+  out = np.asarray(autoencoder.corrupt(jax.random.key(0), x, max_pixels=3))
+  changed = np.any(out != np.asarray(x), axis=-1)  # [B, H, W]
+  counts = changed.sum(axis=(1, 2))
+  assert counts.max() <= 3 and (counts == 0).any() and (counts == 3).any()
+  assert set(np.unique(out[changed])) <= {0.0, 1.0}  # corners of the colour cube
+
+
+def test_autoencoder_pipeline_trains_against_a_frozen_classifier(shared_data, tmp_path):
+  del shared_data
+  from configs import cifar_autoencoder
+  from jaxpix import evaluate
+  from jaxpix.defences import autoencoder
+
+  cfg = cifar_autoencoder.get_config('test')
+  cfg.train.steps, cfg.train.log_every, cfg.train.lr = 40, 20, 3e-3
+  train.train_and_evaluate(cfg, str(tmp_path))
+  assert (tmp_path / 'classifier' / 'checkpoints').is_dir()  # trained first
+  ln = [ln for ln in _lines(tmp_path) if 'loss' in ln]
+  assert ln[-1]['recon_mse'] < ln[0]['recon_mse']
+  # Eval mode rebuilds classifier(AE(x)); only the autoencoder is in the state.
+  ev_cfg = cifar_autoencoder.get_config('test')
+  ev_cfg.checkpoint = str(tmp_path)
+  graphdef, state, _, _ = evaluate.load_state(ev_cfg, 10)
+  model = nnx.merge(graphdef, state['params'], state['rest'])
+  assert isinstance(model, autoencoder.Reconstructed)
+  names = {str(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  assert names and all('autoencoder' in n for n in names)
+  # The defended predict is one jittable function the attack runs through.
+  predict = models.as_predict(model)
+  x = toy.cifar_like(2, 32, 32)
+  y = np.asarray(jax.jit(predict)(jnp.asarray(x))).argmax(1).astype(np.int32)
+  r = attack.one_pixel(predict, x, y, key=jax.random.key(0), popsize=8, maxiter=1)
+  assert np.all(r.queries <= 16)
+
+
+def test_table4_metrics_on_known_pipelines():
+  from jaxpix.defences import autoencoder
+
+  h = w = 6
+  bare = toy.linear(h, w, seed=3)
+  x = toy.cifar_like(12, h, w, seed=5)
+  pred = np.asarray(bare(jnp.asarray(x))).argmax(1)
+  y = pred.copy()
+  y[:2] = (y[:2] + 1) % 10  # two images the bare classifier gets wrong
+  kw = dict(key=jax.random.key(0), popsize=12, maxiter=4)
+  # An identity "autoencoder": the pipeline is the classifier itself.
+  t = autoencoder.table4(bare, bare, x, y, **kw)
+  assert (t['images'], t['attacked'], t['attacked_pipeline']) == (12, 10, 10)
+  assert t['performance_loss'] == 0 and t['clean_accuracy'] == pytest.approx(10 / 12)
+  assert 0 < t['asr_no_defence'] < 1
+  assert t['asr_adaptive'] == t['asr_no_defence'] == t['asr_transfer']
+  assert t['defence_rate'] == 0
+  # A pipeline that answers class c whatever the input undoes every attack on
+  # images of class c and gets every other image wrong.
+  c = int(np.bincount(y[2:]).argmax())
+  const = lambda im: jnp.tile(jax.nn.one_hot(c, 10) * 10, (im.shape[0], 1))
+  t = autoencoder.table4(bare, const, x, y, **kw)
+  assert t['clean_accuracy_pipeline'] == pytest.approx(np.mean(y == c))
+  assert t['performance_loss'] == pytest.approx(10 / 12 - np.mean(y == c))
+  assert t['asr_adaptive'] == 0  # nothing can change a constant answer

@@ -1,8 +1,8 @@
 """Defences: APR and adversarial training (``apr``), input transformations
-(``transforms``), defensive distillation (``distillation``); the autoencoder
-follows."""
+(``transforms``), defensive distillation (``distillation``) and an autoencoder
+before a frozen classifier (``autoencoder``)."""
 
-from jaxpix.defences import apr, distillation
+from jaxpix.defences import apr, autoencoder, distillation
 from jaxpix.defences.apr import Attended, PixelAttention
 from jaxpix.defences.transforms import Transformed, bit_depth, jpeg
 
@@ -16,6 +16,8 @@ def loss_terms(config, teacher_predict=None):
     if teacher_predict is None:
       raise ValueError('defensive distillation needs the trained teacher (teacher_predict)')
     return [('distill', 1.0, distillation.distillation_term(teacher_predict, d.temperature))]
+  if d.name == 'autoencoder':
+    return autoencoder.loss_terms(config)
   return apr.loss_terms(config)
 
 
