@@ -33,7 +33,7 @@ def load_state(config, num_classes: int):
   """(graphdef, state restored from config.checkpoint, mesh, step)."""
   ckpt = checkpoint.Checkpointer(checkpoint_dir(config.checkpoint))
   step = config.train.resume_step or None
-  train._check_meta(ckpt.meta(step), train.checkpoint_meta(config, num_classes), ckpt.directory)
+  train.check_meta(ckpt.meta(step), train.checkpoint_meta(config, num_classes), ckpt.directory)
   mesh = train.make_mesh()
   classifier = None
   if config.defence.name == 'autoencoder':  # its classifier sits beside the checkpoint

@@ -262,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   start = 0
   if ckpt.latest_step() is not None:
     saved = ckpt.meta(tcfg.resume_step or None)
-    _check_meta(saved, meta, ckpt.directory)
+    check_meta(saved, meta, ckpt.directory)
     state = ckpt.restore(state, tcfg.resume_step or None)
     start = int(state['step'])
     if start > total:
@@ -315,11 +315,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
            accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size))
   result = {'step': total, 'epoch': total / steps_per_epoch, f'{eval_name}_accuracy': final,
             'final': True}
+  if config.defence.attention and jax.process_index() == 0:
+    from jaxpix import figures
+
+    trained = nnx.merge(graphdef, state['params'], state['rest'])
+    trained.eval()
+    figures.attention_maps(trained, data.to_float(evaluation.images[:500]),
+                           evaluation.labels[:500], workdir / 'attention_maps.png')
   log.write(result)
   return result
 
 
-def _check_meta(saved: dict, want: dict, directory) -> None:
+def check_meta(saved: dict, want: dict, directory) -> None:
   for k in ('model', 'width', 'defence', 'dataset', 'num_classes'):
     if saved.get(k) != want[k]:
       raise checkpoint.CheckpointError(

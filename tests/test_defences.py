@@ -35,6 +35,7 @@ def test_apr_trains_with_all_three_terms(shared_data, tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path / 'checkpoints')
   assert ckpt.meta()['defence'] == 'apr'
   ckpt.close()
+  assert (tmp_path / 'attention_maps.png').stat().st_size > 1000  # the section V.F figure
 
 
 def test_adversarial_training_with_the_guided_adversary(shared_data, tmp_path):
@@ -290,3 +291,28 @@ def test_table4_metrics_on_known_pipelines():
   assert t['clean_accuracy_pipeline'] == pytest.approx(np.mean(y == c))
   assert t['performance_loss'] == pytest.approx(10 / 12 - np.mean(y == c))
   assert t['asr_adaptive'] == 0  # nothing can change a constant answer
+
+
+# --------------------------------------------------------------------------- #
+# Figures
+# --------------------------------------------------------------------------- #
+
+
+def test_figures_are_written_as_png(tmp_path):
+  from PIL import Image
+
+  from jaxpix import figures
+
+  base = models.create('cnn6', num_classes=10, width=0.125)
+  m = defences.Attended(base, rngs=nnx.Rngs(0))
+  m.eval()
+  x = toy.cifar_like(20, 32, 32)
+  y = np.arange(20) % 10
+  p = figures.attention_maps(m, x, y, tmp_path / 'att.png')
+  w, h = Image.open(p).size
+  assert w > 10 * 100 and h > 200  # ten classes side by side
+  predict = models.as_predict(base)
+  yy = np.asarray(jax.jit(predict)(jnp.asarray(x[:6]))).argmax(1).astype(np.int32)
+  r = attack.one_pixel(predict, x[:6], yy, key=jax.random.key(0), popsize=16, maxiter=3)
+  g = figures.adversarial_gallery(r, x[:6], tmp_path / 'gallery.png', n=4)
+  assert Image.open(g).size[0] > 4 * 100

@@ -1,0 +1,56 @@
+"""Inference time per image of each defended model relative to the undefended one.
+
+    python benchmarks/inference_time.py --configs cifar_baseline.py:cpu cifar_at.py:cpu \
+        cifar_apr.py:cpu cifar_it.py:cpu cifar_dd.py:cpu cifar_autoencoder.py:cpu
+
+Builds each config's deployed model (fresh parameters: timing does not depend
+on them; the autoencoder's frozen classifier is the baseline model), jits its
+``predict`` and times ``--reps`` forward passes of a batch of real-shaped
+random images after a compile call. The first config is the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
+from benchmarks.train_throughput import config_of  # noqa: E402
+from jaxpix import models, train  # noqa: E402
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--configs', nargs='+', required=True)
+  ap.add_argument('--batch', type=int, default=500)
+  ap.add_argument('--reps', type=int, default=5)
+  args = ap.parse_args(argv)
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (args.batch, 32, 32, 3))
+                  .astype(np.float32) / 255)
+  ref = None
+  for spec in args.configs:
+    cfg = config_of(spec)
+    classifier = None
+    if cfg.defence.name == 'autoencoder':
+      classifier = models.as_predict(train.build_model(train.sub_config(cfg, 'none'), 10))
+    predict = jax.jit(models.as_predict(train.build_model(cfg, 10, classifier)))
+    predict(x).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(args.reps):
+      predict(x).block_until_ready()
+    per_image = (time.perf_counter() - t0) / (args.reps * args.batch)
+    ref = ref or per_image
+    print(json.dumps(dict(config=spec, defence=cfg.defence.name, model=cfg.model.name,
+                          width=cfg.model.width, ms_per_image=1e3 * per_image,
+                          relative=per_image / ref)), flush=True)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

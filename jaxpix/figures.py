@@ -1,0 +1,79 @@
+"""PNG figures: APR attention maps per class and an adversarial-example gallery."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
+                   'ship', 'truck')
+
+
+def _pyplot():
+  import matplotlib
+
+  matplotlib.use('Agg')  # files only, no display
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def attention_maps(model, images: np.ndarray, labels: np.ndarray, path, *,
+                   class_names=CIFAR10_CLASSES) -> pathlib.Path:
+  """One image per class (the first of each) above its attention map A(x)
+  (mean over channels), as in the APR paper's section V.F.
+
+  Args:
+    model: an :class:`jaxpix.defences.Attended` (has ``attention_map``).
+    images: float [N, H, W, 3] in [0, 1]; labels: int [N].
+    path: the PNG to write.
+  """
+  classes = [c for c in range(len(class_names)) if np.any(labels == c)]
+  first = np.array([np.flatnonzero(labels == c)[0] for c in classes])
+  amap = np.asarray(jax.jit(model.attention_map)(images[first])).mean(-1)  # [K, H, W]
+  plt = _pyplot()
+  fig, ax = plt.subplots(2, len(classes), figsize=(1.6 * len(classes), 3.6), squeeze=False)
+  for j, (c, i) in enumerate(zip(classes, first, strict=True)):
+    ax[0, j].imshow(images[i])
+    ax[0, j].set_title(class_names[c], fontsize=8)
+    im = ax[1, j].imshow(amap[j], cmap='viridis', vmin=0, vmax=1)
+    for a in ax[:, j]:
+      a.axis('off')
+  fig.colorbar(im, ax=ax[1, :].tolist(), fraction=0.02, label='A(x)')
+  path = pathlib.Path(path)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def adversarial_gallery(result, images: np.ndarray, path, *, n: int = 8,
+                        class_names=CIFAR10_CLASSES) -> pathlib.Path:
+  """Original and attacked image side by side for up to ``n`` successful
+  attacks (unsuccessful ones if none), the changed pixels circled, with the
+  labels and probabilities before and after.
+
+  Args:
+    result: an :class:`jaxpix.attack.AttackResult` on ``images``.
+  """
+  pick = np.flatnonzero(result.success)[:n]
+  if not len(pick):
+    pick = np.arange(min(n, len(images)))
+  plt = _pyplot()
+  fig, ax = plt.subplots(2, len(pick), figsize=(1.9 * len(pick), 4.2), squeeze=False)
+  name = lambda k: class_names[k] if k < len(class_names) else str(k)
+  for j, i in enumerate(pick):
+    y = result.labels[i]
+    ax[0, j].imshow(images[i])
+    ax[0, j].set_title(f'{name(y)}\np={result.clean_true_prob[i]:.2f}', fontsize=7)
+    ax[1, j].imshow(result.adv_images[i])
+    for r, c in result.positions[i]:
+      ax[1, j].add_patch(plt.Circle((c, r), 1.5, fill=False, color='red', lw=1.2))
+    ax[1, j].set_title(f'{name(result.adv_label[i])}\np={result.adv_prob[i]:.2f}', fontsize=7)
+    for a in ax[:, j]:
+      a.axis('off')
+  path = pathlib.Path(path)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
