@@ -23,9 +23,4 @@ def get_config(arg=None):
   if 'guided' in variants:
     c.defence.adv.method = 'guided'
   common.small(c, variants)
-  if 'cpu' in variants:
-    # 8 x (2 + 1) = 24 evaluations per image; 'guided' gets the same 24 (3 x 8).
-    c.defence.adv.popsize, c.defence.adv.maxiter, c.defence.adv.top = 8, 2, 3
-  if 'test' in variants:
-    c.defence.adv.popsize, c.defence.adv.maxiter, c.defence.adv.top = 4, 1, 2
   return c

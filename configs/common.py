@@ -88,7 +88,8 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
 
 
 def small(c: ml_collections.ConfigDict, variants: set[str]) -> None:
-  """The shared ``cpu`` and ``test`` sizes of the CIFAR-10 configs."""
+  """The shared ``cpu`` and ``test`` sizes of the CIFAR-10 configs (model, data,
+  schedule and the training-time adversary's budget)."""
   if 'cpu' in variants:
     c.model.width = 0.25
     c.train.epochs = 8
@@ -97,7 +98,11 @@ def small(c: ml_collections.ConfigDict, variants: set[str]) -> None:
     c.train.lr = 2e-3
     c.train.checkpoint_every = 500
     c.data.validation_size = 5000
+    # Training-time adversary (used only by configs with one): 8 x (2 + 1) = 24
+    # evaluations per image; 'guided' gets the same 24 (3 pixels x 8 colours).
+    c.defence.adv.popsize, c.defence.adv.maxiter, c.defence.adv.top = 8, 2, 3
   if 'test' in variants:
+    c.defence.adv.popsize, c.defence.adv.maxiter, c.defence.adv.top = 4, 1, 2
     c.model.name = 'cnn6'
     c.model.width = 0.125
     c.data.train_subset = 512

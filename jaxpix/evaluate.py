@@ -37,7 +37,7 @@ def load_state(config, num_classes: int):
   mesh = train.make_mesh()
   classifier = None
   if config.defence.name == 'autoencoder':  # its classifier sits beside the checkpoint
-    cdir = pathlib.Path(config.defence.classifier or pathlib.Path(config.checkpoint) / 'classifier')
+    cdir = train.classifier_dir(config, config.checkpoint)
     classifier = train.pretrained_predict(train.sub_config(config, 'none'), cdir, num_classes,
                                           fit=False)
   model = train.build_model(config, num_classes, classifier)
