@@ -21,11 +21,11 @@ ZOO = ('lenet', 'pure_cnn', 'nin', 'resnet32', 'densenet_bc100', 'wrn16_8')
 def get_config(arg=None):
   variants = common.parse_arg(arg, ('cpu', 'test') + ZOO)
   c = common.base('cifar10')
-  for name in ZOO:
-    if name in variants:
-      c.model.name = name
   c.defence.name = 'autoencoder'
   common.small(c, variants)
+  for name in ZOO:  # after small(): 'test,lenet' tests LeNet, not the test CNN
+    if name in variants:
+      c.model.name = name
   if variants & set(ZOO):
     c.model.width = 1.0  # the zoo models are small enough at full width
   if 'test' in variants:

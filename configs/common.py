@@ -68,6 +68,22 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.defence.adv.mode = 'add'  # the paper's "pixel modification range [-255, 255]"
   c.defence.adv.top = 8  # 'guided': pixels tried per image (8 colours each)
 
+  # Evaluation of a checkpoint (mode=eval): the papers' attack protocol.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_images = 500  # correctly classified test images attacked, drawn with eval.seed
+  c.eval.seed = 0  # which images, and the attack's key
+  c.eval.popsize = 400  # the APR paper (and Su et al.): population 400, 100 generations
+  c.eval.maxiter = 100
+  c.eval.pixels = 1
+  c.eval.strategy = 'su'  # or 'keras' (the reference Keras implementation's DE)
+  # The APR paper's "pixel modification range [-255, 255]": additive deltas,
+  # clipped to valid pixels ('replace' = Su et al.'s colour replacement).
+  c.eval.mode = 'add'
+  c.eval.targeted = False  # also attack towards every other class (Su et al.)
+  c.eval.extreme_colour = False  # also the exhaustive extreme-colour search
+  c.eval.gallery = 8  # adversarial examples in gallery.png (0 = none)
+  c.eval.progress = True
+
   c.train = ml_collections.ConfigDict()
   # The APR paper: Adam, lr 1e-3, weight decay 5e-4, batch 128, 200 epochs.
   c.train.batch_size = 128
@@ -101,7 +117,11 @@ def small(c: ml_collections.ConfigDict, variants: set[str]) -> None:
     # Training-time adversary (used only by configs with one): 8 x (2 + 1) = 24
     # evaluations per image; 'guided' gets the same 24 (3 pixels x 8 colours).
     c.defence.adv.popsize, c.defence.adv.maxiter, c.defence.adv.top = 8, 2, 3
+    # The full attack budget on fewer images (the Keras reference's 100).
+    c.eval.num_images = 100
   if 'test' in variants:
+    c.eval.num_images, c.eval.popsize, c.eval.maxiter = 12, 8, 3
+    c.eval.progress = False
     c.defence.adv.popsize, c.defence.adv.maxiter, c.defence.adv.top = 4, 1, 2
     c.model.name = 'cnn6'
     c.model.width = 0.125
@@ -113,6 +133,25 @@ def small(c: ml_collections.ConfigDict, variants: set[str]) -> None:
     c.train.checkpoint_every = 4
     c.train.eval_batch_size = 100
     c.train.progress = False
+
+
+def suite(table: str, rows: tuple[str, ...], variants: set[str]) -> ml_collections.ConfigDict:
+  """A suite config (mode=suite, see jaxpix/suite.py): ``rows`` are
+  ``'Row name=config.py:{size},...'`` with ``{size}`` the suite's own
+  cpu/test variant, passed on to every row."""
+  c = ml_collections.ConfigDict()
+  c.mode = 'suite'
+  c.suite = ml_collections.ConfigDict()
+  c.suite.table = table  # layout and paper numbers: jaxpix.suite.TABLES
+  c.suite.size = ','.join(sorted(variants & {'cpu', 'test'}))
+  c.suite.rows = rows
+  c.suite.seeds = (0,)  # e.g. --config.suite.seeds='(0, 1, 2)'
+  c.suite.only = ''  # comma-separated row names to run (default: all)
+  c.suite.set = ''  # overrides for every row, e.g. 'train.epochs=2,eval.num_images=50'
+  c.suite.overhead = True  # measure the Table 4 overhead of every row
+  c.suite.overhead_steps = 3
+  c.suite.progress = 'test' not in variants
+  return c
 
 
 def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> set[str]:

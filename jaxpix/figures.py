@@ -77,3 +77,31 @@ def adversarial_gallery(result, images: np.ndarray, path, *, n: int = 8,
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def asr_vs_budget(curves: dict, path, *, title: str = '') -> pathlib.Path:
+  """Attack success rate against query budget, one step curve per entry of
+  ``curves`` (``{label: {'budget': [...], 'asr': [...]}}``, as
+  ``jaxpix.evaluate.asr_curve`` makes them; with ``'low'``/``'high'`` lists a
+  band is drawn too)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(5, 3.4))
+  for label, c in curves.items():
+    b = np.concatenate([[0], np.asarray(c['budget'], np.float64)])
+    a = np.concatenate([[0], np.asarray(c['asr'], np.float64)])
+    ax.step(b, a, where='post', label=label)
+    if 'low' in c:
+      ax.fill_between(b, np.concatenate([[0], c['low']]), np.concatenate([[0], c['high']]),
+                      step='post', alpha=0.2)
+  ax.set_xlabel('model evaluations per image (query budget)')
+  ax.set_ylabel('attack success rate')
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

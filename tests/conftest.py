@@ -15,7 +15,7 @@ jax.config.update('jax_num_cpu_devices', 4)
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def shared_data() -> pathlib.Path:
   """``../shared/data``; skipped where absent, a failure under .ci/run."""
   if not (SHARED_DATA / 'cifar10' / 'test.npz').is_file():
