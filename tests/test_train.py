@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import cifar_baseline
-from jaxpix import checkpoint, data, evaluate, train
+from jaxpix import checkpoint, evaluate, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
