@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
-from benchmarks.train_throughput import config_of  # noqa: E402
 from jaxpix import attack, data, train  # noqa: E402
+from jaxpix.experiment import load_config as config_of  # noqa: E402
 
 
 def run(spec, args, root):

@@ -15,15 +15,10 @@ import argparse
 import json
 import pathlib
 import sys
-import time
-
-import jax
-import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
-from benchmarks.train_throughput import config_of  # noqa: E402
-from jaxpix import models, train  # noqa: E402
+from jaxpix import overhead  # noqa: E402
+from jaxpix.experiment import load_config  # noqa: E402
 
 
 def main(argv=None):
@@ -32,20 +27,10 @@ def main(argv=None):
   ap.add_argument('--batch', type=int, default=500)
   ap.add_argument('--reps', type=int, default=5)
   args = ap.parse_args(argv)
-  x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (args.batch, 32, 32, 3))
-                  .astype(np.float32) / 255)
   ref = None
   for spec in args.configs:
-    cfg = config_of(spec)
-    classifier = None
-    if cfg.defence.name == 'autoencoder':
-      classifier = models.as_predict(train.build_model(train.sub_config(cfg, 'none'), 10))
-    predict = jax.jit(models.as_predict(train.build_model(cfg, 10, classifier)))
-    predict(x).block_until_ready()
-    t0 = time.perf_counter()
-    for _ in range(args.reps):
-      predict(x).block_until_ready()
-    per_image = (time.perf_counter() - t0) / (args.reps * args.batch)
+    cfg = load_config(spec)
+    per_image = overhead.inference_time(cfg, args.batch, args.reps)['seconds_per_image']
     ref = ref or per_image
     print(json.dumps(dict(config=spec, defence=cfg.defence.name, model=cfg.model.name,
                           width=cfg.model.width, ms_per_image=1e3 * per_image,

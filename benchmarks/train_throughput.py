@@ -16,24 +16,11 @@ import argparse
 import json
 import pathlib
 import sys
-import time
-
-import jax
-import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
-import importlib  # noqa: E402
-
 from configs import cifar_baseline  # noqa: E402
-from jaxpix import train  # noqa: E402
-
-
-def config_of(spec: str):
-  """'cifar_apr.py:cpu,guided' -> that config."""
-  name, _, arg = spec.partition(':')
-  return importlib.import_module('configs.' + name.removesuffix('.py')).get_config(arg or None)
+from jaxpix import overhead  # noqa: E402
+from jaxpix.experiment import load_config as config_of  # noqa: E402
 
 
 def measure(name: str, width: float, batch: int, steps: int, cfg=None) -> dict:
@@ -41,29 +28,11 @@ def measure(name: str, width: float, batch: int, steps: int, cfg=None) -> dict:
     cfg = cifar_baseline.get_config()
     cfg.model.name, cfg.model.width = name, width
   cfg.train.batch_size = batch
-  mesh = train.make_mesh()
-  model = train.build_model(cfg, 10)
-  tx = train.make_optimizer(cfg.train, 1000)
-  graphdef, state = train.init_state(model, tx, 0)
-  repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  state = jax.device_put(state, repl)
-  step = jax.jit(train.make_train_step(graphdef, tx, train.make_loss(cfg), True),
-                 in_shardings=(repl, shard, shard), out_shardings=(repl, repl), donate_argnums=0)
-  rng = np.random.default_rng(0)
-  x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-  y = rng.integers(0, 10, batch).astype(np.int32)
-  xb, yb = train.global_batch(mesh, x, y)
-  state, m = step(state, xb, yb)
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = step(state, xb, yb)
-  jax.block_until_ready(m)
-  dt = time.perf_counter() - t0
+  r = overhead.train_step_time(cfg, steps=steps)
   return dict(model=cfg.model.name, width=cfg.model.width, defence=cfg.defence.name,
               adversary=cfg.defence.adv.method if cfg.defence.adversarial else None,
-              batch=batch, steps=steps, images_per_s=steps * batch / dt,
-              seconds_per_step=dt / steps)
+              batch=batch, steps=steps, images_per_s=r['images_per_s'],
+              seconds_per_step=r['seconds_per_step'])
 
 
 def main(argv=None):

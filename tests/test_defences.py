@@ -264,6 +264,22 @@ def test_autoencoder_pipeline_trains_against_a_frozen_classifier(shared_data, tm
   y = np.asarray(jax.jit(predict)(jnp.asarray(x))).argmax(1).astype(np.int32)
   r = attack.one_pixel(predict, x, y, key=jax.random.key(0), popsize=8, maxiter=1)
   assert np.all(r.queries <= 16)
+  # Eval mode: the attack on the bare classifier, on the pipeline, and the
+  # bare classifier's adversarial images through the autoencoder (Table 4).
+  ev_cfg.mode = 'eval'
+  res = evaluate.evaluate(ev_cfg, str(tmp_path / 'eval'))
+  t, att = res['autoencoder_table4'], res['attacks']
+  assert set(att) == {'de', 'de_classifier'}
+  assert att['de']['attacks'] == att['de_classifier']['attacks'] == res['num_images'] > 0
+  assert t['asr_no_defence'] == att['de_classifier']['attack_success_rate']
+  assert t['asr_adaptive'] == att['de']['attack_success_rate']
+  assert t['counts']['defence_rate'][1] == att['de_classifier']['successes']
+  assert t['performance_loss'] == pytest.approx(t['clean_accuracy_classifier']
+                                                - t['clean_accuracy_pipeline'])
+  assert t['clean_accuracy_pipeline'] == res['clean_accuracy']
+  # Attacks on the classifier the AE did not undo still fool the pipeline.
+  undone, fooled = t['counts']['defence_rate']
+  assert t['counts']['asr_transfer'][0] >= fooled - undone
 
 
 def test_table4_metrics_on_known_pipelines():

@@ -17,6 +17,10 @@ Metrics of the paper's Table 4, as this module defines them (``table4``):
   whose adversarial image the pipeline classifies correctly (undone by the AE);
 - ``performance_loss``: clean accuracy of the bare classifier minus that of
   the pipeline, on all evaluated test images.
+
+Eval mode (``jaxpix.evaluate``) reports the same metrics, resumably, on
+``eval.num_images`` images that both the classifier and the pipeline
+classify correctly, so that every rate there has the same denominator.
 """
 
 from __future__ import annotations
