@@ -1,13 +1,17 @@
-"""Trains or evaluates one experiment.
+"""Trains or evaluates one experiment, or runs a suite of them.
 
     python run.py --config configs/cifar_baseline.py:cpu --workdir workdir/baseline_cpu
     python run.py --config configs/cifar_baseline.py --config.train.epochs=3 --workdir ...
+    python run.py --config configs/cifar_apr.py --config.mode=eval \
+        --config.checkpoint=workdir/apr --workdir workdir/apr_eval
+    python run.py --config configs/suite_table1.py:cpu --workdir workdir/table1_cpu
 
 Kept thin (as flax's examples/mnist/main.py) so that everything it does lives
 in the package, where it is tested: see ``jaxpix.experiment.run``.
 """
 
 import json
+import pathlib
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -23,7 +27,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  print(json.dumps(experiment.run(_CONFIG.value, _WORKDIR.value)))
+  result = experiment.run(_CONFIG.value, _WORKDIR.value)
+  table = pathlib.Path(_WORKDIR.value) / 'results.md'
+  if _CONFIG.value.mode in ('eval', 'suite') and table.exists():
+    print(table.read_text())  # results.json beside it has every number
+  else:
+    print(json.dumps(result))
 
 
 if __name__ == '__main__':
