@@ -332,3 +332,22 @@ def test_figures_are_written_as_png(tmp_path):
   r = attack.one_pixel(predict, x[:6], yy, key=jax.random.key(0), popsize=16, maxiter=3)
   g = figures.adversarial_gallery(r, x[:6], tmp_path / 'gallery.png', n=4)
   assert Image.open(g).size[0] > 4 * 100
+
+
+@pytest.mark.parametrize('name', ['lenet', 'pure_cnn', 'nin', 'resnet32', 'densenet_bc100',
+                                  'wrn16_8'])
+def test_autoencoder_fits_in_front_of_every_zoo_classifier(name):
+  from configs import cifar_autoencoder
+
+  cfg = cifar_autoencoder.get_config(f'test,{name}')
+  cfg.model.width = 0.25
+  assert cfg.model.name == name
+  classifier = models.as_predict(train.build_model(train.sub_config(cfg, 'none'), 10))
+  model = train.build_model(cfg, 10, classifier)
+  x = jnp.asarray(toy.cifar_like(2, 32, 32))
+  ((_, _, loss_fn),) = train.make_loss(cfg)
+  loss, grads = nnx.value_and_grad(lambda m: loss_fn(m, x, jnp.zeros(2, jnp.int32),
+                                                     jax.random.key(0))[0])(model)
+  leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
+  assert np.isfinite(float(loss)) and leaves and all(np.all(np.isfinite(g)) for g in leaves)
+  assert jax.jit(models.as_predict(model))(x).shape == (2, 10)
