@@ -24,8 +24,13 @@ workdir as it finishes. Running the same command again after a kill continues
 where it stopped: images already in the file are not attacked again, and as
 each image's search depends only on its image and its key
 ``fold_in(key(eval.seed), index)``, the final numbers equal an uninterrupted
-run's. The file's first line records the protocol; a run with another
-protocol (or another checkpoint step) refuses to mix into it.
+run's (bitwise on CPU, tested; on a GPU a resumed run feeds the model batches
+of other shapes, and kernels chosen per shape may round differently, so a
+near-tie can go the other way: equal in distribution, not bit for bit). The
+file's first line records the protocol (model, defence, step, a hash of the
+parameters, the attack's settings, the chosen images); a run with another
+protocol refuses to mix into it. ``session`` lines record the commit and
+device of every run that wrote to it.
 
 Outputs: ``results.json`` (every number with its config, seed, commit and
 device), ``results.md`` (the same numbers as a table), ``asr_vs_budget.png``
@@ -100,7 +105,8 @@ def load_state(config, num_classes: int, classifier=None):
 
 def load_classifier(config, num_classes: int):
   """The autoencoder defence's frozen classifier (it sits beside the checkpoint)."""
-  cdir = train.classifier_dir(config, config.checkpoint)
+  workdir = checkpoint_dir(config.checkpoint).parent  # the training workdir
+  cdir = train.classifier_dir(config, workdir)
   return train.pretrained_predict(train.sub_config(config, 'none'), cdir, num_classes, fit=False)
 
 
@@ -112,6 +118,17 @@ def load_predict(config, num_classes: int):
   graphdef, state, _, step = load_state(config, num_classes, classifier)
   model = nnx.merge(graphdef, state['params'], state['rest'])
   return models.as_predict(model), step, model, classifier
+
+
+def params_digest(model) -> str:
+  """sha1 of the model's parameters: the attack logs refuse to mix results of
+  two different trainings that happen to share model, defence and step."""
+  h = hashlib.sha1()
+  for path, leaf in sorted(nnx.to_flat_state(nnx.state(model, nnx.Param)),
+                           key=lambda kv: str(kv[0])):
+    h.update(str(path).encode())
+    h.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf.get_value()))).tobytes())
+  return h.hexdigest()[:16]
 
 
 def predict_probs(predict, x: np.ndarray, batch: int) -> np.ndarray:
@@ -134,16 +151,20 @@ def select_images(correct: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 class AttackLog:
-  """``attack_<name>.jsonl``: a protocol header, then one line per attack.
+  """``attack_<name>.jsonl``: a protocol header, then one line per attack,
+  and a ``session`` line (commit, device, date) each time a run opens it.
 
-  Lines are appended and flushed as images finish. On open, a line torn by a
-  kill (the last one, unparsable) is dropped; a header that differs from this
-  run's protocol is an error naming the differing fields.
+  Lines are appended and flushed as images finish (by process 0 only). On
+  open, a line torn by a kill (the last one, unparsable) is dropped, with an
+  atomic rewrite; a header that differs from this run's protocol is an error
+  naming the differing fields.
   """
 
-  def __init__(self, path: pathlib.Path, protocol: dict):
+  def __init__(self, path: pathlib.Path, protocol: dict, session: dict):
     self.path = path
     self.records: dict[int, dict] = {}
+    self.sessions: list[dict] = []
+    self.writer = jax.process_index() == 0
     lines = path.read_text().splitlines() if path.exists() else []
     parsed = []
     for j, ln in enumerate(lines):
@@ -161,16 +182,23 @@ class AttackLog:
             f'{path} holds results of another protocol ('
             + ', '.join(f'{k}: saved {saved.get(k)!r}, now {protocol.get(k)!r}' for k in diff)
             + '); use another --workdir, or delete the file to attack again')
-      self.records = {r['key']: r for r in parsed[1:]}
-    # (Re)write header + complete records: drops a line torn by a kill.
-    path.write_text(''.join(json.dumps(r) + '\n'
-                            for r in [{'protocol': protocol}, *self.records.values()]))
+      self.sessions = [r['session'] for r in parsed[1:] if 'session' in r]
+      self.records = {r['key']: r for r in parsed[1:] if 'key' in r}
+    self.sessions.append(session)
+    if self.writer:  # header, sessions, complete records: drops a torn line
+      tmp = path.with_suffix('.jsonl.tmp')
+      tmp.write_text(''.join(json.dumps(r) + '\n' for r in [
+          {'protocol': protocol}, *({'session': x} for x in self.sessions),
+          *self.records.values()]))
+      os.replace(tmp, path)
 
   def append(self, records: list[dict]) -> None:
+    self.records.update({r['key']: r for r in records})
+    if not self.writer:
+      return
     with self.path.open('a') as f:
       for r in records:
         f.write(json.dumps(r) + '\n')
-        self.records[r['key']] = r
       f.flush()
       os.fsync(f.fileno())
 
@@ -214,14 +242,12 @@ def run_attack(spec: AttackSpec, log: AttackLog, images: np.ndarray, labels: np.
   if keys.max(initial=0) >= np.iinfo(np.int32).max:
     raise ValueError('too many images x classes for int32 attack keys')
   todo = np.array([g for g in keys if int(g) not in log.records], np.int64)
-  bar = _EvalBar(spec.name, len(keys), list(log.records.values()), progress)
+  bar = _EvalBar(spec.name, len(keys), [log.records[int(g)] for g in keys if int(g) in log.records],
+                 progress, 'attack' if spec.targeted else 'img')
 
   def on_finish(finished):
     recs = _records_of(finished, spec.targeted, num_classes)
-    if jax.process_index() == 0:
-      log.append(recs)
-    else:
-      log.records.update({r['key']: r for r in recs})
+    log.append(recs)
     bar.update(recs)
 
   if len(todo):
@@ -240,16 +266,18 @@ def run_attack(spec: AttackSpec, log: AttackLog, images: np.ndarray, labels: np.
 
 
 class _EvalBar:
-  """tqdm bar: attacks done (resumed ones included), ASR so far, images/s."""
+  """tqdm bar: images (or image x target attacks) done, resumed ones included;
+  ASR so far; images/s."""
 
-  def __init__(self, name, total, done_records, enabled):
+  def __init__(self, name, total, done_records, enabled, unit):
     from tqdm.auto import tqdm
 
     self.fooled = sum(r['success'] for r in done_records)
     self.done = len(done_records)
     self.new = 0
     self.t0 = time.perf_counter()
-    self.bar = tqdm(total=total, initial=self.done, unit='img', desc=f'attack {name}',
+    self.unit = unit
+    self.bar = tqdm(total=total, initial=self.done, unit=unit, desc=f'attack {name}',
                     disable=not enabled)
 
   def update(self, recs):
@@ -257,7 +285,8 @@ class _EvalBar:
     self.new += len(recs)
     self.fooled += sum(r['success'] for r in recs)
     rate = self.new / max(time.perf_counter() - self.t0, 1e-9)
-    self.bar.set_postfix(asr=f'{self.fooled / max(self.done, 1):.3f}', img_s=f'{rate:.2f}')
+    self.bar.set_postfix({'asr': f'{self.fooled / max(self.done, 1):.3f}',
+                          f'{self.unit}/s': f'{rate:.2f}'})
     self.bar.update(len(recs))
 
   def close(self):
@@ -406,9 +435,10 @@ def evaluate(config, workdir: str) -> dict:
   if classifier is not None:
     specs.append(AttackSpec('de_classifier', 'de', False, classifier, de_budget))
   digest = hashlib.sha1(np.asarray(chosen, np.int64).tobytes()).hexdigest()[:16]
+  session = provenance()
   results = dict(
       config=json.loads(config.to_json_best_effort()), seed=config.seed, eval_seed=ecfg.seed,
-      checkpoint=str(checkpoint_dir(config.checkpoint)), step=step, **provenance(),
+      checkpoint=str(checkpoint_dir(config.checkpoint)), step=step, **session,
       test_split=config.data.eval_split, test_images=len(test),
       clean_accuracy=float(correct.mean()),
       clean_accuracy_wilson95=list(stats.wilson(int(correct.sum()), len(test))),
@@ -419,18 +449,24 @@ def evaluate(config, workdir: str) -> dict:
                        f'instead of the {ecfg.num_images} requested')
   records = {}
   for spec in specs:
-    protocol = dict(meta, step=step, attack=spec.name, seed=ecfg.seed, images=len(chosen),
+    protocol = dict(meta, step=step, params_sha1=params_digest(model), attack=spec.name,
+                    seed=ecfg.seed, images=len(chosen),
                     images_sha1=digest, test_split=config.data.eval_split,
                     eval_subset=config.data.eval_subset)
     if spec.kind == 'de':
       protocol.update(popsize=ecfg.popsize, maxiter=ecfg.maxiter, pixels=ecfg.pixels,
                       strategy=ecfg.strategy, mode=ecfg.mode)
-    log = AttackLog(out / f'attack_{spec.name}.jsonl', protocol)
+    log = AttackLog(out / f'attack_{spec.name}.jsonl', protocol, session)
     t0 = time.perf_counter()
     recs = run_attack(spec, log, x, test.labels, chosen, k, ecfg, ecfg.progress)
     records[spec.name] = recs
     summary = summarise_attack(recs, spec.max_budget, spec.targeted)
     summary['seconds_this_run'] = time.perf_counter() - t0
+    # The runs that wrote these records (a resumed evaluation has several).
+    summary['sessions'] = log.sessions
+    if len({(x['commit'], x['device']) for x in log.sessions}) > 1:
+      logging.warning('%s: records come from runs on different commits or devices: %s',
+                      log.path, log.sessions)
     results['attacks'][spec.name] = summary
   if classifier is not None:
     results['autoencoder_table4'] = _table4(results, records['de_classifier'], predict, x,
@@ -452,7 +488,9 @@ def _table4(results, bare_records, pipeline, x, labels, bare_correct, pipe_corre
   adv = adversarial_images(bare_records, x, mode)
   idx = np.array([r['index'] for r in bare_records], np.int64)
   fooled = np.array([r['success'] for r in bare_records], bool)
-  transferred = predict_probs(pipeline, adv, batch).argmax(-1) != labels[idx]
+  # Still fooling after reconstruction: only the attacks that fooled the bare
+  # classifier count (the paper's counts: 162 fooled - 139 undone = 23).
+  transferred = (predict_probs(pipeline, adv, batch).argmax(-1) != labels[idx]) & fooled
   att = results['attacks']
   counts = dict(asr_no_defence=[att['de_classifier']['successes'], att['de_classifier']['attacks']],
                 asr_adaptive=[att['de']['successes'], att['de']['attacks']],
@@ -524,6 +562,7 @@ def markdown(results: dict) -> str:
       '95% over images (one seed).', '']
   if 'note' in results:
     lines += [f'Note: {results["note"]}.', '']
+  notes = []
   lines += ['| Metric | Value | 95% CI |', '|---|---|---|',
             f'| Clean accuracy ({results["test_images"]} images) | '
             f'{pct(results["clean_accuracy"])} | {ci(results["clean_accuracy_wilson95"])} |']
@@ -539,6 +578,10 @@ def markdown(results: dict) -> str:
     if 'images_fooled_any_target' in s:
       lines.append(f'| {name}: images fooled towards at least one target | '
                    f'{pct(s["images_fooled_any_target"])} | {ci(s["any_target_wilson95"])} |')
+      notes.append(f'{name}: the per-attack interval treats the targets of one image as '
+                   'independent, so it is too narrow; the per-image one is not.')
+  if notes:
+    lines += [''] + notes
   if 'autoencoder_table4' in results:
     t = results['autoencoder_table4']
     lines += ['', '| Table 4 metric | Value |', '|---|---|'] + [

@@ -65,18 +65,20 @@ def summarise(values, counts: list[tuple[int, int]] | None = None,
     lo, hi = wilson(k, n)
     return dict(mean=vals[0], low=lo, high=hi, n=1, interval=f'Wilson 95% over {n} images')
   mean, lo, hi = t_interval(vals)
-  kind = f'Student t 95% over {len(vals)} seeds' if len(vals) > 1 else 'none (one value)'
+  n = int(np.isfinite(vals).sum())
+  kind = f'Student t 95% over {n} seeds' if n > 1 else 'none (one value)'
   if bounds and math.isfinite(lo) and (lo < bounds[0] or hi > bounds[1]):
     lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     kind += f', clipped to [{bounds[0]:g}, {bounds[1]:g}]'
-  return dict(mean=mean, low=lo, high=hi, n=len(vals), interval=kind)
+  return dict(mean=mean, low=lo, high=hi, n=n, interval=kind)
 
 
 def fmt_percent(s: dict, digits: int = 1) -> str:
   """``'84.2% [81.9, 86.3]'`` (or just the mean when there is no interval)."""
-  if s is None or not math.isfinite(s.get('mean', math.nan)):
+  ok = lambda v: v is not None and math.isfinite(v)  # None: NaN read back from JSON
+  if s is None or not ok(s.get('mean')):
     return 'n/a'
   m = f'{100 * s["mean"]:.{digits}f}%'
-  if math.isfinite(s.get('low', math.nan)):
+  if ok(s.get('low')) and ok(s.get('high')):
     m += f' [{100 * s["low"]:.{digits}f}, {100 * s["high"]:.{digits}f}]'
   return m

@@ -149,11 +149,13 @@ def mean_curve(curves: list[dict]) -> dict:
   return dict(budget=grid.tolist(), asr=np.mean(vals, 0).tolist())
 
 
-def measure_overhead(rows, suite_cfg) -> dict:
+def measure_overhead(rows, suite_cfg, reference) -> dict:
   """Per row: seconds per training step and epoch, seconds per image at
-  inference, and both relative to the first row; one process, one device."""
+  inference, and both relative to ``reference`` (the suite's first row, the
+  undefended model, measured even when ``suite.only`` leaves it out); one
+  process, one device."""
   out = {}
-  for name, spec in rows:
+  for name, spec in [reference] + [r for r in rows if r != reference]:
     cfg = row_config(spec, suite_cfg, 0)
     tr = overhead.train_step_time(cfg, steps=suite_cfg.overhead_steps)
     inf = overhead.inference_time(cfg)
@@ -162,8 +164,9 @@ def measure_overhead(rows, suite_cfg) -> dict:
     out[name] = dict(model=cfg.model.name, width=cfg.model.width,
                      seconds_per_step=tr['seconds_per_step'], batch=tr['batch'],
                      seconds_per_epoch=per_epoch, seconds_per_image=inf['seconds_per_image'])
-  ref = out[rows[0][0]]
+  ref = out[reference[0]]
   for o in out.values():
+    o['reference'] = reference[0]
     o['train_relative'] = o['seconds_per_epoch'] / ref['seconds_per_epoch']
     o['inference_relative'] = o['seconds_per_image'] / ref['seconds_per_image']
   return out
@@ -178,6 +181,7 @@ def run(config, workdir: str) -> dict:
     raise ValueError(f'config.suite.seeds must be distinct ints, got {scfg.seeds!r}')
   table = TABLES[scfg.table]
   rows = parse_rows(scfg.rows, scfg.size, scfg.only)
+  reference = parse_rows(scfg.rows, scfg.size, '')[0]
   root = pathlib.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
@@ -198,7 +202,7 @@ def run(config, workdir: str) -> dict:
           for name, spec in rows},
       asr_curves=curves)
   if scfg.overhead:
-    out['overhead'] = measure_overhead(rows, scfg)
+    out['overhead'] = measure_overhead(rows, scfg, reference)
   out['seconds_this_run'] = time.perf_counter() - t0
   from jaxpix import figures
 
@@ -232,15 +236,15 @@ def markdown(res: dict, kind: str) -> str:
   first = next(iter(rows.values()))
   ps = first['per_seed'][0]
   ev = ps['config']['eval']
-  interval = next(iter(first['summary'].values()))['interval']
+  kinds = sorted({m['interval'] for r in rows.values() for m in r['summary'].values()})
   lines = [f'# {res["title"]} (measured)', '',
            f'Size `{res["size"] or "full"}`, seeds {res["seeds"]}, overrides '
            f'`{res["overrides"] or "none"}`; commit `{res["commit"]}`; device {res["device"]}; '
            f'{res["date"]}; this run took {res["seconds_this_run"] / 60:.1f} min.', '',
            f'Attack: DE population {ev["popsize"]}, {ev["maxiter"]} generations, '
            f'{ev["pixels"]} pixel(s), `{ev["mode"]}` mode, on up to {ev["num_images"]} correctly '
-           'classified test images per model. Cells: measured mean [95% interval; '
-           f'{interval}]; "paper" = the number the paper reports.', '']
+           'classified test images per model. Cells: measured mean [95% interval: '
+           f'{"; ".join(kinds)}]; "paper" = the number the paper reports.', '']
   metrics = DEFENCE_METRICS if kind == 'defences' else AE_METRICS
   head = '| Row | ' + ' | '.join(f'{label} | paper' for _, label in metrics) + ' |'
   lines += [head, '|---' * (1 + 2 * len(metrics)) + '|']
@@ -252,6 +256,11 @@ def markdown(res: dict, kind: str) -> str:
             ) if p else None
       cells += [_cell(r['summary'].get(m)), 'n/a' if pv is None else f'{100 * pv:.2f}%']
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  if kind == 'autoencoder':
+    lines += ['', 'Our performance loss is the clean accuracy the reconstruction costs '
+              '(classifier minus pipeline, all test images); the paper\'s PL is a count '
+              'it does not define (e.g. 131/977 for Pure CNN), quoted as printed. Its "ASR '
+              'after reconstruction" is the transfer setting, quoted beside ours.']
   lines += ['', '| Row | config | seeds | attacked images per seed | train images/s | workdir |',
             '|---|---|---|---|---|---|']
   for name, r in rows.items():
@@ -262,7 +271,8 @@ def markdown(res: dict, kind: str) -> str:
                  f'{", ".join("n/a" if x is None else f"{x:.0f}" for x in rate)} | '
                  f'`{r["workdirs"][0]}` |')
   if 'overhead' in res:
-    lines += ['', '## Overhead (one process, one device; relative to the first row)', '',
+    ref = next(iter(res['overhead'].values()))['reference']
+    lines += ['', f'## Overhead (one process, one device; relative to {ref})', '',
               '| Row | train s/epoch | training time | inference ms/image | inference time |',
               '|---|---|---|---|---|']
     for name, o in res['overhead'].items():

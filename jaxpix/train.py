@@ -327,11 +327,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
 
 def check_meta(saved: dict, want: dict, directory) -> None:
-  for k in ('model', 'width', 'defence', 'dataset', 'num_classes'):
-    if saved.get(k) != want[k]:
-      raise checkpoint.CheckpointError(
-          f'checkpoint in {directory} was trained with {k}={saved.get(k)!r} but the config asks '
-          f'for {k}={want[k]!r}; use a fresh workdir or the matching config')
+  diff = [k for k in ('model', 'width', 'defence', 'dataset', 'num_classes')
+          if saved.get(k) != want[k]]
+  if diff:
+    raise checkpoint.CheckpointError(
+        f'checkpoint in {directory} was trained with '
+        + ', '.join(f'{k}={saved.get(k)!r}' for k in diff) + ' but the config asks for '
+        + ', '.join(f'{k}={want[k]!r}' for k in diff)
+        + '; use a fresh workdir or the matching config')
 
 
 class _MetricsLog:

@@ -107,7 +107,21 @@ def test_eval_protocol_results_and_markdown(trained, tmp_path):
   # Targeted: every other class of every image; "any target" is per image.
   tg = res['attacks']['de_targeted']
   assert tg['attacks'] == 12 * 9 and tg['images'] == 12
-  assert 0 <= tg['images_fooled_any_target'] <= 1
+  recs = [json.loads(ln) for ln in (tmp_path / 'attack_de_targeted.jsonl').read_text()
+          .splitlines() if '"key"' in ln]
+  assert len(recs) == 108 and all(r['target'] != test.labels[r['index']] for r in recs)
+  assert sorted(r['key'] for r in recs) == sorted(
+      i * 10 + t for i in res['images'] for t in range(10) if t != test.labels[i])
+  # Key i * K + t: the same as attacking (image i, target t) directly.
+  i = res['images'][0]
+  mine = sorted((r for r in recs if r['index'] == i), key=lambda r: r['target'])
+  tgt = np.array([r['target'] for r in mine], np.int32)
+  direct_t = attack.one_pixel(predict, x[[i] * 9], test.labels[[i] * 9], targets=tgt,
+                              key=jax.random.key(0), popsize=16, maxiter=6, indices=i * 10 + tgt)
+  assert [r['success'] for r in mine] == direct_t.success.tolist()
+  assert [r['queries'] for r in mine] == direct_t.queries.tolist()
+  fooled_any = {r['index'] for r in recs if r['success']}
+  assert tg['images_fooled_any_target'] == len(fooled_any) / 12
   # The markdown shows the numbers of results.json.
   md = (tmp_path / 'results.md').read_text()
   assert _md_value(md, 'Clean accuracy') == pytest.approx(100 * on_disk['clean_accuracy'],
@@ -143,8 +157,10 @@ def test_eval_killed_midway_resumes_to_the_same_numbers(trained, tmp_path, monke
   assert attacked == [12 - 5]  # only what was not saved
   for k in ('successes', 'mean_queries', 'mean_confidence_successful', 'curve'):
     assert resumed['attacks']['de'][k] == full['attacks']['de'][k], k
-  lines = (tmp_path / 'cut' / 'attack_de.jsonl').read_text().splitlines()
-  assert len(lines) == 13 and all(json.loads(ln) for ln in lines)
+  lines = [json.loads(ln) for ln in (tmp_path / 'cut' / 'attack_de.jsonl').read_text()
+           .splitlines()]
+  assert 'protocol' in lines[0] and sum('key' in ln for ln in lines) == 12
+  assert len(resumed['attacks']['de']['sessions']) == 2  # the killed run and this one
   # Same command again: nothing left to attack.
   attacked.clear()
   evaluate.evaluate(_eval_config(trained), str(tmp_path / 'cut'))
@@ -198,7 +214,11 @@ def test_suite_trains_evaluates_tabulates_and_reuses(shared_data, tmp_path, monk
   cell = stats.fmt_percent(rows['IT']['summary']['asr'])
   assert f'| IT | {stats.fmt_percent(rows["IT"]["summary"]["clean_accuracy"])} | 89.10% | ' \
          f'{cell} | 38.76% |' in md
-  assert res['overhead']['No Defence']['train_relative'] == 1.0
+  oh = res['overhead']
+  assert list(oh) == ['No Defence', 'IT'] and oh['IT']['reference'] == 'No Defence'
+  assert oh['IT']['inference_relative'] == pytest.approx(
+      oh['IT']['seconds_per_image'] / oh['No Defence']['seconds_per_image'])
+  assert 'relative to No Defence' in md
   assert (tmp_path / 'asr_vs_budget.png').stat().st_size > 0
   # Again: checkpoints and attack results are reused, the numbers unchanged.
   monkeypatch.setattr(attacks_mod, '_attack', lambda *a, **k: pytest.fail('attacked again'))
@@ -225,3 +245,24 @@ def test_suite_rows_and_overrides():
   curve = suite.mean_curve([dict(budget=[10, 30], asr=[0.2, 0.4]),
                             dict(budget=[20, 30], asr=[0.1, 0.3])])
   assert curve == dict(budget=[10, 20, 30], asr=pytest.approx([0.1, 0.15, 0.35]))
+
+
+def test_one_seed_autoencoder_suite_uses_wilson_and_reads_back(shared_data, tmp_path):
+  del shared_data
+  from configs import suite_autoencoder
+
+  c = suite_autoencoder.get_config('test')
+  c.suite.only = 'LeNet'
+  c.suite.set = 'train.steps=20,eval.num_images=8'
+  res = experiment.run(c, str(tmp_path))
+  row = json.loads((tmp_path / 'results.json').read_text())['rows']['LeNet']
+  t = row['per_seed'][0]['autoencoder_table4']
+  for m in ('asr_no_defence', 'asr_adaptive', 'asr_transfer'):
+    k, n = t['counts'][m]
+    assert row['summary'][m]['interval'] == f'Wilson 95% over {n} images'
+    assert row['summary'][m]['mean'] == pytest.approx(k / n)
+  assert row['summary']['performance_loss']['interval'] == 'none (one value)'
+  assert row['paper'] == suite.paper.AE_TABLE4['LeNet']
+  md = (tmp_path / 'results.md').read_text()
+  assert f'| LeNet | {stats.fmt_percent(row["summary"]["asr_no_defence"])} | 61.20% |' in md
+  assert res['rows']['LeNet']['spec'] == 'cifar_autoencoder.py:test,lenet'
