@@ -195,6 +195,7 @@ def run(config, workdir: str) -> dict:
             for name, rs in per_row.items()}
   out = dict(
       suite=scfg.table, title=table['title'], size=scfg.size, seeds=seeds, overrides=scfg.set,
+      root=str(root),
       **evaluate.provenance(), rows={
           name: dict(spec=spec, summary=summary[name], paper=table['paper'].get(name),
                      workdirs=[str(root / slug(name) / f'seed{s}') for s in seeds],
@@ -219,11 +220,16 @@ def _per_seed(res: dict) -> dict:
   keep = ('seed', 'eval_seed', 'commit', 'device', 'date', 'checkpoint', 'step', 'spec',
           'test_images', 'clean_accuracy', 'correctly_classified', 'num_images_requested',
           'num_images', 'train_seconds_this_run', 'train_images_per_s', 'seconds_this_run',
-          'autoencoder_table4', 'note', 'config')
+          'autoencoder_table4', 'note', 'config', 'figures')
   out = {k: res[k] for k in keep if k in res}
   out['attacks'] = {n: {k: v for k, v in a.items() if k != 'curve'}
                     for n, a in res['attacks'].items()}
   return out
+
+
+def _rel(path: str, root: str) -> str:
+  p = pathlib.Path(path)
+  return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
 
 def _cell(s: dict | None) -> str:
@@ -280,5 +286,10 @@ def markdown(res: dict, kind: str) -> str:
                    f'{1e3 * o["seconds_per_image"]:.3f} | {o["inference_relative"]:.2f}x |')
     lines += ['', 'The APR paper\'s Table 4 (APR vs no defence): training time +27.3% '
               '(ResNet-18), +31.5% (VGG-16); inference time +8.6%, +9.2%.']
-  lines += ['', '![ASR against query budget](asr_vs_budget.png)']
+  lines += ['', '![ASR against query budget](asr_vs_budget.png)', '',
+            'Per row (seed of the first workdir): '
+            + '; '.join(f'{name}: ' + ', '.join(
+                f'[{f}]({_rel(r["workdirs"][0], res["root"])}/eval/{f})'
+                for f in r['per_seed'][0].get('figures', []))
+                for name, r in rows.items())]
   return '\n'.join(lines) + '\n'
