@@ -18,8 +18,9 @@ from ml_collections import config_flags
 
 from jaxpix import experiment
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Experiment config file.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
 flags.mark_flags_as_required(['config', 'workdir'])
 

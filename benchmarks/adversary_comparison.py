@@ -40,15 +40,27 @@ def run(spec, args, root):
   _, val, _ = data.load(cfg.data)
   predict = train.pretrained_predict(cfg, workdir, val.num_classes, fit=False)
   x = data.to_float(val.images[:2000])
-  pred = np.concatenate([np.asarray(jax.jit(predict)(x[i:i + 500])).argmax(-1)
-                         for i in range(0, len(x), 500)])
-  ok = np.flatnonzero(pred == val.labels[:2000])[:args.images]
-  r = attack.one_pixel(predict, x[ok], val.labels[ok], key=jax.random.key(0),
-                       popsize=args.popsize, maxiter=args.maxiter)
-  return dict(config=spec, train_seconds=train_s,
-              validation_accuracy=float(np.mean(pred == val.labels[:2000])),
-              attacked=len(ok), attack_success_rate=r.success_rate,
-              robustness=1 - r.success_rate, mean_queries=float(r.queries.mean()))
+  pred = np.concatenate(
+    [np.asarray(jax.jit(predict)(x[i : i + 500])).argmax(-1) for i in range(0, len(x), 500)]
+  )
+  ok = np.flatnonzero(pred == val.labels[:2000])[: args.images]
+  r = attack.one_pixel(
+    predict,
+    x[ok],
+    val.labels[ok],
+    key=jax.random.key(0),
+    popsize=args.popsize,
+    maxiter=args.maxiter,
+  )
+  return dict(
+    config=spec,
+    train_seconds=train_s,
+    validation_accuracy=float(np.mean(pred == val.labels[:2000])),
+    attacked=len(ok),
+    attack_success_rate=r.success_rate,
+    robustness=1 - r.success_rate,
+    mean_queries=float(r.queries.mean()),
+  )
 
 
 def main(argv=None):
@@ -66,8 +78,9 @@ def main(argv=None):
     rows.append(run(spec, args, root))
     print(json.dumps(rows[-1]), flush=True)
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(dict(settings=vars(args), rows=rows),
-                                                  indent=1) + '\n')
+    pathlib.Path(args.json).write_text(
+      json.dumps(dict(settings=vars(args), rows=rows), indent=1) + '\n'
+    )
 
 
 if __name__ == '__main__':

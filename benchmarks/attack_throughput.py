@@ -69,8 +69,9 @@ def train_cnn(train: data.Split, steps: int, width: float, seed: int = 0) -> CNN
     x[flip] = x[flip, :, ::-1]
     loss = step(model, opt, jnp.asarray(x), jnp.asarray(train.labels[idx]))
     if i % 50 == 0 or i == steps - 1:
-      print(f'train step {i:4d} loss {float(loss):.3f} ({time.perf_counter() - t0:.0f}s)',
-            flush=True)
+      print(
+        f'train step {i:4d} loss {float(loss):.3f} ({time.perf_counter() - t0:.0f}s)', flush=True
+      )
   cache.parent.mkdir(parents=True, exist_ok=True)
   np.savez(cache, *jax.tree.leaves(nnx.state(model)))
   return model
@@ -104,14 +105,21 @@ def main(argv=None):
   model = train_cnn(train, args.train_steps, args.width)
   predict = as_predict(model)
   x_test = data.to_float(test.images)
-  pred = np.concatenate([np.asarray(jax.jit(predict)(x_test[i:i + 500]).argmax(-1))
-                         for i in range(0, len(x_test), 500)])
+  pred = np.concatenate(
+    [
+      np.asarray(jax.jit(predict)(x_test[i : i + 500]).argmax(-1))
+      for i in range(0, len(x_test), 500)
+    ]
+  )
   acc = float(np.mean(pred == test.labels))
   correct = np.flatnonzero(pred == test.labels)
   slots = args.slots or max(1, 4096 // args.popsize)
   batch = slots * args.popsize
-  print(f'clean test accuracy {acc:.3f} on {len(test)} images; attack batch {slots} slots x '
-        f'{args.popsize} = {batch}', flush=True)
+  print(
+    f'clean test accuracy {acc:.3f} on {len(test)} images; attack batch {slots} slots x '
+    f'{args.popsize} = {batch}',
+    flush=True,
+  )
 
   reps_x = x_test[np.resize(np.arange(len(x_test)), batch)]
   fwd = forward_rate(predict, reps_x, args.forward_reps)
@@ -120,7 +128,7 @@ def main(argv=None):
   kw = dict(key=jax.random.key(0), popsize=args.popsize, maxiter=args.maxiter, slots=slots)
   warm = correct[-slots:]  # compile (every tail size too) on images not timed
   attack.one_pixel(predict, x_test[warm], test.labels[warm], **kw)
-  timed = correct[:args.images]
+  timed = correct[: args.images]
   t0 = time.perf_counter()
   r = attack.one_pixel(predict, x_test[timed], test.labels[timed], **kw)
   wall = time.perf_counter() - t0
@@ -128,20 +136,37 @@ def main(argv=None):
   rate = evals / wall
   peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
   dev = jax.devices()[0]
-  peak_dev = (dev.memory_stats() or {}).get('peak_bytes_in_use') if hasattr(
-      dev, 'memory_stats') else None
-  out = dict(device=str(dev.device_kind), backend=jax.default_backend(), images=len(timed),
-             popsize=args.popsize, maxiter=args.maxiter, slots=slots, batch=batch,
-             clean_accuracy=acc, success_rate=r.success_rate,
-             mean_queries=float(r.queries.mean()), attack_wall_s=wall, model_evals=evals,
-             attack_evals_per_s=rate, forward_images_per_s=fwd, efficiency=rate / fwd,
-             peak_host_rss_gib=peak_host,
-             peak_device_bytes=peak_dev)
-  print(f'attack: {len(timed)} images, success {r.success_rate:.3f}, mean queries '
-        f'{r.queries.mean():.0f}, {evals} evaluations in {wall:.1f}s = {rate:.0f} evals/s')
+  peak_dev = (
+    (dev.memory_stats() or {}).get('peak_bytes_in_use') if hasattr(dev, 'memory_stats') else None
+  )
+  out = dict(
+    device=str(dev.device_kind),
+    backend=jax.default_backend(),
+    images=len(timed),
+    popsize=args.popsize,
+    maxiter=args.maxiter,
+    slots=slots,
+    batch=batch,
+    clean_accuracy=acc,
+    success_rate=r.success_rate,
+    mean_queries=float(r.queries.mean()),
+    attack_wall_s=wall,
+    model_evals=evals,
+    attack_evals_per_s=rate,
+    forward_images_per_s=fwd,
+    efficiency=rate / fwd,
+    peak_host_rss_gib=peak_host,
+    peak_device_bytes=peak_dev,
+  )
+  print(
+    f'attack: {len(timed)} images, success {r.success_rate:.3f}, mean queries '
+    f'{r.queries.mean():.0f}, {evals} evaluations in {wall:.1f}s = {rate:.0f} evals/s'
+  )
   print(f'efficiency (attack evals/s / raw forward images/s): {rate / fwd:.3f}')
-  print(f'peak host RSS {peak_host:.2f} GiB' +
-        (f', peak device memory {peak_dev / 2**30:.2f} GiB' if peak_dev else ''))
+  print(
+    f'peak host RSS {peak_host:.2f} GiB'
+    + (f', peak device memory {peak_dev / 2**30:.2f} GiB' if peak_dev else '')
+  )
   print(json.dumps(out))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(out, indent=1) + '\n')

@@ -32,9 +32,19 @@ def main(argv=None):
     cfg = load_config(spec)
     per_image = overhead.inference_time(cfg, args.batch, args.reps)['seconds_per_image']
     ref = ref or per_image
-    print(json.dumps(dict(config=spec, defence=cfg.defence.name, model=cfg.model.name,
-                          width=cfg.model.width, ms_per_image=1e3 * per_image,
-                          relative=per_image / ref)), flush=True)
+    print(
+      json.dumps(
+        dict(
+          config=spec,
+          defence=cfg.defence.name,
+          model=cfg.model.name,
+          width=cfg.model.width,
+          ms_per_image=1e3 * per_image,
+          relative=per_image / ref,
+        )
+      ),
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

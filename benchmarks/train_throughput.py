@@ -29,10 +29,16 @@ def measure(name: str, width: float, batch: int, steps: int, cfg=None) -> dict:
     cfg.model.name, cfg.model.width = name, width
   cfg.train.batch_size = batch
   r = overhead.train_step_time(cfg, steps=steps)
-  return dict(model=cfg.model.name, width=cfg.model.width, defence=cfg.defence.name,
-              adversary=cfg.defence.adv.method if cfg.defence.adversarial else None,
-              batch=batch, steps=steps, images_per_s=r['images_per_s'],
-              seconds_per_step=r['seconds_per_step'])
+  return dict(
+    model=cfg.model.name,
+    width=cfg.model.width,
+    defence=cfg.defence.name,
+    adversary=cfg.defence.adv.method if cfg.defence.adversarial else None,
+    batch=batch,
+    steps=steps,
+    images_per_s=r['images_per_s'],
+    seconds_per_step=r['seconds_per_step'],
+  )
 
 
 def main(argv=None):

@@ -14,13 +14,17 @@ from configs import common
 
 def get_config(arg=None):
   variants = common.parse_arg(arg, ('cpu', 'test'))
-  c = common.suite('autoencoder', (
+  c = common.suite(
+    'autoencoder',
+    (
       'LeNet=cifar_autoencoder.py:{size},lenet',
       'Pure CNN=cifar_autoencoder.py:{size},pure_cnn',
       'NiN=cifar_autoencoder.py:{size},nin',
       'ResNet=cifar_autoencoder.py:{size},resnet32',
       'DenseNet=cifar_autoencoder.py:{size},densenet_bc100',
       'WideResNet=cifar_autoencoder.py:{size},wrn16_8',
-  ), variants)
+    ),
+    variants,
+  )
   c.suite.overhead = False
   return c

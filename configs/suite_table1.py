@@ -14,10 +14,14 @@ from configs import common
 
 def get_config(arg=None):
   variants = common.parse_arg(arg, ('cpu', 'test'))
-  return common.suite('apr_table1', (
+  return common.suite(
+    'apr_table1',
+    (
       'No Defence=cifar_baseline.py:{size}',
       'AT=cifar_at.py:{size}',
       'IT=cifar_it.py:{size}',
       'DD=cifar_dd.py:{size}',
       'APR=cifar_apr.py:{size}',
-  ), variants)
+    ),
+    variants,
+  )

@@ -11,11 +11,15 @@ from configs import common
 
 def get_config(arg=None):
   variants = common.parse_arg(arg, ('cpu', 'test'))
-  c = common.suite('apr_table3', (
+  c = common.suite(
+    'apr_table3',
+    (
       'Full APR=cifar_apr.py:{size}',
       'w/o Pixel-wise Attention=cifar_apr.py:{size},no_attention',
       'w/o Adversarial Training=cifar_apr.py:{size},no_adv',
       'w/o Regularization=cifar_apr.py:{size},no_reg',
-  ), variants)
+    ),
+    variants,
+  )
   c.suite.overhead = False  # Table 4 compares APR with no defence: suite_table1
   return c

@@ -42,8 +42,10 @@ class Checkpointer:
     # Orbax logs every save at INFO/WARNING; progress is reported by the caller.
     logging.getLogger('absl').setLevel(logging.ERROR)
     self._mngr = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_names=('state', 'meta'))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      item_names=('state', 'meta'),
+    )
 
   def steps(self) -> list[int]:
     return sorted(self._mngr.all_steps())
@@ -53,8 +55,12 @@ class Checkpointer:
 
   def save(self, step: int, state, meta: dict) -> None:
     """Saves asynchronously; ``wait()`` or ``close()`` makes it durable."""
-    self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_flat(state)),
-                                                  meta=ocp.args.JsonSave(dict(meta, step=step))))
+    self._mngr.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_flat(state)), meta=ocp.args.JsonSave(dict(meta, step=step))
+      ),
+    )
 
   def delete_after(self, step: int) -> list[int]:
     """Deletes checkpoints newer than ``step`` (a run resumed from an older
@@ -82,11 +88,14 @@ class Checkpointer:
     """
     step = self._step(step)
     flat_like = _flat(like)
-    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, 'sharding', None))
-                for k, v in flat_like.items()}
+    abstract = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, 'sharding', None))
+      for k, v in flat_like.items()
+    }
     try:
       got = self._mngr.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+      )['state']
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(self._explain(step, f'it does not match this config: {e}')) from e
     treedef = jax.tree.structure(like)
@@ -99,8 +108,10 @@ class Checkpointer:
   def _step(self, step):
     steps = self.steps()
     if not steps:
-      raise CheckpointError(f'no checkpoint in {self.directory}; train first or point '
-                            'config.checkpoint at a workdir that has one')
+      raise CheckpointError(
+        f'no checkpoint in {self.directory}; train first or point '
+        'config.checkpoint at a workdir that has one'
+      )
     if step is None:
       return steps[-1]
     if step not in steps:
@@ -109,6 +120,10 @@ class Checkpointer:
 
   def _explain(self, step, what):
     older = [s for s in self.steps() if s < step]
-    hint = (f' Older checkpoints there are still usable: steps {older} (pick one with '
-            'config.train.resume_step=N).' if older else '')
+    hint = (
+      f' Older checkpoints there are still usable: steps {older} (pick one with '
+      'config.train.resume_step=N).'
+      if older
+      else ''
+    )
     return f'checkpoint {self.directory / str(step)} cannot be used: {what}.{hint}'

@@ -20,10 +20,13 @@ import pathlib
 import numpy as np
 
 SPECS = {
-    # dataset: (image shape, classes, {split: file names})
-    'cifar10': ((32, 32, 3), 10, {'train': [f'train_{k}.npz' for k in range(1, 6)],
-                                  'test': ['test.npz']}),
-    'imagenet_sample': ((224, 224, 3), 1000, {'test': ['imagenet_sample_224.npz']}),
+  # dataset: (image shape, classes, {split: file names})
+  'cifar10': (
+    (32, 32, 3),
+    10,
+    {'train': [f'train_{k}.npz' for k in range(1, 6)], 'test': ['test.npz']},
+  ),
+  'imagenet_sample': ((224, 224, 3), 1000, {'test': ['imagenet_sample_224.npz']}),
 }
 
 
@@ -58,14 +61,16 @@ def load_npz(dataset: str, split: str, directory: str | pathlib.Path) -> Split:
   directory = pathlib.Path(directory)
   if not directory.is_dir():
     raise FileNotFoundError(
-        f'data directory {directory} does not exist; set config.data.dir to the folder holding '
-        f'{", ".join(files[split])} (for this repository: ../shared/data/{dataset})')
+      f'data directory {directory} does not exist; set config.data.dir to the folder holding '
+      f'{", ".join(files[split])} (for this repository: ../shared/data/{dataset})'
+    )
   images, labels = [], []
   for name in files[split]:
     path = directory / name
     if not path.is_file():
-      raise FileNotFoundError(f'{path} is missing; {dataset} {split} needs {files[split]} in '
-                              f'{directory}')
+      raise FileNotFoundError(
+        f'{path} is missing; {dataset} {split} needs {files[split]} in {directory}'
+      )
     try:
       with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files if k in ('images', 'labels')}
@@ -76,14 +81,18 @@ def load_npz(dataset: str, split: str, directory: str | pathlib.Path) -> Split:
       raise ValueError(f'{path} must hold arrays "images" and "labels", it has {names}')
     x, y = arrays['images'], arrays['labels']
     if x.dtype != np.uint8 or x.shape[1:] != shape:
-      raise ValueError(f'{path}: "images" must be uint8 [N, {", ".join(map(str, shape))}], got '
-                       f'{x.dtype} {list(x.shape)}')
+      raise ValueError(
+        f'{path}: "images" must be uint8 [N, {", ".join(map(str, shape))}], got '
+        f'{x.dtype} {list(x.shape)}'
+      )
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-      raise ValueError(f'{path}: "labels" must be integers of shape [{len(x)}], got {y.dtype} '
-                       f'{list(y.shape)}')
+      raise ValueError(
+        f'{path}: "labels" must be integers of shape [{len(x)}], got {y.dtype} {list(y.shape)}'
+      )
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
-      raise ValueError(f'{path}: labels must lie in [0, {num_classes}), got min {y.min()} and '
-                       f'max {y.max()}')
+      raise ValueError(
+        f'{path}: labels must lie in [0, {num_classes}), got min {y.min()} and max {y.max()}'
+      )
     images.append(x)
     labels.append(y.astype(np.int32))
   return Split(np.concatenate(images), np.concatenate(labels), num_classes)
@@ -114,9 +123,10 @@ def load_tfds(dataset: str, split: str, data_dir: str | None) -> Split:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # noqa: BLE001 - tfds raises many kinds; re-raised with the fix
     raise FileNotFoundError(
-        f'tensorflow-datasets {name}:{split} is not prepared under data_dir={data_dir!r} ({e}); '
-        'prepare it on a machine with internet, or set config.data.source="npz" and '
-        'config.data.dir to a folder of .npz files') from e
+      f'tensorflow-datasets {name}:{split} is not prepared under data_dir={data_dir!r} ({e}); '
+      'prepare it on a machine with internet, or set config.data.source="npz" and '
+      'config.data.dir to a folder of .npz files'
+    ) from e
   rows = [source[i] for i in range(len(source))]
   images = np.stack([r['image'] for r in rows]).astype(np.uint8)
   labels = np.asarray([r['label'] for r in rows], np.int32)
@@ -141,21 +151,26 @@ def load(cfg) -> tuple[Split, Split, str]:
   train = get(cfg.train_split)
   if cfg.validation_size:
     if not 0 < cfg.validation_size < len(train):
-      raise ValueError(f'config.data.validation_size must be in [0, {len(train)}), got '
-                       f'{cfg.validation_size}')
+      raise ValueError(
+        f'config.data.validation_size must be in [0, {len(train)}), got {cfg.validation_size}'
+      )
     perm = np.random.default_rng(cfg.split_seed).permutation(len(train))
-    keep, held = perm[:-cfg.validation_size], perm[-cfg.validation_size:]
+    keep, held = perm[: -cfg.validation_size], perm[-cfg.validation_size :]
     evaluation = Split(train.images[held], train.labels[held], train.num_classes)
     train = Split(train.images[keep], train.labels[keep], train.num_classes)
     name = 'validation'
   else:
     evaluation, name = get(cfg.eval_split), cfg.eval_split
   if cfg.train_subset:
-    train = Split(train.images[:cfg.train_subset], train.labels[:cfg.train_subset],
-                  train.num_classes)
+    train = Split(
+      train.images[: cfg.train_subset], train.labels[: cfg.train_subset], train.num_classes
+    )
   if cfg.eval_subset:
-    evaluation = Split(evaluation.images[:cfg.eval_subset], evaluation.labels[:cfg.eval_subset],
-                       evaluation.num_classes)
+    evaluation = Split(
+      evaluation.images[: cfg.eval_subset],
+      evaluation.labels[: cfg.eval_subset],
+      evaluation.num_classes,
+    )
   return train, evaluation, name
 
 

@@ -38,8 +38,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   if not path.exists():
     path = CONFIGS / path.name
   if not path.exists():
-    raise FileNotFoundError(f'config file {name!r} not found (looked in {CONFIGS} too); '
-                            "expected e.g. 'cifar_apr.py:cpu'")
+    raise FileNotFoundError(
+      f"config file {name!r} not found (looked in {CONFIGS} too); expected e.g. 'cifar_apr.py:cpu'"
+    )
   module_spec = importlib.util.spec_from_file_location(f'_jaxpix_config_{path.stem}', path)
   module = importlib.util.module_from_spec(module_spec)
   root = str(CONFIGS.parent)

@@ -7,8 +7,18 @@ import pathlib
 import jax
 import numpy as np
 
-CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
-                   'ship', 'truck')
+CIFAR10_CLASSES = (
+  'airplane',
+  'automobile',
+  'bird',
+  'cat',
+  'deer',
+  'dog',
+  'frog',
+  'horse',
+  'ship',
+  'truck',
+)
 
 
 def _pyplot():
@@ -20,8 +30,9 @@ def _pyplot():
   return plt
 
 
-def attention_maps(model, images: np.ndarray, labels: np.ndarray, path, *,
-                   class_names=CIFAR10_CLASSES) -> pathlib.Path:
+def attention_maps(
+  model, images: np.ndarray, labels: np.ndarray, path, *, class_names=CIFAR10_CLASSES
+) -> pathlib.Path:
   """One image per class (the first of each) above its attention map A(x)
   (mean over channels), as in the APR paper's section V.F.
 
@@ -48,8 +59,9 @@ def attention_maps(model, images: np.ndarray, labels: np.ndarray, path, *,
   return path
 
 
-def adversarial_gallery(result, images: np.ndarray, path, *, n: int = 8,
-                        class_names=CIFAR10_CLASSES) -> pathlib.Path:
+def adversarial_gallery(
+  result, images: np.ndarray, path, *, n: int = 8, class_names=CIFAR10_CLASSES
+) -> pathlib.Path:
   """Original and attacked image side by side for up to ``n`` successful
   attacks (unsuccessful ones if none), the changed pixels circled, with the
   labels and probabilities before and after.
@@ -91,8 +103,9 @@ def asr_vs_budget(curves: dict, path, *, title: str = '') -> pathlib.Path:
     a = np.concatenate([[0], np.asarray(c['asr'], np.float64)])
     ax.step(b, a, where='post', label=label)
     if 'low' in c:
-      ax.fill_between(b, np.concatenate([[0], c['low']]), np.concatenate([[0], c['high']]),
-                      step='post', alpha=0.2)
+      ax.fill_between(
+        b, np.concatenate([[0], c['low']]), np.concatenate([[0], c['high']]), step='post', alpha=0.2
+      )
   ax.set_xlabel('model evaluations per image (query budget)')
   ax.set_ylabel('attack success rate')
   ax.set_ylim(0, 1)

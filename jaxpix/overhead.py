@@ -28,18 +28,27 @@ def train_step_time(config, steps: int = 5, batch: int | None = None) -> dict:
   batch = batch or config.train.batch_size
   mesh = train.make_mesh()
   k = 10 if config.data.dataset == 'cifar10' else 1000
-  classifier = (models.as_predict(train.build_model(train.sub_config(config, 'none'), k))
-                if config.defence.name == 'autoencoder' else None)
-  teacher = (models.as_predict(train.build_model(train.sub_config(config, 'dd_teacher'), k))
-             if config.defence.name == 'dd' else None)
+  classifier = (
+    models.as_predict(train.build_model(train.sub_config(config, 'none'), k))
+    if config.defence.name == 'autoencoder'
+    else None
+  )
+  teacher = (
+    models.as_predict(train.build_model(train.sub_config(config, 'dd_teacher'), k))
+    if config.defence.name == 'dd'
+    else None
+  )
   model = train.build_model(config, k, classifier)
   tx = train.make_optimizer(config.train, 1000)
   graphdef, state = train.init_state(model, tx, 0)
   repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   state = jax.device_put(state, repl)
-  step = jax.jit(train.make_train_step(graphdef, tx, train.make_loss(config, teacher),
-                                       config.data.augment),
-                 in_shardings=(repl, shard, shard), out_shardings=(repl, repl), donate_argnums=0)
+  step = jax.jit(
+    train.make_train_step(graphdef, tx, train.make_loss(config, teacher), config.data.augment),
+    in_shardings=(repl, shard, shard),
+    out_shardings=(repl, repl),
+    donate_argnums=0,
+  )
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (batch,) + _shape(config), dtype=np.uint8)
   y = rng.integers(0, k, batch).astype(np.int32)
@@ -58,11 +67,17 @@ def inference_time(config, batch: int = 500, reps: int = 5) -> dict:
   """Seconds per image of the deployed model of ``config`` (its whole
   pipeline: attention, input transformation, autoencoder + classifier)."""
   k = 10 if config.data.dataset == 'cifar10' else 1000
-  classifier = (models.as_predict(train.build_model(train.sub_config(config, 'none'), k))
-                if config.defence.name == 'autoencoder' else None)
+  classifier = (
+    models.as_predict(train.build_model(train.sub_config(config, 'none'), k))
+    if config.defence.name == 'autoencoder'
+    else None
+  )
   predict = jax.jit(models.as_predict(train.build_model(config, k, classifier)))
-  x = jax.device_put(data.to_float(np.random.default_rng(0).integers(
-      0, 256, (batch,) + _shape(config), dtype=np.uint8)))  # timed: the model, not the copy
+  x = jax.device_put(
+    data.to_float(
+      np.random.default_rng(0).integers(0, 256, (batch,) + _shape(config), dtype=np.uint8)
+    )
+  )  # timed: the model, not the copy
   predict(x).block_until_ready()
   t0 = time.perf_counter()
   for _ in range(reps):

@@ -6,26 +6,26 @@ Rates are fractions. Nothing here is measured by jaxpix.
 # APR paper (IJRASET 12(VII), 2024), CIFAR-10 with ResNet-18/VGG-16 (the table
 # does not say which), mean of 5 runs: (clean accuracy, ASR, robustness).
 APR_TABLE1 = {
-    'No Defence': (0.932, 0.7097, 0.2903),
-    'AT': (0.873, 0.4532, 0.5468),
-    'IT': (0.891, 0.3876, 0.6124),
-    'DD': (0.865, 0.4189, 0.5811),
-    'APR': (0.908, 0.2143, 0.7857),
+  'No Defence': (0.932, 0.7097, 0.2903),
+  'AT': (0.873, 0.4532, 0.5468),
+  'IT': (0.891, 0.3876, 0.6124),
+  'DD': (0.865, 0.4189, 0.5811),
+  'APR': (0.908, 0.2143, 0.7857),
 }
 # Its Table 2 (ImageNet subset, ResNet-50/VGG-19).
 APR_TABLE2 = {
-    'No Defence': (0.761, 0.6325, 0.3675),
-    'AT': (0.724, 0.3987, 0.6013),
-    'IT': (0.738, 0.3542, 0.6458),
-    'DD': (0.719, 0.3761, 0.6239),
-    'APR': (0.746, 0.1879, 0.8121),
+  'No Defence': (0.761, 0.6325, 0.3675),
+  'AT': (0.724, 0.3987, 0.6013),
+  'IT': (0.738, 0.3542, 0.6458),
+  'DD': (0.719, 0.3761, 0.6239),
+  'APR': (0.746, 0.1879, 0.8121),
 }
 # Table 3, the ablation on CIFAR-10.
 APR_TABLE3 = {
-    'Full APR': (0.908, 0.2143, 0.7857),
-    'w/o Pixel-wise Attention': (0.895, 0.2876, 0.7124),
-    'w/o Adversarial Training': (0.917, 0.3521, 0.6479),
-    'w/o Regularization': (0.902, 0.2489, 0.7511),
+  'Full APR': (0.908, 0.2143, 0.7857),
+  'w/o Pixel-wise Attention': (0.895, 0.2876, 0.7124),
+  'w/o Adversarial Training': (0.917, 0.3521, 0.6479),
+  'w/o Regularization': (0.902, 0.2489, 0.7511),
 }
 # Table 4: APR's (training time increase, inference time increase) over the
 # undefended model, i.e. ratio - 1.
@@ -36,18 +36,18 @@ APR_TABLE4 = {'ResNet-18': (0.273, 0.086), 'VGG-16': (0.315, 0.092)}
 # loss, as printed (its PL denominators are 1,000 - the post-defence successes,
 # e.g. 131/977 for Pure CNN; it does not define PL further).
 AE_TABLE4 = {
-    'LeNet': dict(asr_no_defence=0.612, asr_after=0.217, defence_rate=0.645,
-                  performance_loss=0.192),
-    'Pure CNN': dict(asr_no_defence=0.162, asr_after=0.023, defence_rate=0.858,
-                     performance_loss=0.134),
-    'NiN': dict(asr_no_defence=0.286, asr_after=0.051, defence_rate=0.822,
-                performance_loss=0.132),
-    'ResNet': dict(asr_no_defence=0.300, asr_after=0.048, defence_rate=0.840,
-                   performance_loss=0.127),
-    'DenseNet': dict(asr_no_defence=0.252, asr_after=0.045, defence_rate=0.821,
-                     performance_loss=0.160),
-    'WideResNet': dict(asr_no_defence=0.221, asr_after=0.024, defence_rate=0.891,
-                performance_loss=0.107),
+  'LeNet': dict(asr_no_defence=0.612, asr_after=0.217, defence_rate=0.645, performance_loss=0.192),
+  'Pure CNN': dict(
+    asr_no_defence=0.162, asr_after=0.023, defence_rate=0.858, performance_loss=0.134
+  ),
+  'NiN': dict(asr_no_defence=0.286, asr_after=0.051, defence_rate=0.822, performance_loss=0.132),
+  'ResNet': dict(asr_no_defence=0.300, asr_after=0.048, defence_rate=0.840, performance_loss=0.127),
+  'DenseNet': dict(
+    asr_no_defence=0.252, asr_after=0.045, defence_rate=0.821, performance_loss=0.160
+  ),
+  'WideResNet': dict(
+    asr_no_defence=0.221, asr_after=0.024, defence_rate=0.891, performance_loss=0.107
+  ),
 }
 
 # The reference Keras implementation (Hyperparticle/one-pixel-attack-keras):

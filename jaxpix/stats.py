@@ -50,8 +50,9 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
   return (mean, mean - half, mean + half)
 
 
-def summarise(values, counts: list[tuple[int, int]] | None = None,
-              bounds: tuple[float, float] | None = None) -> dict:
+def summarise(
+  values, counts: list[tuple[int, int]] | None = None, bounds: tuple[float, float] | None = None
+) -> dict:
   """A figure over seeds: ``{'mean', 'low', 'high', 'n', 'interval'}``.
 
   ``values`` holds one value per seed. With one seed and ``counts`` (its

@@ -36,21 +36,35 @@ from jaxpix import data, evaluate, experiment, overhead, paper, stats, train
 
 # Table kinds: which metrics, and the paper's numbers by row name.
 TABLES = {
-    'apr_table1': dict(kind='defences', paper=paper.APR_TABLE1,
-                       title='APR paper, Table 1: defences on CIFAR-10'),
-    'apr_table2': dict(kind='defences', paper=paper.APR_TABLE2,
-                       title='APR paper, Table 2: defences on the ImageNet subset'),
-    'apr_table3': dict(kind='defences', paper=paper.APR_TABLE3,
-                       title='APR paper, Table 3: ablation on CIFAR-10'),
-    'autoencoder': dict(kind='autoencoder', paper=paper.AE_TABLE4,
-                        title='Autoencoder paper, Table 4: the defence on the model zoo'),
+  'apr_table1': dict(
+    kind='defences', paper=paper.APR_TABLE1, title='APR paper, Table 1: defences on CIFAR-10'
+  ),
+  'apr_table2': dict(
+    kind='defences',
+    paper=paper.APR_TABLE2,
+    title='APR paper, Table 2: defences on the ImageNet subset',
+  ),
+  'apr_table3': dict(
+    kind='defences', paper=paper.APR_TABLE3, title='APR paper, Table 3: ablation on CIFAR-10'
+  ),
+  'autoencoder': dict(
+    kind='autoencoder',
+    paper=paper.AE_TABLE4,
+    title='Autoencoder paper, Table 4: the defence on the model zoo',
+  ),
 }
-DEFENCE_METRICS = (('clean_accuracy', 'Clean Accuracy'), ('asr', 'Attack Success Rate'),
-                   ('robustness', 'Robustness'))
-AE_METRICS = (('asr_no_defence', 'ASR, no defence'),
-              ('asr_adaptive', 'ASR after reconstruction (attacking the pipeline)'),
-              ('asr_transfer', 'ASR after reconstruction (transfer)'),
-              ('defence_rate', 'Defence rate'), ('performance_loss', 'Performance loss'))
+DEFENCE_METRICS = (
+  ('clean_accuracy', 'Clean Accuracy'),
+  ('asr', 'Attack Success Rate'),
+  ('robustness', 'Robustness'),
+)
+AE_METRICS = (
+  ('asr_no_defence', 'ASR, no defence'),
+  ('asr_adaptive', 'ASR after reconstruction (attacking the pipeline)'),
+  ('asr_transfer', 'ASR after reconstruction (transfer)'),
+  ('defence_rate', 'Defence rate'),
+  ('performance_loss', 'Performance loss'),
+)
 
 
 def parse_rows(rows, size: str, only: str) -> list[tuple[str, str]]:
@@ -116,13 +130,15 @@ def _values(kind: str, res: dict) -> dict[str, tuple[float, tuple[int, int] | No
   if kind == 'defences':
     de = res['attacks']['de']
     n, k = de['attacks'], de['successes']
-    return dict(clean_accuracy=(res['clean_accuracy'],
-                                (res['correctly_classified'], res['test_images'])),
-                asr=(de['attack_success_rate'], (k, n)),
-                robustness=(de['robustness'], (n - k, n)))
+    return dict(
+      clean_accuracy=(res['clean_accuracy'], (res['correctly_classified'], res['test_images'])),
+      asr=(de['attack_success_rate'], (k, n)),
+      robustness=(de['robustness'], (n - k, n)),
+    )
   t = res['autoencoder_table4']
-  out = {m: (t[m], tuple(t['counts'][m]) if m in t['counts'] else None)
-         for m, _ in AE_METRICS if m in t}
+  out = {
+    m: (t[m], tuple(t['counts'][m]) if m in t['counts'] else None) for m, _ in AE_METRICS if m in t
+  }
   return out
 
 
@@ -161,9 +177,14 @@ def measure_overhead(rows, suite_cfg, reference) -> dict:
     inf = overhead.inference_time(cfg)
     train_split, _, _ = data.load(cfg.data)
     per_epoch = tr['seconds_per_step'] * (len(train_split) // cfg.train.batch_size)
-    out[name] = dict(model=cfg.model.name, width=cfg.model.width,
-                     seconds_per_step=tr['seconds_per_step'], batch=tr['batch'],
-                     seconds_per_epoch=per_epoch, seconds_per_image=inf['seconds_per_image'])
+    out[name] = dict(
+      model=cfg.model.name,
+      width=cfg.model.width,
+      seconds_per_step=tr['seconds_per_step'],
+      batch=tr['batch'],
+      seconds_per_epoch=per_epoch,
+      seconds_per_image=inf['seconds_per_image'],
+    )
   ref = out[reference[0]]
   for o in out.values():
     o['reference'] = reference[0]
@@ -191,17 +212,29 @@ def run(config, workdir: str) -> dict:
       res = run_one(spec, scfg, seed, root / slug(name) / f'seed{seed}')
       per_row.setdefault(name, []).append(res)
   summary = summarise_rows(table['kind'], per_row)
-  curves = {name: mean_curve([r['attacks']['de']['curve'] for r in rs])
-            for name, rs in per_row.items()}
+  curves = {
+    name: mean_curve([r['attacks']['de']['curve'] for r in rs]) for name, rs in per_row.items()
+  }
   out = dict(
-      suite=scfg.table, title=table['title'], size=scfg.size, seeds=seeds, overrides=scfg.set,
-      root=str(root),
-      **evaluate.provenance(), rows={
-          name: dict(spec=spec, summary=summary[name], paper=table['paper'].get(name),
-                     workdirs=[str(root / slug(name) / f'seed{s}') for s in seeds],
-                     per_seed=[_per_seed(r) for r in per_row[name]])
-          for name, spec in rows},
-      asr_curves=curves)
+    suite=scfg.table,
+    title=table['title'],
+    size=scfg.size,
+    seeds=seeds,
+    overrides=scfg.set,
+    root=str(root),
+    **evaluate.provenance(),
+    rows={
+      name: dict(
+        spec=spec,
+        summary=summary[name],
+        paper=table['paper'].get(name),
+        workdirs=[str(root / slug(name) / f'seed{s}') for s in seeds],
+        per_seed=[_per_seed(r) for r in per_row[name]],
+      )
+      for name, spec in rows
+    },
+    asr_curves=curves,
+  )
   if scfg.overhead:
     out['overhead'] = measure_overhead(rows, scfg, reference)
   out['seconds_this_run'] = time.perf_counter() - t0
@@ -209,21 +242,41 @@ def run(config, workdir: str) -> dict:
 
   figures.asr_vs_budget(curves, root / 'asr_vs_budget.png', title=table['title'])
   evaluate.write_json(root / 'results.json', out)
-  (root / 'results.md').write_text(markdown(json.loads((root / 'results.json').read_text()),
-                                            table['kind']))
+  (root / 'results.md').write_text(
+    markdown(json.loads((root / 'results.json').read_text()), table['kind'])
+  )
   return out
 
 
 def _per_seed(res: dict) -> dict:
   """What results.json keeps of one row-seed (the full record stays in its
   eval/results.json): the numbers, config, seed, commit, device, times."""
-  keep = ('seed', 'eval_seed', 'commit', 'device', 'date', 'checkpoint', 'step', 'spec',
-          'test_images', 'clean_accuracy', 'correctly_classified', 'num_images_requested',
-          'num_images', 'train_seconds_this_run', 'train_images_per_s', 'seconds_this_run',
-          'autoencoder_table4', 'note', 'config', 'figures')
+  keep = (
+    'seed',
+    'eval_seed',
+    'commit',
+    'device',
+    'date',
+    'checkpoint',
+    'step',
+    'spec',
+    'test_images',
+    'clean_accuracy',
+    'correctly_classified',
+    'num_images_requested',
+    'num_images',
+    'train_seconds_this_run',
+    'train_images_per_s',
+    'seconds_this_run',
+    'autoencoder_table4',
+    'note',
+    'config',
+    'figures',
+  )
   out = {k: res[k] for k in keep if k in res}
-  out['attacks'] = {n: {k: v for k, v in a.items() if k != 'curve'}
-                    for n, a in res['attacks'].items()}
+  out['attacks'] = {
+    n: {k: v for k, v in a.items() if k != 'curve'} for n, a in res['attacks'].items()
+  }
   return out
 
 
@@ -243,14 +296,19 @@ def markdown(res: dict, kind: str) -> str:
   ps = first['per_seed'][0]
   ev = ps['config']['eval']
   kinds = sorted({m['interval'] for r in rows.values() for m in r['summary'].values()})
-  lines = [f'# {res["title"]} (measured)', '',
-           f'Size `{res["size"] or "full"}`, seeds {res["seeds"]}, overrides '
-           f'`{res["overrides"] or "none"}`; commit `{res["commit"]}`; device {res["device"]}; '
-           f'{res["date"]}; this run took {res["seconds_this_run"] / 60:.1f} min.', '',
-           f'Attack: DE population {ev["popsize"]}, {ev["maxiter"]} generations, '
-           f'{ev["pixels"]} pixel(s), `{ev["mode"]}` mode, on up to {ev["num_images"]} correctly '
-           'classified test images per model. Cells: measured mean [95% interval: '
-           f'{"; ".join(kinds)}]; "paper" = the number the paper reports.', '']
+  lines = [
+    f'# {res["title"]} (measured)',
+    '',
+    f'Size `{res["size"] or "full"}`, seeds {res["seeds"]}, overrides '
+    f'`{res["overrides"] or "none"}`; commit `{res["commit"]}`; device {res["device"]}; '
+    f'{res["date"]}; this run took {res["seconds_this_run"] / 60:.1f} min.',
+    '',
+    f'Attack: DE population {ev["popsize"]}, {ev["maxiter"]} generations, '
+    f'{ev["pixels"]} pixel(s), `{ev["mode"]}` mode, on up to {ev["num_images"]} correctly '
+    'classified test images per model. Cells: measured mean [95% interval: '
+    f'{"; ".join(kinds)}]; "paper" = the number the paper reports.',
+    '',
+  ]
   metrics = DEFENCE_METRICS if kind == 'defences' else AE_METRICS
   head = '| Row | ' + ' | '.join(f'{label} | paper' for _, label in metrics) + ' |'
   lines += [head, '|---' * (1 + 2 * len(metrics)) + '|']
@@ -258,38 +316,66 @@ def markdown(res: dict, kind: str) -> str:
     p = r['paper']
     cells = []
     for j, (m, _) in enumerate(metrics):
-      pv = (p[j] if isinstance(p, list) else p.get({'asr_transfer': 'asr_after'}.get(m, m))
-            ) if p else None
+      pv = (
+        (p[j] if isinstance(p, list) else p.get({'asr_transfer': 'asr_after'}.get(m, m)))
+        if p
+        else None
+      )
       cells += [_cell(r['summary'].get(m)), 'n/a' if pv is None else f'{100 * pv:.2f}%']
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   if kind == 'autoencoder':
-    lines += ['', 'Our performance loss is the clean accuracy the reconstruction costs '
-              '(classifier minus pipeline, all test images); the paper\'s PL is a count '
-              'it does not define (e.g. 131/977 for Pure CNN), quoted as printed. Its "ASR '
-              'after reconstruction" is the transfer setting, quoted beside ours.']
-  lines += ['', '| Row | config | seeds | attacked images per seed | train images/s | workdir |',
-            '|---|---|---|---|---|---|']
+    lines += [
+      '',
+      'Our performance loss is the clean accuracy the reconstruction costs '
+      "(classifier minus pipeline, all test images); the paper's PL is a count "
+      'it does not define (e.g. 131/977 for Pure CNN), quoted as printed. Its "ASR '
+      'after reconstruction" is the transfer setting, quoted beside ours.',
+    ]
+  lines += [
+    '',
+    '| Row | config | seeds | attacked images per seed | train images/s | workdir |',
+    '|---|---|---|---|---|---|',
+  ]
   for name, r in rows.items():
     per = r['per_seed']
     rate = [p.get('train_images_per_s') for p in per]
-    lines.append(f'| {name} | `{r["spec"]}` | {[p["seed"] for p in per]} | '
-                 f'{[p["num_images"] for p in per]} | '
-                 f'{", ".join("n/a" if x is None else f"{x:.0f}" for x in rate)} | '
-                 f'`{r["workdirs"][0]}` |')
+    lines.append(
+      f'| {name} | `{r["spec"]}` | {[p["seed"] for p in per]} | '
+      f'{[p["num_images"] for p in per]} | '
+      f'{", ".join("n/a" if x is None else f"{x:.0f}" for x in rate)} | '
+      f'`{r["workdirs"][0]}` |'
+    )
   if 'overhead' in res:
     ref = next(iter(res['overhead'].values()))['reference']
-    lines += ['', f'## Overhead (one process, one device; relative to {ref})', '',
-              '| Row | train s/epoch | training time | inference ms/image | inference time |',
-              '|---|---|---|---|---|']
+    lines += [
+      '',
+      f'## Overhead (one process, one device; relative to {ref})',
+      '',
+      '| Row | train s/epoch | training time | inference ms/image | inference time |',
+      '|---|---|---|---|---|',
+    ]
     for name, o in res['overhead'].items():
-      lines.append(f'| {name} | {o["seconds_per_epoch"]:.1f} | {o["train_relative"]:.2f}x | '
-                   f'{1e3 * o["seconds_per_image"]:.3f} | {o["inference_relative"]:.2f}x |')
-    lines += ['', 'The APR paper\'s Table 4 (APR vs no defence): training time +27.3% '
-              '(ResNet-18), +31.5% (VGG-16); inference time +8.6%, +9.2%.']
-  lines += ['', '![ASR against query budget](asr_vs_budget.png)', '',
-            'Per row (seed of the first workdir): '
-            + '; '.join(f'{name}: ' + ', '.join(
-                f'[{f}]({_rel(r["workdirs"][0], res["root"])}/eval/{f})'
-                for f in r['per_seed'][0].get('figures', []))
-                for name, r in rows.items())]
+      lines.append(
+        f'| {name} | {o["seconds_per_epoch"]:.1f} | {o["train_relative"]:.2f}x | '
+        f'{1e3 * o["seconds_per_image"]:.3f} | {o["inference_relative"]:.2f}x |'
+      )
+    lines += [
+      '',
+      "The APR paper's Table 4 (APR vs no defence): training time +27.3% "
+      '(ResNet-18), +31.5% (VGG-16); inference time +8.6%, +9.2%.',
+    ]
+  lines += [
+    '',
+    '![ASR against query budget](asr_vs_budget.png)',
+    '',
+    'Per row (seed of the first workdir): '
+    + '; '.join(
+      f'{name}: '
+      + ', '.join(
+        f'[{f}]({_rel(r["workdirs"][0], res["root"])}/eval/{f})'
+        for f in r['per_seed'][0].get('figures', [])
+      )
+      for name, r in rows.items()
+    ),
+  ]
   return '\n'.join(lines) + '\n'

@@ -48,8 +48,9 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   the batch spell out its sharding).
   """
   devices = jax.devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh(
+    (len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+  )
 
 
 def global_batch(mesh, images: np.ndarray, labels: np.ndarray):
@@ -58,8 +59,10 @@ def global_batch(mesh, images: np.ndarray, labels: np.ndarray):
   sharding = NamedSharding(mesh, P('data'))
   per = len(labels) // jax.process_count()
   sl = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-  return (jax.make_array_from_process_local_data(sharding, images[sl]),
-          jax.make_array_from_process_local_data(sharding, labels[sl]))
+  return (
+    jax.make_array_from_process_local_data(sharding, images[sl]),
+    jax.make_array_from_process_local_data(sharding, labels[sl]),
+  )
 
 
 # --------------------------------------------------------------------------- #
@@ -74,16 +77,21 @@ def build_model(config, num_classes: int, classifier_predict=None) -> nnx.Module
   if config.defence.name == 'autoencoder':
     if classifier_predict is None:
       raise ValueError('the autoencoder defence needs its frozen classifier')
-    ae = defences.autoencoder.ConvAutoencoder(config.defence.ae_width,
-                                              rngs=nnx.Rngs(config.seed))
+    ae = defences.autoencoder.ConvAutoencoder(config.defence.ae_width, rngs=nnx.Rngs(config.seed))
     return defences.autoencoder.Reconstructed(ae, classifier_predict)
-  model = models.create(config.model.name, num_classes=num_classes, width=config.model.width,
-                        dtype=DTYPES[config.dtype], seed=config.seed)
+  model = models.create(
+    config.model.name,
+    num_classes=num_classes,
+    width=config.model.width,
+    dtype=DTYPES[config.dtype],
+    seed=config.seed,
+  )
   if config.defence.bit_depth or config.defence.jpeg_quality:
     model = defences.Transformed(model, config.defence.bit_depth, config.defence.jpeg_quality)
   if config.defence.attention:
-    model = defences.Attended(model, config.defence.attention_kernel,
-                              rngs=nnx.Rngs(config.seed + 1))
+    model = defences.Attended(
+      model, config.defence.attention_kernel, rngs=nnx.Rngs(config.seed + 1)
+    )
   return model
 
 
@@ -94,8 +102,9 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   if cfg.schedule == 'constant':
     lr = cfg.lr
   elif cfg.schedule == 'cosine':
-    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps,
-                                            max(total_steps, cfg.warmup_steps + 1))
+    lr = optax.warmup_cosine_decay_schedule(
+      0.0, cfg.lr, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1)
+    )
   else:
     raise ValueError(f'config.train.schedule must be "constant" or "cosine", got {cfg.schedule!r}')
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(lr))
@@ -142,8 +151,13 @@ def classifier_dir(config, workdir) -> pathlib.Path:
 def init_state(model: nnx.Module, tx, seed: int):
   """The training state: a pytree of arrays (keys as raw key data for orbax)."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  state = dict(params=params, rest=rest, opt=tx.init(params), step=jnp.zeros((), jnp.int32),
-               key=jax.random.key_data(jax.random.key(seed)))
+  state = dict(
+    params=params,
+    rest=rest,
+    opt=tx.init(params),
+    step=jnp.zeros((), jnp.int32),
+    key=jax.random.key_data(jax.random.key(seed)),
+  )
   return graphdef, state
 
 
@@ -190,7 +204,7 @@ def accuracy(mesh, eval_step, state, split: data.Split, batch_size: int) -> floa
   batch_size = -(-batch_size // mesh.size) * mesh.size  # shardable over every device
   correct = 0
   for i in range(0, len(split), batch_size):
-    x, y = split.images[i:i + batch_size], split.labels[i:i + batch_size]
+    x, y = split.images[i : i + batch_size], split.labels[i : i + batch_size]
     pad = batch_size - len(y)
     mask = np.arange(batch_size) < len(y)
     if pad:
@@ -208,8 +222,14 @@ def accuracy(mesh, eval_step, state, split: data.Split, batch_size: int) -> floa
 
 
 def checkpoint_meta(config, num_classes: int, total_steps: int | None = None) -> dict:
-  return dict(model=config.model.name, width=config.model.width, defence=config.defence.name,
-              dataset=config.data.dataset, num_classes=num_classes, total_steps=total_steps)
+  return dict(
+    model=config.model.name,
+    width=config.model.width,
+    defence=config.defence.name,
+    dataset=config.data.dataset,
+    num_classes=num_classes,
+    total_steps=total_steps,
+  )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -231,31 +251,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   batch = tcfg.batch_size
   mesh = make_mesh(devices)
   if batch % mesh.size:
-    raise ValueError(f'config.train.batch_size={batch} must be divisible by the number of '
-                     f'devices ({mesh.size})')
+    raise ValueError(
+      f'config.train.batch_size={batch} must be divisible by the number of devices ({mesh.size})'
+    )
   steps_per_epoch = len(train) // batch
   if steps_per_epoch == 0:
     raise ValueError(f'config.train.batch_size={batch} exceeds the {len(train)} training images')
   total = tcfg.steps or tcfg.epochs * steps_per_epoch
   # --- model, optimiser
-  classifier = (pretrained_predict(sub_config(config, 'none'), classifier_dir(config, workdir),
-                                   train.num_classes, devices)
-                if config.defence.name == 'autoencoder' else None)
+  classifier = (
+    pretrained_predict(
+      sub_config(config, 'none'), classifier_dir(config, workdir), train.num_classes, devices
+    )
+    if config.defence.name == 'autoencoder'
+    else None
+  )
   model = build_model(config, train.num_classes, classifier)
   tx = make_optimizer(tcfg, total)
   graphdef, state = init_state(model, tx, config.seed)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  teacher = (pretrained_predict(sub_config(config, 'dd_teacher'),
-                                config.defence.teacher or workdir / 'teacher',
-                                train.num_classes, devices)
-             if config.defence.name == 'dd' else None)
-  train_step = jax.jit(make_train_step(graphdef, tx, make_loss(config, teacher),
-                                       config.data.augment),
-                       in_shardings=(repl, shard, shard), out_shardings=(repl, repl),
-                       donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(graphdef), in_shardings=(repl, shard, shard, shard),
-                      out_shardings=repl)
+  teacher = (
+    pretrained_predict(
+      sub_config(config, 'dd_teacher'),
+      config.defence.teacher or workdir / 'teacher',
+      train.num_classes,
+      devices,
+    )
+    if config.defence.name == 'dd'
+    else None
+  )
+  train_step = jax.jit(
+    make_train_step(graphdef, tx, make_loss(config, teacher), config.data.augment),
+    in_shardings=(repl, shard, shard),
+    out_shardings=(repl, repl),
+    donate_argnums=0,
+  )
+  eval_step = jax.jit(
+    make_eval_step(graphdef), in_shardings=(repl, shard, shard, shard), out_shardings=repl
+  )
   # --- checkpoint: resume where a previous run stopped
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', keep=tcfg.keep_checkpoints)
   meta = checkpoint_meta(config, train.num_classes, total)
@@ -266,13 +300,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     state = ckpt.restore(state, tcfg.resume_step or None)
     start = int(state['step'])
     if start > total:
-      raise ValueError(f'the checkpoint in {ckpt.directory} is at step {start}, past this '
-                       f'run\'s {total} steps; raise config.train.steps/epochs or use another '
-                       'workdir')
+      raise ValueError(
+        f'the checkpoint in {ckpt.directory} is at step {start}, past this '
+        f"run's {total} steps; raise config.train.steps/epochs or use another "
+        'workdir'
+      )
     if saved.get('total_steps') != total and tcfg.schedule != 'constant':
-      logging.warning('resuming a %s schedule planned for %s steps with %d steps: the learning '
-                      'rate from here on differs from the original plan', tcfg.schedule,
-                      saved.get('total_steps'), total)
+      logging.warning(
+        'resuming a %s schedule planned for %s steps with %d steps: the learning '
+        'rate from here on differs from the original plan',
+        tcfg.schedule,
+        saved.get('total_steps'),
+        total,
+      )
     dropped = ckpt.delete_after(start)
     if dropped:
       logging.warning('resumed from step %d; deleted the newer checkpoints %s', start, dropped)
@@ -287,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     epoch, i = divmod(step, steps_per_epoch)
     if epoch != order_epoch:
       order, order_epoch = data.epoch_order(len(train), config.seed, epoch), epoch
-    idx = order[i * batch:(i + 1) * batch]
+    idx = order[i * batch : (i + 1) * batch]
     state, metrics = train_step(state, *global_batch(mesh, train.images[idx], train.labels[idx]))
     window.append(metrics)
     seen += batch
@@ -303,38 +343,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       window, t0, seen = [], time.perf_counter(), 0
     if done % steps_per_epoch == 0 and tcfg.eval_every_epoch:
       last_eval = (done, accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size))
-      log.write({'step': done, 'epoch': done / steps_per_epoch,
-                 f'{eval_name}_accuracy': last_eval[1]})
+      log.write(
+        {'step': done, 'epoch': done / steps_per_epoch, f'{eval_name}_accuracy': last_eval[1]}
+      )
       t0, seen = time.perf_counter(), 0  # images/s measures training only
     if done % tcfg.checkpoint_every == 0 or done == total:
       ckpt.save(done, state, meta)
     bar.update(1)
   bar.close()
   ckpt.close()
-  final = (last_eval[1] if last_eval[0] == total else
-           accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size))
-  result = {'step': total, 'epoch': total / steps_per_epoch, f'{eval_name}_accuracy': final,
-            'final': True}
+  final = (
+    last_eval[1]
+    if last_eval[0] == total
+    else accuracy(mesh, eval_step, state, evaluation, tcfg.eval_batch_size)
+  )
+  result = {
+    'step': total,
+    'epoch': total / steps_per_epoch,
+    f'{eval_name}_accuracy': final,
+    'final': True,
+  }
   if config.defence.attention and jax.process_index() == 0:
     from jaxpix import figures
 
     trained = nnx.merge(graphdef, state['params'], state['rest'])
     trained.eval()
-    figures.attention_maps(trained, data.to_float(evaluation.images[:500]),
-                           evaluation.labels[:500], workdir / 'attention_maps.png')
+    figures.attention_maps(
+      trained,
+      data.to_float(evaluation.images[:500]),
+      evaluation.labels[:500],
+      workdir / 'attention_maps.png',
+    )
   log.write(result)
   return result
 
 
 def check_meta(saved: dict, want: dict, directory) -> None:
-  diff = [k for k in ('model', 'width', 'defence', 'dataset', 'num_classes')
-          if saved.get(k) != want[k]]
+  diff = [
+    k for k in ('model', 'width', 'defence', 'dataset', 'num_classes') if saved.get(k) != want[k]
+  ]
   if diff:
     raise checkpoint.CheckpointError(
-        f'checkpoint in {directory} was trained with '
-        + ', '.join(f'{k}={saved.get(k)!r}' for k in diff) + ' but the config asks for '
-        + ', '.join(f'{k}={want[k]!r}' for k in diff)
-        + '; use a fresh workdir or the matching config')
+      f'checkpoint in {directory} was trained with '
+      + ', '.join(f'{k}={saved.get(k)!r}' for k in diff)
+      + ' but the config asks for '
+      + ', '.join(f'{k}={want[k]!r}' for k in diff)
+      + '; use a fresh workdir or the matching config'
+    )
 
 
 class _MetricsLog:

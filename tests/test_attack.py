@@ -34,8 +34,9 @@ def test_de_finds_the_single_fooling_position_and_colour(strategy):
   x = models.gray_images(4, h, w)
   y = np.zeros(4, np.int32)
   popsize, maxiter = 100, 40
-  r = attack.one_pixel(predict, x, y, key=jax.random.key(1), popsize=popsize, maxiter=maxiter,
-                       strategy=strategy)
+  r = attack.one_pixel(
+    predict, x, y, key=jax.random.key(1), popsize=popsize, maxiter=maxiter, strategy=strategy
+  )
   assert r.success.all()
   np.testing.assert_array_equal(r.positions[:, 0], np.tile(pos, (4, 1)))
   dist = np.linalg.norm(r.colors[:, 0] / 255 - np.array(colour), axis=1)
@@ -74,13 +75,15 @@ def test_extreme_colour_full_sweep_is_a_certificate():
   h, w = 4, 5
   x = models.cifar_like(2, h, w)
   # 4 * 5 * 8 = 160 candidates; chunk 64 leaves a padded last step of 32.
-  r = attack.extreme_colour(models.never_fooled(), x, np.zeros(2, np.int32), early_stop=False,
-                            chunk=64)
+  r = attack.extreme_colour(
+    models.never_fooled(), x, np.zeros(2, np.int32), early_stop=False, chunk=64
+  )
   assert not r.success.any()
   np.testing.assert_array_equal(r.queries, 160)
   # Without early stop the trigger is still found, after the whole sweep.
-  r = attack.extreme_colour(models.exact_corner((3, 1), (0, 255, 0)), x, np.zeros(2, np.int32),
-                            early_stop=False, chunk=64)
+  r = attack.extreme_colour(
+    models.exact_corner((3, 1), (0, 255, 0)), x, np.zeros(2, np.int32), early_stop=False, chunk=64
+  )
   assert r.success.all()
   np.testing.assert_array_equal(r.queries, 160)
   np.testing.assert_array_equal(r.colors[:, 0], [[0, 255, 0]] * 2)
@@ -94,8 +97,16 @@ def test_extreme_colour_full_sweep_is_a_certificate():
 @pytest.mark.parametrize('strategy', ['su', 'keras'])
 def test_never_fooled_spends_exactly_the_budget(strategy):
   x = models.cifar_like(5, 6, 6)
-  r = attack.one_pixel(models.never_fooled(), x, np.zeros(5, np.int32), key=jax.random.key(0),
-                       popsize=8, maxiter=7, strategy=strategy, slots=2)
+  r = attack.one_pixel(
+    models.never_fooled(),
+    x,
+    np.zeros(5, np.int32),
+    key=jax.random.key(0),
+    popsize=8,
+    maxiter=7,
+    strategy=strategy,
+    slots=2,
+  )
   assert not r.success.any()
   np.testing.assert_array_equal(r.queries, 8 * (7 + 1))
 
@@ -106,8 +117,9 @@ def test_budget_bound_and_early_stop_on_a_real_classifier():
   predict = models.linear(h, w)
   y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
   popsize, maxiter = 20, 15
-  r = attack.one_pixel(predict, x, y, key=jax.random.key(0), popsize=popsize, maxiter=maxiter,
-                       slots=3)
+  r = attack.one_pixel(
+    predict, x, y, key=jax.random.key(0), popsize=popsize, maxiter=maxiter, slots=3
+  )
   assert np.all(r.queries <= popsize * (maxiter + 1))
   assert np.all(r.queries % popsize == 0)
   # Early stop: a fooled image spent less than the whole budget unless it was
@@ -142,8 +154,9 @@ def test_same_result_whatever_the_slot_count_and_split():
   _assert_same(one, three)
   assert 0 < one.success.sum() < 7 and len(set(one.queries)) > 1  # slots really rotate
   # Attacking a piece of the data set with its global indices gives its rows.
-  part = _attack_linear(x[2:5], y[2:5], predict, slots=2, devices=jax.devices()[:1],
-                        indices=np.arange(2, 5))
+  part = _attack_linear(
+    x[2:5], y[2:5], predict, slots=2, devices=jax.devices()[:1], indices=np.arange(2, 5)
+  )
   for f in ('success', 'queries', 'positions', 'colors'):
     np.testing.assert_array_equal(getattr(part, f), getattr(one, f)[2:5])
 
@@ -170,17 +183,26 @@ def test_progress_reports_every_image_once_as_it_finishes():
   predict = models.linear(h, w, seed=1)
   y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
   seen = []
-  r = _attack_linear(x, y, predict, slots=2, indices=np.arange(100, 109), steps_per_call=2,
-                     progress=lambda fin: seen.append(fin))
+  r = _attack_linear(
+    x,
+    y,
+    predict,
+    slots=2,
+    indices=np.arange(100, 109),
+    steps_per_call=2,
+    progress=lambda fin: seen.append(fin),
+  )
   assert len(seen) > 1  # reported in pieces, not all at the end
   gidx = np.concatenate([f['gidx'] for f in seen])
   np.testing.assert_array_equal(np.sort(gidx), np.arange(100, 109))
-  queries = dict(zip(gidx.tolist(), np.concatenate([f['queries'] for f in seen]).tolist(),
-                     strict=True))
+  queries = dict(
+    zip(gidx.tolist(), np.concatenate([f['queries'] for f in seen]).tolist(), strict=True)
+  )
   np.testing.assert_array_equal([queries[i] for i in range(100, 109)], r.queries)
   # The bar variant runs the same attack.
-  _assert_same(r, _attack_linear(x, y, predict, slots=2, indices=np.arange(100, 109),
-                                 progress=True))
+  _assert_same(
+    r, _attack_linear(x, y, predict, slots=2, indices=np.arange(100, 109), progress=True)
+  )
 
 
 def test_same_result_on_one_and_four_devices():
@@ -207,8 +229,9 @@ def test_targeted_hits_the_target():
   x = models.gray_images(6, 8, 8)
   y = np.full(6, 8, np.int32)  # gray is class 8
   targets = np.array([0, 1, 3, 5, 6, 7], np.int32)
-  r = attack.one_pixel(predict, x, y, targets=targets, key=jax.random.key(2), popsize=40,
-                       maxiter=30)
+  r = attack.one_pixel(
+    predict, x, y, targets=targets, key=jax.random.key(2), popsize=40, maxiter=30
+  )
   assert r.success.all()
   np.testing.assert_array_equal(r.adv_label, targets)
   assert np.all(r.target_prob > 0.5)
@@ -221,8 +244,16 @@ def test_k_pixels_change_only_the_reported_pixels(mode):
   k = 3
   x = models.cifar_like(6, h, w, seed=9)
   predict = models.never_fooled()  # spend the whole budget: many candidates tried
-  r = attack.one_pixel(predict, x, np.zeros(6, np.int32), key=jax.random.key(3), pixels=k,
-                       popsize=10, maxiter=3, mode=mode)
+  r = attack.one_pixel(
+    predict,
+    x,
+    np.zeros(6, np.int32),
+    key=jax.random.key(3),
+    pixels=k,
+    popsize=10,
+    maxiter=3,
+    mode=mode,
+  )
   assert r.positions.shape == (6, k, 2) and r.colors.shape == (6, k, 3)
   _assert_valid_uint8(r.adv_images)
   lo = 0 if mode == 'replace' else -255
@@ -241,8 +272,9 @@ def test_k_pixels_change_only_the_reported_pixels(mode):
 def test_add_mode_fools_with_a_delta():
   predict = models.corner_classes()
   x = models.gray_images(3, 6, 6)
-  r = attack.one_pixel(predict, x, np.full(3, 8, np.int32), key=jax.random.key(4), popsize=30,
-                       maxiter=20, mode='add')
+  r = attack.one_pixel(
+    predict, x, np.full(3, 8, np.int32), key=jax.random.key(4), popsize=30, maxiter=20, mode='add'
+  )
   assert r.success.all()
   assert np.any(np.abs(r.colors) > 100)  # gray is far from every corner
 
@@ -251,8 +283,15 @@ def test_l2_penalised_fitness_value():
   predict = models.corner_classes()
   x = models.gray_images(3, 6, 6)
   lam = 0.05
-  r = attack.one_pixel(predict, x, np.full(3, 8, np.int32), key=jax.random.key(5), popsize=20,
-                       maxiter=5, l2_penalty=lam)
+  r = attack.one_pixel(
+    predict,
+    x,
+    np.full(3, 8, np.int32),
+    key=jax.random.key(5),
+    popsize=20,
+    maxiter=5,
+    l2_penalty=lam,
+  )
   probs = np.asarray(jax.nn.softmax(predict(jnp.asarray(r.adv_images))))
   d = np.sqrt(((r.adv_images - x) ** 2).sum(axis=(1, 2, 3)))
   np.testing.assert_allclose(r.fitness, probs[:, 8] + lam * d, rtol=1e-5)
@@ -264,8 +303,9 @@ def test_stop_threshold_keeps_searching_until_confident():
   x = models.gray_images(4, 6, 6)
   y = np.full(4, 8, np.int32)
   plain = attack.one_pixel(predict, x, y, key=jax.random.key(6), popsize=20, maxiter=30)
-  strict = attack.one_pixel(predict, x, y, key=jax.random.key(6), popsize=20, maxiter=30,
-                            stop_threshold=0.01)
+  strict = attack.one_pixel(
+    predict, x, y, key=jax.random.key(6), popsize=20, maxiter=30, stop_threshold=0.01
+  )
   assert plain.success.all() and strict.success.all()
   # The model's floor is 1 / (1 + e^5) = 0.0067, so 1% is reachable but not easily.
   assert np.all(strict.true_prob <= 0.01) and np.any(plain.true_prob > 0.01)
@@ -297,8 +337,9 @@ def test_fixed_budget_runs_inside_jit_and_differentiates_after():
   for i in range(4):
     assert _changed_pixels(np.asarray(res.adv_images[i]), x[i]) == [pos]
   # Same images and key as the batched attack: the same adversarial images.
-  full = attack.one_pixel(needle, x, np.zeros(4, np.int32), key=jax.random.key(0), popsize=64,
-                          maxiter=25)
+  full = attack.one_pixel(
+    needle, x, np.zeros(4, np.int32), key=jax.random.key(0), popsize=64, maxiter=25
+  )
   np.testing.assert_array_equal(full.adv_images, np.asarray(res.adv_images))
   np.testing.assert_array_equal(full.queries, np.asarray(res.queries))
   assert np.all(full.queries < 64 * 26)  # they stopped early, in both
@@ -341,10 +382,16 @@ def test_best_candidate_ranking():
 
   def rec(success, stop, energy):
     n = len(energy)
-    return dict(vec=jnp.arange(n, dtype=jnp.float32)[None, :, None], energy=jnp.array([energy]),
-                success=jnp.array([success]), stop=jnp.array([stop]),
-                true_prob=jnp.array([energy]), pred=jnp.zeros((1, n), jnp.int32),
-                pred_prob=jnp.zeros((1, n)), target_prob=jnp.zeros((1, n)))
+    return dict(
+      vec=jnp.arange(n, dtype=jnp.float32)[None, :, None],
+      energy=jnp.array([energy]),
+      success=jnp.array([success]),
+      stop=jnp.array([stop]),
+      true_prob=jnp.array([energy]),
+      pred=jnp.zeros((1, n), jnp.int32),
+      pred_prob=jnp.zeros((1, n)),
+      target_prob=jnp.zeros((1, n)),
+    )
 
   best = engine.empty_best(1, 1)
   # Stopping beats merely successful even at a higher (L2-penalised) energy,
@@ -363,8 +410,9 @@ def test_best_candidate_ranking():
 def test_latin_hypercube_init_has_one_member_per_stratum():
   lo = np.array([0.0, 0.0, 0, 0, 0], np.float32)
   hi = np.array([32.0, 32.0, 255, 255, 255], np.float32)
-  pop = np.asarray(search._init_population(jax.random.key(0), attack.KERAS, lo, hi, 1, 3,
-                                           'replace'))
+  pop = np.asarray(
+    search._init_population(jax.random.key(0), attack.KERAS, lo, hi, 1, 3, 'replace')
+  )
   u = (pop - np.asarray(lo)) / np.asarray(hi - lo)
   for d in range(5):
     np.testing.assert_array_equal(np.sort(np.floor(u[:, d] * 400)), np.arange(400))
@@ -372,8 +420,11 @@ def test_latin_hypercube_init_has_one_member_per_stratum():
 
 def test_su_init_colours_follow_the_paper():
   lo, hi = attack.attacks.perturb.bounds(1, 32, 32, 3, 'replace')
-  pop = np.asarray(search._init_population(jax.random.key(0), search.DEConfig(popsize=4000), lo,
-                                           hi, 1, 3, 'replace'))
+  pop = np.asarray(
+    search._init_population(
+      jax.random.key(0), search.DEConfig(popsize=4000), lo, hi, 1, 3, 'replace'
+    )
+  )
   col = pop[:, 2:]
   assert col.min() >= 0 and col.max() <= 255
   # N(128, 127) clipped to [0, 255]: P(clip at 0) = P(Z < -128/127) ~ 15.7%.

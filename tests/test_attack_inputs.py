@@ -22,26 +22,32 @@ def _run(images=None, labels=None, predict=PREDICT, **kw):
   return attack.one_pixel(predict, images, labels, **kw)
 
 
-@pytest.mark.parametrize('images, exc, words', [
+@pytest.mark.parametrize(
+  'images, exc, words',
+  [
     (models.cifar_like(3, H, W)[0], ValueError, '4-D'),
     ((models.cifar_like(3, H, W) * 255).astype(np.uint8), TypeError, 'float'),
     (models.cifar_like(3, H, W) * 2, ValueError, r'\[0, 1\]'),
     (models.cifar_like(3, H, W) - 0.5, ValueError, r'\[0, 1\]'),
     (np.full((3, H, W, 3), 0.5, np.float32), ValueError, '8-bit'),
     ([[1.0]], TypeError, 'images must be an array'),
-])
+  ],
+)
 def test_bad_images(images, exc, words):
   with pytest.raises(exc, match=words):
     _run(images=images)
 
 
-@pytest.mark.parametrize('labels, exc, words', [
+@pytest.mark.parametrize(
+  'labels, exc, words',
+  [
     (np.zeros(2, np.int32), ValueError, r'labels must have shape \[N\] = \(3,\)'),
     (np.zeros((3, 1), np.int32), ValueError, 'labels must have shape'),
     (np.array([0, 1, 4]), ValueError, r'labels must lie in \[0, 4\)'),
     (np.array([0, -1, 2]), ValueError, 'labels must lie in'),
     (np.zeros(3, np.float32), TypeError, 'labels must be integers'),
-])
+  ],
+)
 def test_bad_labels(labels, exc, words):
   with pytest.raises(exc, match=words):
     _run(labels=labels)
@@ -54,7 +60,9 @@ def test_targets_equal_to_labels():
     _run(targets=np.array([1, 2, 9]))
 
 
-@pytest.mark.parametrize('kw, words', [
+@pytest.mark.parametrize(
+  'kw, words',
+  [
     (dict(popsize=3), r'popsize must be an int >= 4 for rand1'),
     (dict(popsize=2, strategy='keras'), r'popsize must be an int >= 3 for best1'),
     (dict(maxiter=-1), 'maxiter must be'),
@@ -67,7 +75,8 @@ def test_targets_equal_to_labels():
     (dict(slots=0), 'slots must be a positive int'),
     (dict(steps_per_call=0), 'steps_per_call must be a positive int'),
     (dict(indices=np.array([0, 0, 1])), 'indices must be distinct'),
-])
+  ],
+)
 def test_bad_settings(kw, words):
   with pytest.raises(ValueError, match=words):
     _run(**kw)
@@ -85,12 +94,15 @@ def test_key_must_be_typed():
     _run(key=jax.random.PRNGKey(0))
 
 
-@pytest.mark.parametrize('predict, words', [
+@pytest.mark.parametrize(
+  'predict, words',
+  [
     (lambda x: jnp.sum(x, axis=(1, 2, 3)), r'logits \[B, num_classes\].*\(2,\)'),
     (lambda x: x, r'logits \[B, num_classes\]'),
     (lambda x: jnp.zeros((1, 10)), r'returned \(1, 10\)'),
     (lambda x: x @ jnp.ones((7, 2)), 'predict failed on a float32 batch'),
-])
+  ],
+)
 def test_bad_predict(predict, words):
   with pytest.raises(ValueError, match=words):
     _run(predict=predict)

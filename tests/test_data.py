@@ -11,8 +11,9 @@ def test_cifar10_test_split_is_the_documented_one(shared_data):
   assert s.images.shape == (1000, 32, 32, 3) and s.images.dtype == np.uint8
   assert s.labels.dtype == np.int32 and s.num_classes == 10
   # Class counts of the first 1,000 official test images (the data README).
-  np.testing.assert_array_equal(np.bincount(s.labels, minlength=10),
-                                [103, 89, 100, 103, 90, 86, 112, 102, 106, 109])
+  np.testing.assert_array_equal(
+    np.bincount(s.labels, minlength=10), [103, 89, 100, 103, 90, 86, 112, 102, 106, 109]
+  )
 
 
 def test_cifar10_train_split_statistics(shared_data):
@@ -58,18 +59,29 @@ def test_unknown_dataset_and_split(tmp_path):
     data.load_npz('imagenet_sample', 'train', tmp_path)
 
 
-@pytest.mark.parametrize('arrays, words', [
-    (dict(images=np.zeros((4, 32, 32, 3), np.float32), labels=np.zeros(4, np.uint8)),
-     r'"images" must be uint8 \[N, 32, 32, 3\], got float32'),
-    (dict(images=np.zeros((4, 28, 28, 1), np.uint8), labels=np.zeros(4, np.uint8)),
-     r'got uint8 \[4, 28, 28, 1\]'),
-    (dict(images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.zeros(5, np.uint8)),
-     r'"labels" must be integers of shape \[4\]'),
-    (dict(images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.array([0, 1, 10, 2])),
-     r'labels must lie in \[0, 10\)'),
+@pytest.mark.parametrize(
+  'arrays, words',
+  [
+    (
+      dict(images=np.zeros((4, 32, 32, 3), np.float32), labels=np.zeros(4, np.uint8)),
+      r'"images" must be uint8 \[N, 32, 32, 3\], got float32',
+    ),
+    (
+      dict(images=np.zeros((4, 28, 28, 1), np.uint8), labels=np.zeros(4, np.uint8)),
+      r'got uint8 \[4, 28, 28, 1\]',
+    ),
+    (
+      dict(images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.zeros(5, np.uint8)),
+      r'"labels" must be integers of shape \[4\]',
+    ),
+    (
+      dict(images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.array([0, 1, 10, 2])),
+      r'labels must lie in \[0, 10\)',
+    ),
     (dict(pictures=np.zeros((4, 32, 32, 3), np.uint8)), 'must hold arrays "images" and "labels"'),
     (dict(images=np.array([None] * 4, dtype=object), labels=np.zeros(4)), 'not a readable'),
-])
+  ],
+)
 def test_malformed_file(tmp_path, arrays, words):
   _write(tmp_path / 'test.npz', **arrays)
   with pytest.raises(ValueError, match=words) as e:
@@ -116,21 +128,27 @@ def test_augment_crops_and_flips_per_example():
   flips = shifts = 0
   for i in range(16):
     u8 = np.round(out[i] * 255).astype(np.uint8)
-    found = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
-             if np.array_equal(u8, (lambda c: c[:, ::-1] if f else c)(
-                 padded[i, dy:dy + 8, dx:dx + 8]))]
+    found = [
+      (dy, dx, f)
+      for dy in range(5)
+      for dx in range(5)
+      for f in (0, 1)
+      if np.array_equal(u8, (lambda c: c[:, ::-1] if f else c)(padded[i, dy : dy + 8, dx : dx + 8]))
+    ]
     assert found, f'example {i} is not a crop/flip of its padded image'
     flips += found[0][2]
     shifts += found[0][:2] != (2, 2)
   assert 0 < flips < 16 and shifts > 8  # both kinds of change happen, not always
   # Per-example keys: example i does not depend on the rest of the batch.
-  np.testing.assert_array_equal(np.asarray(data.augment(jax.random.key(0), x[:4], pad=2)),
-                                out[:4])
+  np.testing.assert_array_equal(np.asarray(data.augment(jax.random.key(0), x[:4], pad=2)), out[:4])
 
 
 def test_unprepared_tfds_source_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match=r'(?s)cifar10:train is not prepared under data_dir=.*'
-                                              r'source="npz"'):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r'(?s)cifar10:train is not prepared under data_dir=.*'
+    r'source="npz"',
+  ):
     data.load_tfds('cifar10', 'train', str(tmp_path))
   with pytest.raises(ValueError, match='has no tensorflow-datasets source'):
     data.load_tfds('imagenet_sample', 'test', str(tmp_path))

@@ -47,12 +47,15 @@ def test_adversarial_training_with_the_guided_adversary(shared_data, tmp_path):
   assert ln['loss'] == pytest.approx(0.7 * ln['clean_loss'] + 0.3 * ln['adv_loss'], rel=1e-5)
 
 
-@pytest.mark.parametrize('variant, terms, attention', [
+@pytest.mark.parametrize(
+  'variant, terms, attention',
+  [
     ('', ['clean', 'adv', 'grad_penalty'], True),
     ('no_attention', ['clean', 'adv', 'grad_penalty'], False),
     ('no_adv', ['clean', 'grad_penalty'], True),
     ('no_reg', ['clean', 'adv'], True),
-])
+  ],
+)
 def test_ablation_switches(variant, terms, attention):
   cfg = cifar_apr.get_config(','.join(['test', variant]).strip(','))
   got = train.make_loss(cfg)
@@ -128,8 +131,9 @@ def test_adversarial_term_changes_at_most_one_pixel_per_image():
   model = models.create('cnn6', num_classes=10, width=0.125)
   x = jnp.asarray(toy.cifar_like(5, 32, 32, seed=4))
   y = jnp.arange(5)
-  x_adv = np.asarray(jax.jit(lambda x, y: adversary(apr._eval_predict(model), x, y,
-                                                    jax.random.key(1)))(x, y))
+  x_adv = np.asarray(
+    jax.jit(lambda x, y: adversary(apr._eval_predict(model), x, y, jax.random.key(1)))(x, y)
+  )
   changed = np.any(x_adv != np.asarray(x), axis=-1).sum(axis=(1, 2))
   assert np.all(changed <= 1) and changed.sum() >= 1
   np.testing.assert_array_equal(np.round(x_adv * 255) / 255, x_adv)
@@ -144,8 +148,7 @@ def test_guided_adversary_finds_the_sensitive_pixel():
     return jnp.stack([jnp.zeros(x.shape[0]), 50 * (x[:, r0, c0, 0] - 0.9)], axis=1)
 
   x = jnp.asarray(toy.gray_images(3, 8, 8))
-  res = jax.jit(lambda x, y: attack.gradient_extreme(predict, x, y, top=1))(x, jnp.zeros(3,
-                                                                                        int))
+  res = jax.jit(lambda x, y: attack.gradient_extreme(predict, x, y, top=1))(x, jnp.zeros(3, int))
   assert bool(res.success.all())
   np.testing.assert_array_equal(np.asarray(res.positions), [[r0, c0]] * 3)
   assert np.all(np.asarray(res.adv_images)[:, r0, c0, 0] == 1.0)
@@ -187,15 +190,15 @@ def test_distillation_student_targets_are_the_teachers_tempered_probabilities():
   soft = np.asarray(jax.nn.softmax(flat @ wt / t))
   logq = np.asarray(jax.nn.log_softmax(flat @ ws / t))
   assert float(value) == pytest.approx(-(soft * logq).sum(1).mean(), rel=1e-5)
-  np.testing.assert_allclose(np.asarray(distillation.soft_labels(flat @ wt, t)), soft,
-                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(distillation.soft_labels(flat @ wt, t)), soft, rtol=1e-6)
   # The teacher's own loss is the cross-entropy of softmax(logits / T).
   v, _ = distillation.tempered_term(t)(teacher, x, y, None)
   logp = np.asarray(jax.nn.log_softmax(flat @ wt / t))
   assert float(v) == pytest.approx(-logp[np.arange(3), np.asarray(y)].mean(), rel=1e-5)
   # No gradient reaches the teacher through the soft labels.
   g = nnx.grad(lambda m: distillation.distillation_term(m, t)(_Linear(ws), x, y, None)[0])(
-      _Linear(wt))
+    _Linear(wt)
+  )
   assert np.abs(np.asarray(g['w'])).sum() == 0
 
 
@@ -218,8 +221,9 @@ def test_distillation_trains_teacher_then_student(shared_data, tmp_path):
   before = (tmp_path / 'teacher' / 'metrics.jsonl').read_text()
   train.train_and_evaluate(cfg, str(tmp_path))
   after = (tmp_path / 'teacher' / 'metrics.jsonl').read_text()
-  assert [json.loads(x)['step'] for x in after.splitlines() if 'loss' in x] == \
-      [json.loads(x)['step'] for x in before.splitlines() if 'loss' in x]
+  assert [json.loads(x)['step'] for x in after.splitlines() if 'loss' in x] == [
+    json.loads(x)['step'] for x in before.splitlines() if 'loss' in x
+  ]
 
 
 # --------------------------------------------------------------------------- #
@@ -274,8 +278,9 @@ def test_autoencoder_pipeline_trains_against_a_frozen_classifier(shared_data, tm
   assert t['asr_no_defence'] == att['de_classifier']['attack_success_rate']
   assert t['asr_adaptive'] == att['de']['attack_success_rate']
   assert t['counts']['defence_rate'][1] == att['de_classifier']['successes']
-  assert t['performance_loss'] == pytest.approx(t['clean_accuracy_classifier']
-                                                - t['clean_accuracy_pipeline'])
+  assert t['performance_loss'] == pytest.approx(
+    t['clean_accuracy_classifier'] - t['clean_accuracy_pipeline']
+  )
   assert t['clean_accuracy_pipeline'] == res['clean_accuracy']
   # Attacks on the classifier the AE did not undo still fool the pipeline.
   undone, fooled = t['counts']['defence_rate']
@@ -334,8 +339,9 @@ def test_figures_are_written_as_png(tmp_path):
   assert Image.open(g).size[0] > 4 * 100
 
 
-@pytest.mark.parametrize('name', ['lenet', 'pure_cnn', 'nin', 'resnet32', 'densenet_bc100',
-                                  'wrn16_8'])
+@pytest.mark.parametrize(
+  'name', ['lenet', 'pure_cnn', 'nin', 'resnet32', 'densenet_bc100', 'wrn16_8']
+)
 def test_autoencoder_fits_in_front_of_every_zoo_classifier(name):
   from configs import cifar_autoencoder
 
@@ -346,8 +352,9 @@ def test_autoencoder_fits_in_front_of_every_zoo_classifier(name):
   model = train.build_model(cfg, 10, classifier)
   x = jnp.asarray(toy.cifar_like(2, 32, 32))
   ((_, _, loss_fn),) = train.make_loss(cfg)
-  loss, grads = nnx.value_and_grad(lambda m: loss_fn(m, x, jnp.zeros(2, jnp.int32),
-                                                     jax.random.key(0))[0])(model)
+  loss, grads = nnx.value_and_grad(
+    lambda m: loss_fn(m, x, jnp.zeros(2, jnp.int32), jax.random.key(0))[0]
+  )(model)
   leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
   assert np.isfinite(float(loss)) and leaves and all(np.all(np.isfinite(g)) for g in leaves)
   assert jax.jit(models.as_predict(model))(x).shape == (2, 10)

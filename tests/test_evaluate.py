@@ -96,9 +96,15 @@ def test_eval_protocol_results_and_markdown(trained, tmp_path):
   assert np.all(pred[res['images']] == test.labels[res['images']]) and step == 40
   assert res['clean_accuracy'] == pytest.approx(np.mean(pred == test.labels))
   # The records are the attack's own results on those images with that key.
-  direct = attack.one_pixel(predict, x[res['images']], test.labels[res['images']],
-                            key=jax.random.key(0), popsize=16, maxiter=6,
-                            indices=np.asarray(res['images']))
+  direct = attack.one_pixel(
+    predict,
+    x[res['images']],
+    test.labels[res['images']],
+    key=jax.random.key(0),
+    popsize=16,
+    maxiter=6,
+    indices=np.asarray(res['images']),
+  )
   de = res['attacks']['de']
   assert de['successes'] == int(direct.success.sum())
   assert de['mean_queries'] == pytest.approx(direct.queries.mean())
@@ -107,27 +113,41 @@ def test_eval_protocol_results_and_markdown(trained, tmp_path):
   # Targeted: every other class of every image; "any target" is per image.
   tg = res['attacks']['de_targeted']
   assert tg['attacks'] == 12 * 9 and tg['images'] == 12
-  recs = [json.loads(ln) for ln in (tmp_path / 'attack_de_targeted.jsonl').read_text()
-          .splitlines() if '"key"' in ln]
+  recs = [
+    json.loads(ln)
+    for ln in (tmp_path / 'attack_de_targeted.jsonl').read_text().splitlines()
+    if '"key"' in ln
+  ]
   assert len(recs) == 108 and all(r['target'] != test.labels[r['index']] for r in recs)
   assert sorted(r['key'] for r in recs) == sorted(
-      i * 10 + t for i in res['images'] for t in range(10) if t != test.labels[i])
+    i * 10 + t for i in res['images'] for t in range(10) if t != test.labels[i]
+  )
   # Key i * K + t: the same as attacking (image i, target t) directly.
   i = res['images'][0]
   mine = sorted((r for r in recs if r['index'] == i), key=lambda r: r['target'])
   tgt = np.array([r['target'] for r in mine], np.int32)
-  direct_t = attack.one_pixel(predict, x[[i] * 9], test.labels[[i] * 9], targets=tgt,
-                              key=jax.random.key(0), popsize=16, maxiter=6, indices=i * 10 + tgt)
+  direct_t = attack.one_pixel(
+    predict,
+    x[[i] * 9],
+    test.labels[[i] * 9],
+    targets=tgt,
+    key=jax.random.key(0),
+    popsize=16,
+    maxiter=6,
+    indices=i * 10 + tgt,
+  )
   assert [r['success'] for r in mine] == direct_t.success.tolist()
   assert [r['queries'] for r in mine] == direct_t.queries.tolist()
   fooled_any = {r['index'] for r in recs if r['success']}
   assert tg['images_fooled_any_target'] == len(fooled_any) / 12
   # The markdown shows the numbers of results.json.
   md = (tmp_path / 'results.md').read_text()
-  assert _md_value(md, 'Clean accuracy') == pytest.approx(100 * on_disk['clean_accuracy'],
-                                                          abs=0.005)
+  assert _md_value(md, 'Clean accuracy') == pytest.approx(
+    100 * on_disk['clean_accuracy'], abs=0.005
+  )
   assert _md_value(md, 'de: attack success rate') == pytest.approx(
-      100 * de['attack_success_rate'], abs=0.005)
+    100 * de['attack_success_rate'], abs=0.005
+  )
   for f in ('asr_vs_budget.png', 'gallery.png', 'attack_de.jsonl'):
     assert (tmp_path / f).stat().st_size > 0
   assert on_disk['commit'] and on_disk['device'] and on_disk['config']['eval']['popsize'] == 16
@@ -151,14 +171,14 @@ def test_eval_killed_midway_resumes_to_the_same_numbers(trained, tmp_path, monke
   monkeypatch.setattr(evaluate.AttackLog, 'append', real_append)
   attacked = []
   real_attack = attack.one_pixel
-  monkeypatch.setattr(attack, 'one_pixel',
-                      lambda p, x, *a, **k: attacked.append(len(x)) or real_attack(p, x, *a, **k))
+  monkeypatch.setattr(
+    attack, 'one_pixel', lambda p, x, *a, **k: attacked.append(len(x)) or real_attack(p, x, *a, **k)
+  )
   resumed = evaluate.evaluate(_eval_config(trained), str(tmp_path / 'cut'))
   assert attacked == [12 - 5]  # only what was not saved
   for k in ('successes', 'mean_queries', 'mean_confidence_successful', 'curve'):
     assert resumed['attacks']['de'][k] == full['attacks']['de'][k], k
-  lines = [json.loads(ln) for ln in (tmp_path / 'cut' / 'attack_de.jsonl').read_text()
-           .splitlines()]
+  lines = [json.loads(ln) for ln in (tmp_path / 'cut' / 'attack_de.jsonl').read_text().splitlines()]
   assert 'protocol' in lines[0] and sum('key' in ln for ln in lines) == 12
   assert len(resumed['attacks']['de']['sessions']) == 2  # the killed run and this one
   # Same command again: nothing left to attack.
@@ -207,17 +227,19 @@ def test_suite_trains_evaluates_tabulates_and_reuses(shared_data, tmp_path, monk
     assert s['mean'] == pytest.approx(np.mean(accs)) and s['interval'].startswith('Student t')
     assert r['paper'] == list(suite.paper.APR_TABLE1[name])
     # Each seed's numbers are its eval's results.json.
-    ev = json.loads((tmp_path / suite.slug(name) / 'seed1' / 'eval' / 'results.json')
-                    .read_text())
+    ev = json.loads((tmp_path / suite.slug(name) / 'seed1' / 'eval' / 'results.json').read_text())
     assert r['per_seed'][1]['attacks']['de']['successes'] == ev['attacks']['de']['successes']
   md = (tmp_path / 'results.md').read_text()
   cell = stats.fmt_percent(rows['IT']['summary']['asr'])
-  assert f'| IT | {stats.fmt_percent(rows["IT"]["summary"]["clean_accuracy"])} | 89.10% | ' \
-         f'{cell} | 38.76% |' in md
+  assert (
+    f'| IT | {stats.fmt_percent(rows["IT"]["summary"]["clean_accuracy"])} | 89.10% | '
+    f'{cell} | 38.76% |' in md
+  )
   oh = res['overhead']
   assert list(oh) == ['No Defence', 'IT'] and oh['IT']['reference'] == 'No Defence'
   assert oh['IT']['inference_relative'] == pytest.approx(
-      oh['IT']['seconds_per_image'] / oh['No Defence']['seconds_per_image'])
+    oh['IT']['seconds_per_image'] / oh['No Defence']['seconds_per_image']
+  )
   assert 'relative to No Defence' in md
   assert (tmp_path / 'asr_vs_budget.png').stat().st_size > 0
   # Again: checkpoints and attack results are reused, the numbers unchanged.
@@ -242,8 +264,9 @@ def test_suite_rows_and_overrides():
     experiment.apply_overrides(cfg, 'train.epoch=2')
   with pytest.raises(FileNotFoundError, match='nope.py'):
     experiment.load_config('nope.py:cpu')
-  curve = suite.mean_curve([dict(budget=[10, 30], asr=[0.2, 0.4]),
-                            dict(budget=[20, 30], asr=[0.1, 0.3])])
+  curve = suite.mean_curve(
+    [dict(budget=[10, 30], asr=[0.2, 0.4]), dict(budget=[20, 30], asr=[0.1, 0.3])]
+  )
   assert curve == dict(budget=[10, 20, 30], asr=pytest.approx([0.1, 0.15, 0.35]))
 
 

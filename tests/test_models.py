@@ -14,17 +14,17 @@ from jaxpix import models
 # WRN-16-8 11.0 M, ResNet-50 25,557,032 (torchvision, exactly), VGG-19-BN
 # 143,678,248 in torchvision minus the 5,504 conv biases that BN makes redundant.
 PARAMS = {
-    'cnn6': 288_746,
-    'resnet18': 11_173_962,
-    'vgg16': 14_724_042,
-    'lenet': 62_006,
-    'pure_cnn': 1_370_986,
-    'nin': 968_394,
-    'resnet32': 466_714,
-    'densenet_bc100': 769_162,
-    'wrn16_8': 10_961_370,
-    'resnet50': 25_557_032,
-    'vgg19': 143_672_744,
+  'cnn6': 288_746,
+  'resnet18': 11_173_962,
+  'vgg16': 14_724_042,
+  'lenet': 62_006,
+  'pure_cnn': 1_370_986,
+  'nin': 968_394,
+  'resnet32': 466_714,
+  'densenet_bc100': 769_162,
+  'wrn16_8': 10_961_370,
+  'resnet50': 25_557_032,
+  'vgg19': 143_672_744,
 }
 
 
@@ -43,8 +43,20 @@ def test_width_shrinks_the_model():
   assert _count('resnet18', width=0.25) < PARAMS['resnet18'] / 10
 
 
-@pytest.mark.parametrize('name', ['cnn6', 'resnet18', 'vgg16', 'lenet', 'pure_cnn', 'nin',
-                                  'resnet32', 'densenet_bc100', 'wrn16_8'])
+@pytest.mark.parametrize(
+  'name',
+  [
+    'cnn6',
+    'resnet18',
+    'vgg16',
+    'lenet',
+    'pure_cnn',
+    'nin',
+    'resnet32',
+    'densenet_bc100',
+    'wrn16_8',
+  ],
+)
 def test_cifar_forward(name):
   m = models.create(name, num_classes=10, width=0.25 if name != 'lenet' else 1.0)
   x = jnp.asarray(np.random.default_rng(0).random((2, 32, 32, 3), np.float32))
@@ -53,8 +65,7 @@ def test_cifar_forward(name):
   assert y.shape == (2, 10) and y.dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(y)))
   # Eval mode is deterministic and per-example.
-  np.testing.assert_allclose(np.asarray(predict(x[:1])), np.asarray(y[:1]), rtol=1e-4,
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(predict(x[:1])), np.asarray(y[:1]), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('name', ['resnet50', 'vgg19'])

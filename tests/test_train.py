@@ -57,8 +57,15 @@ def test_train_end_to_end(shared_data, tmp_path):
   assert json.loads((tmp_path / 'config.json').read_text())['model']['name'] == 'cnn6'
   ckpt = checkpoint.Checkpointer(tmp_path / 'checkpoints', keep=3)
   assert ckpt.steps() == [4, 8, 12]
-  assert ckpt.meta() == dict(model='cnn6', width=0.125, defence='none', dataset='cifar10',
-                             num_classes=10, total_steps=12, step=12)
+  assert ckpt.meta() == dict(
+    model='cnn6',
+    width=0.125,
+    defence='none',
+    dataset='cifar10',
+    num_classes=10,
+    total_steps=12,
+    step=12,
+  )
   ckpt.close()
   # Eval mode restores the same model and finds the same accuracy on the same
   # (first 200, the test variant's eval_subset) test images.
@@ -74,17 +81,22 @@ def test_resume_continues_and_refuses_another_model(shared_data, tmp_path):
   train.train_and_evaluate(_config(**{'train.steps': 12}), str(tmp_path))
   # The log reads as one 12-step run: the first run's closing record is gone,
   # the epoch evaluation at step 8 (skipped as final in the 8-step run) is there.
-  kinds = [(ln['step'], 'loss' in ln, 'test_accuracy' in ln, bool(ln.get('final')))
-           for ln in _lines(tmp_path)]
-  assert kinds == [(4, True, False, False), (8, True, False, False), (8, False, True, False),
-                   (12, True, False, False), (12, False, True, True)]
+  kinds = [
+    (ln['step'], 'loss' in ln, 'test_accuracy' in ln, bool(ln.get('final')))
+    for ln in _lines(tmp_path)
+  ]
+  assert kinds == [
+    (4, True, False, False),
+    (8, True, False, False),
+    (8, False, True, False),
+    (12, True, False, False),
+    (12, False, True, True),
+  ]
   with pytest.raises(checkpoint.CheckpointError, match=r'width=0\.125.*width=0\.25'):
-    train.train_and_evaluate(_config(**{'model.width': 0.25, 'train.steps': 16}),
-                             str(tmp_path))
+    train.train_and_evaluate(_config(**{'model.width': 0.25, 'train.steps': 16}), str(tmp_path))
 
 
-def test_corrupted_checkpoint_names_the_directory_and_older_ones_still_work(shared_data,
-                                                                            tmp_path):
+def test_corrupted_checkpoint_names_the_directory_and_older_ones_still_work(shared_data, tmp_path):
   del shared_data
   cfg = _config()
   train.train_and_evaluate(cfg, str(tmp_path))
@@ -100,8 +112,7 @@ def test_corrupted_checkpoint_names_the_directory_and_older_ones_still_work(shar
   assert old and all(np.all(np.isfinite(v)) for v in old.values())
   # Resuming explicitly from an older checkpoint works, and replaces the newer
   # (corrupted) one instead of leaving it for the next resume to trip on.
-  train.train_and_evaluate(_config(**{'train.steps': 12, 'train.resume_step': 8}),
-                           str(tmp_path))
+  train.train_and_evaluate(_config(**{'train.steps': 12, 'train.resume_step': 8}), str(tmp_path))
   assert checkpoint.Checkpointer(tmp_path / 'checkpoints').steps() == [4, 8, 12]
   assert _params(tmp_path, cfg, step=12).keys() == old.keys()
 
@@ -109,13 +120,24 @@ def test_corrupted_checkpoint_names_the_directory_and_older_ones_still_work(shar
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(shared_data, tmp_path):
   del shared_data
   steps, every = 160, 20
-  args = [sys.executable, str(ROOT / 'run.py'), '--config', 'configs/cifar_baseline.py:test',
-          f'--config.train.steps={steps}', f'--config.train.checkpoint_every={every}',
-          '--config.train.log_every=20']
+  args = [
+    sys.executable,
+    str(ROOT / 'run.py'),
+    '--config',
+    'configs/cifar_baseline.py:test',
+    f'--config.train.steps={steps}',
+    f'--config.train.checkpoint_every={every}',
+    '--config.train.log_every=20',
+  ]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   killed = tmp_path / 'killed'
-  proc = subprocess.Popen(args + [f'--workdir={killed}'], cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    args + [f'--workdir={killed}'],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   # Kill it as soon as a checkpoint exists, well before the end.
   deadline = time.time() + 240
   while not (killed / 'checkpoints' / str(every)).is_dir() and time.time() < deadline:
@@ -125,11 +147,9 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(shared_data, tmp_
   proc.wait()
   left = checkpoint.Checkpointer(killed / 'checkpoints').latest_step()
   assert left is not None and left < steps
-  subprocess.run(args + [f'--workdir={killed}'], cwd=ROOT, env=env, check=True,
-                 capture_output=True)
+  subprocess.run(args + [f'--workdir={killed}'], cwd=ROOT, env=env, check=True, capture_output=True)
   clean = tmp_path / 'clean'
-  subprocess.run(args + [f'--workdir={clean}'], cwd=ROOT, env=env, check=True,
-                 capture_output=True)
+  subprocess.run(args + [f'--workdir={clean}'], cwd=ROOT, env=env, check=True, capture_output=True)
   cfg = _config()
   a, b = _params(killed, cfg), _params(clean, cfg)
   assert a.keys() == b.keys()
@@ -163,10 +183,14 @@ def test_bad_configs(shared_data, tmp_path):
   del shared_data
   with pytest.raises(FileNotFoundError, match='nowhere'):
     train.train_and_evaluate(_config(**{'data.dir': str(tmp_path / 'nowhere')}), str(tmp_path))
-  with pytest.raises(ValueError, match=r'batch_size=66 must be divisible by the number of '
-                                       r'devices \(4\)'):
-    train.train_and_evaluate(_config(**{'train.batch_size': 66}), str(tmp_path),
-                             devices=jax.devices()[:4])
+  with pytest.raises(
+    ValueError,
+    match=r'batch_size=66 must be divisible by the number of '
+    r'devices \(4\)',
+  ):
+    train.train_and_evaluate(
+      _config(**{'train.batch_size': 66}), str(tmp_path), devices=jax.devices()[:4]
+    )
   with pytest.raises(ValueError, match='schedule must be'):
     train.train_and_evaluate(_config(**{'train.schedule': 'linear'}), str(tmp_path))
   with pytest.raises(ValueError, match='unknown config variant'):
@@ -176,9 +200,19 @@ def test_bad_configs(shared_data, tmp_path):
 
 
 def test_locked_config_rejects_typos():
-  r = subprocess.run([sys.executable, 'run.py', '--config', 'configs/cifar_baseline.py:test',
-                      '--config.train.epoch=3', '--workdir=/tmp/never'], cwd=ROOT,
-                     capture_output=True, text=True)
+  r = subprocess.run(
+    [
+      sys.executable,
+      'run.py',
+      '--config',
+      'configs/cifar_baseline.py:test',
+      '--config.train.epoch=3',
+      '--workdir=/tmp/never',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode != 0 and 'epoch' in r.stderr
 
 
@@ -202,8 +236,7 @@ def test_imagenet_smoke_config_runs_the_224_path(shared_data, tmp_path):
 
 def test_bfloat16_compute_trains(shared_data, tmp_path):
   del shared_data
-  result = train.train_and_evaluate(_config(dtype='bfloat16', **{'train.steps': 8}),
-                                    str(tmp_path))
+  result = train.train_and_evaluate(_config(dtype='bfloat16', **{'train.steps': 8}), str(tmp_path))
   losses = [ln['loss'] for ln in _lines(tmp_path) if 'loss' in ln]
   assert len(losses) == 2 and all(np.isfinite(losses)) and losses[1] < losses[0]
   assert 0 <= result['test_accuracy'] <= 1

@@ -43,8 +43,9 @@ def test_jpeg_matches_pillow_on_real_cifar10(shared_data, quality):
   # The residue is libjpeg's fixed-point DCT against our float one.
   x = data.load_npz('cifar10', 'test', shared_data / 'cifar10').images[:200]
   ref = _pillow(x, quality)
-  out = np.round(np.asarray(jax.jit(lambda v: defences.jpeg(v, quality))(data.to_float(x)))
-                 * 255).astype(np.int32)
+  out = np.round(
+    np.asarray(jax.jit(lambda v: defences.jpeg(v, quality))(data.to_float(x))) * 255
+  ).astype(np.int32)
   diff = np.abs(out - ref)
   distortion = np.abs(x.astype(np.int32) - ref).mean()
   assert diff.mean() <= 0.6, diff.mean()  # tolerance: 0.6 of one 8-bit level on average
@@ -81,11 +82,13 @@ def test_it_model_and_the_attack_run_through_the_transformations():
   # The defended predict is the classifier on transformed images...
   inner = models.as_predict(model.classifier)
   want = jax.jit(lambda v: inner(defences.jpeg(defences.bit_depth(v, 5), 75)))(jnp.asarray(x))
-  np.testing.assert_allclose(np.asarray(jax.jit(predict)(jnp.asarray(x))), np.asarray(want),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(jax.jit(predict)(jnp.asarray(x))), np.asarray(want), rtol=1e-5, atol=1e-5
+  )
   # ...and one jittable function the attack compiles end to end.
   y = np.asarray(jax.jit(predict)(jnp.asarray(x))).argmax(1).astype(np.int32)
   r = attack.one_pixel(predict, x, y, key=jax.random.key(0), popsize=8, maxiter=1)
   assert r.queries.shape == (3,) and np.all(r.queries <= 16)
   np.testing.assert_array_equal(
-      np.asarray(jax.jit(predict)(jnp.asarray(r.adv_images))).argmax(1), r.adv_label)
+    np.asarray(jax.jit(predict)(jnp.asarray(r.adv_images))).argmax(1), r.adv_label
+  )

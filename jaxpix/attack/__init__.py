@@ -6,11 +6,11 @@ images in [0, 1] [B, H, W, C] to logits [B, K].
 """
 
 from jaxpix.attack.attacks import (
-    AttackResult,
-    FixedBudgetResult,
-    de_fixed_budget,
-    extreme_colour,
-    one_pixel,
+  AttackResult,
+  FixedBudgetResult,
+  de_fixed_budget,
+  extreme_colour,
+  one_pixel,
 )
 from jaxpix.attack.guided import GuidedResult, gradient_extreme
 from jaxpix.attack.perturb import apply as apply_pixels
@@ -18,17 +18,17 @@ from jaxpix.attack.perturb import decode
 from jaxpix.attack.search import KERAS, PRESETS, SU, DEConfig
 
 __all__ = [
-    'KERAS',
-    'PRESETS',
-    'SU',
-    'AttackResult',
-    'DEConfig',
-    'FixedBudgetResult',
-    'GuidedResult',
-    'apply_pixels',
-    'de_fixed_budget',
-    'decode',
-    'extreme_colour',
-    'gradient_extreme',
-    'one_pixel',
+  'KERAS',
+  'PRESETS',
+  'SU',
+  'AttackResult',
+  'DEConfig',
+  'FixedBudgetResult',
+  'GuidedResult',
+  'apply_pixels',
+  'de_fixed_budget',
+  'decode',
+  'extreme_colour',
+  'gradient_extreme',
+  'one_pixel',
 ]

@@ -74,8 +74,10 @@ def _check_images(images) -> np.ndarray:
   if images.ndim != 4:
     raise ValueError(f'images must be 4-D [N, H, W, C], got shape {tuple(images.shape)}')
   if not jnp.issubdtype(images.dtype, jnp.floating):
-    raise TypeError(f'images must be float in [0, 1], got dtype {images.dtype}; '
-                    'for uint8 data pass images.astype(np.float32) / 255')
+    raise TypeError(
+      f'images must be float in [0, 1], got dtype {images.dtype}; '
+      'for uint8 data pass images.astype(np.float32) / 255'
+    )
   x = np.asarray(images, np.float32)
   if x.shape[0] == 0 or 0 in x.shape[1:]:
     raise ValueError(f'images is empty: shape {x.shape}')
@@ -85,9 +87,10 @@ def _check_images(images) -> np.ndarray:
   off = float(np.max(np.abs(x * 255 - np.round(x * 255))))
   if off > 1e-3:
     raise ValueError(
-        'images must be 8-bit images scaled to [0, 1] (uint8 / 255) so that a one-pixel '
-        f'change stays a valid 8-bit image; values are up to {off:.3g} / 255 off that grid. '
-        'Quantise them first: images = np.round(images * 255) / 255')
+      'images must be 8-bit images scaled to [0, 1] (uint8 / 255) so that a one-pixel '
+      f'change stays a valid 8-bit image; values are up to {off:.3g} / 255 off that grid. '
+      'Quantise them first: images = np.round(images * 255) / 255'
+    )
   return x
 
 
@@ -98,8 +101,10 @@ def _check_labels(name, labels, n, num_classes) -> np.ndarray:
   if not np.issubdtype(y.dtype, np.integer):
     raise TypeError(f'{name} must be integers, got dtype {y.dtype}')
   if y.min() < 0 or y.max() >= num_classes:
-    raise ValueError(f'{name} must lie in [0, {num_classes}) (the model has {num_classes} '
-                     f'classes), got min {y.min()} and max {y.max()}')
+    raise ValueError(
+      f'{name} must lie in [0, {num_classes}) (the model has {num_classes} '
+      f'classes), got min {y.min()} and max {y.max()}'
+    )
   return y.astype(np.int32)
 
 
@@ -111,14 +116,19 @@ def _num_classes(predict, image_shape) -> int:
     raise ValueError(f'predict failed on a float32 batch of shape {probe.shape}: {e}') from e
   shape = getattr(out, 'shape', None)
   if shape is None or len(shape) != 2 or shape[0] != 2 or shape[1] < 2:
-    raise ValueError('predict must map images [B, H, W, C] to logits [B, num_classes]; '
-                     f'on a batch of shape {probe.shape} it returned {shape}')
+    raise ValueError(
+      'predict must map images [B, H, W, C] to logits [B, num_classes]; '
+      f'on a batch of shape {probe.shape} it returned {shape}'
+    )
   return int(shape[1])
 
 
 def _check_pixels(pixels, h, w):
-  if not isinstance(pixels, (int, np.integer)) or isinstance(pixels, bool) or not (
-      1 <= pixels <= h * w):
+  if (
+    not isinstance(pixels, (int, np.integer))
+    or isinstance(pixels, bool)
+    or not (1 <= pixels <= h * w)
+  ):
     raise ValueError(f'pixels must be an int in [1, H*W] = [1, {h * w}], got {pixels!r}')
 
 
@@ -128,8 +138,10 @@ def _check_targets(targets, labels, n, k):
   t = _check_labels('targets', targets, n, k)
   same = np.flatnonzero(t == labels)
   if len(same):
-    raise ValueError(f'targets must differ from labels; they are equal for images {same[:10].tolist()}'
-                     f'{" ..." if len(same) > 10 else ""}')
+    raise ValueError(
+      f'targets must differ from labels; they are equal for images {same[:10].tolist()}'
+      f'{" ..." if len(same) > 10 else ""}'
+    )
   return t
 
 
@@ -147,8 +159,9 @@ def _check_indices(indices, n):
 def _de_config(strategy, popsize, maxiter) -> search.DEConfig:
   if isinstance(strategy, str):
     if strategy not in search.PRESETS:
-      raise ValueError(f'strategy must be one of {sorted(search.PRESETS)} or a DEConfig, '
-                       f'got {strategy!r}')
+      raise ValueError(
+        f'strategy must be one of {sorted(search.PRESETS)} or a DEConfig, got {strategy!r}'
+      )
     strategy = search.PRESETS[strategy]
   if not isinstance(strategy, search.DEConfig):
     raise TypeError(f'strategy must be a preset name or a DEConfig, got {type(strategy).__name__}')
@@ -166,13 +179,26 @@ def _check_mode(mode):
 # --------------------------------------------------------------------------- #
 
 
-def one_pixel(predict: Predict, images, labels, *, key: jax.Array, pixels: int = 1,
-              popsize: int | None = None, maxiter: int | None = None,
-              strategy: str | search.DEConfig = 'su', targets=None,
-              mode: perturb.Mode = 'replace', l2_penalty: float = 0.0,
-              stop_threshold: float | None = None, slots: int | None = None,
-              devices=None, indices=None, steps_per_call: int = 10,
-              progress: bool | Callable[[dict], None] = False) -> AttackResult:
+def one_pixel(
+  predict: Predict,
+  images,
+  labels,
+  *,
+  key: jax.Array,
+  pixels: int = 1,
+  popsize: int | None = None,
+  maxiter: int | None = None,
+  strategy: str | search.DEConfig = 'su',
+  targets=None,
+  mode: perturb.Mode = 'replace',
+  l2_penalty: float = 0.0,
+  stop_threshold: float | None = None,
+  slots: int | None = None,
+  devices=None,
+  indices=None,
+  steps_per_call: int = 10,
+  progress: bool | Callable[[dict], None] = False,
+) -> AttackResult:
   """The one-pixel (k-pixel) attack by differential evolution, batched.
 
   Args:
@@ -215,14 +241,40 @@ def one_pixel(predict: Predict, images, labels, *, key: jax.Array, pixels: int =
   _check_pixels(pixels, h, w)
   _check_mode(mode)
   srch = search.differential_evolution(cfg, pixels, h, w, c, mode)
-  return _attack(srch, predict, x, labels, targets, key, pixels, mode, l2_penalty,
-                 stop_threshold, True, slots, devices, indices, steps_per_call, progress)
+  return _attack(
+    srch,
+    predict,
+    x,
+    labels,
+    targets,
+    key,
+    pixels,
+    mode,
+    l2_penalty,
+    stop_threshold,
+    True,
+    slots,
+    devices,
+    indices,
+    steps_per_call,
+    progress,
+  )
 
 
-def extreme_colour(predict: Predict, images, labels, *, targets=None, early_stop: bool = True,
-                   chunk: int = 512, slots: int | None = None, devices=None, indices=None,
-                   steps_per_call: int = 16,
-                   progress: bool | Callable[[dict], None] = False) -> AttackResult:
+def extreme_colour(
+  predict: Predict,
+  images,
+  labels,
+  *,
+  targets=None,
+  early_stop: bool = True,
+  chunk: int = 512,
+  slots: int | None = None,
+  devices=None,
+  indices=None,
+  steps_per_call: int = 16,
+  progress: bool | Callable[[dict], None] = False,
+) -> AttackResult:
   """Exhaustive one-pixel search over every position x every colour-cube corner.
 
   For RGB this is H * W * 8 evaluations per image (8,192 on CIFAR-10), ``chunk``
@@ -245,12 +297,44 @@ def extreme_colour(predict: Predict, images, labels, *, targets=None, early_stop
   if not isinstance(chunk, int) or chunk < 1:
     raise ValueError(f'chunk must be a positive int, got {chunk!r}')
   srch = search.extreme_colour(h, w, c, chunk)
-  return _attack(srch, predict, x, labels, targets, jax.random.key(0), 1, 'replace', 0.0, None,
-                 early_stop, slots, devices, indices, steps_per_call, progress)
+  return _attack(
+    srch,
+    predict,
+    x,
+    labels,
+    targets,
+    jax.random.key(0),
+    1,
+    'replace',
+    0.0,
+    None,
+    early_stop,
+    slots,
+    devices,
+    indices,
+    steps_per_call,
+    progress,
+  )
 
 
-def _attack(srch, predict, x, labels, targets, key, pixels, mode, l2_penalty, stop_threshold,
-            early_stop, slots, devices, indices, steps_per_call, progress) -> AttackResult:
+def _attack(
+  srch,
+  predict,
+  x,
+  labels,
+  targets,
+  key,
+  pixels,
+  mode,
+  l2_penalty,
+  stop_threshold,
+  early_stop,
+  slots,
+  devices,
+  indices,
+  steps_per_call,
+  progress,
+) -> AttackResult:
   n, h, w, c = x.shape
   k = _num_classes(predict, (h, w, c))
   y = _check_labels('labels', labels, n, k)
@@ -269,23 +353,51 @@ def _attack(srch, predict, x, labels, targets, key, pixels, mode, l2_penalty, st
     raise ValueError(f'slots must be a positive int, got {slots!r}')
   if not isinstance(steps_per_call, int) or steps_per_call < 1:
     raise ValueError(f'steps_per_call must be a positive int, got {steps_per_call!r}')
-  fit = Fitness(targeted=t is not None, l2_penalty=float(l2_penalty),
-                stop_threshold=stop_threshold, early_stop=early_stop, mode=mode)
+  fit = Fitness(
+    targeted=t is not None,
+    l2_penalty=float(l2_penalty),
+    stop_threshold=stop_threshold,
+    early_stop=early_stop,
+    mode=mode,
+  )
   dim = pixels * (2 + c)
   callback = _ProgressBar(n) if progress is True else (progress or None)
-  rec = engine.run(srch, predict, fit, x, y, y if t is None else t, idx, key, dim=dim,
-                   slots=slots, devices=devices, steps_per_call=steps_per_call,
-                   progress=callback)
+  rec = engine.run(
+    srch,
+    predict,
+    fit,
+    x,
+    y,
+    y if t is None else t,
+    idx,
+    key,
+    dim=dim,
+    slots=slots,
+    devices=devices,
+    steps_per_call=steps_per_call,
+    progress=callback,
+  )
   if isinstance(callback, _ProgressBar):
     callback.close()
   pos, val = jax.device_get(perturb.decode(jnp.asarray(rec['vec']), h, w, c, mode))
   adv = _apply_all(x, rec['vec'], mode)
   clean_label, clean_true = _clean(predict, x, y)
   return AttackResult(
-      adv_images=adv, success=rec['success'], queries=rec['queries'], positions=pos, colors=val,
-      true_prob=rec['true_prob'], adv_prob=rec['pred_prob'], adv_label=rec['pred'],
-      target_prob=None if t is None else rec['target_prob'], fitness=rec['energy'], labels=y,
-      targets=t, clean_label=clean_label, clean_true_prob=clean_true)
+    adv_images=adv,
+    success=rec['success'],
+    queries=rec['queries'],
+    positions=pos,
+    colors=val,
+    true_prob=rec['true_prob'],
+    adv_prob=rec['pred_prob'],
+    adv_label=rec['pred'],
+    target_prob=None if t is None else rec['target_prob'],
+    fitness=rec['energy'],
+    labels=y,
+    targets=t,
+    clean_label=clean_label,
+    clean_true_prob=clean_true,
+  )
 
 
 class _ProgressBar:
@@ -315,8 +427,12 @@ def _apply_batch(images, vecs, mode):
 
 
 def _apply_all(x, vecs, mode, batch=1024):
-  return np.concatenate([np.asarray(_apply_batch(x[i:i + batch], vecs[i:i + batch], mode))
-                         for i in range(0, len(x), batch)])
+  return np.concatenate(
+    [
+      np.asarray(_apply_batch(x[i : i + batch], vecs[i : i + batch], mode))
+      for i in range(0, len(x), batch)
+    ]
+  )
 
 
 @functools.lru_cache(maxsize=4)
@@ -326,7 +442,7 @@ def _softmax_fn(predict):
 
 def _clean(predict, x, y, batch=1024):
   fn = _softmax_fn(predict)
-  probs = np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, len(x), batch)])
+  probs = np.concatenate([np.asarray(fn(x[i : i + batch])) for i in range(0, len(x), batch)])
   return probs.argmax(-1).astype(np.int32), probs[np.arange(len(y)), y]
 
 
@@ -337,15 +453,24 @@ def _clean(predict, x, y, batch=1024):
 
 class FixedBudgetResult(NamedTuple):
   adv_images: jax.Array  # [B, H, W, C]
-  success: jax.Array     # bool [B]
-  queries: jax.Array     # int [B]
-  fitness: jax.Array     # [B]
+  success: jax.Array  # bool [B]
+  queries: jax.Array  # int [B]
+  fitness: jax.Array  # [B]
 
 
-def de_fixed_budget(predict: Predict, images: jax.Array, labels: jax.Array, key: jax.Array, *,
-                    config: search.DEConfig, pixels: int = 1, targets: jax.Array | None = None,
-                    mode: perturb.Mode = 'replace', l2_penalty: float = 0.0,
-                    indices: jax.Array | None = None) -> FixedBudgetResult:
+def de_fixed_budget(
+  predict: Predict,
+  images: jax.Array,
+  labels: jax.Array,
+  key: jax.Array,
+  *,
+  config: search.DEConfig,
+  pixels: int = 1,
+  targets: jax.Array | None = None,
+  mode: perturb.Mode = 'replace',
+  l2_penalty: float = 0.0,
+  indices: jax.Array | None = None,
+) -> FixedBudgetResult:
   """Differential evolution on a batch for exactly ``config.maxiter`` generations.
 
   Pure and jittable (no host syncs, no input checks): a train step calls it on
@@ -372,10 +497,10 @@ def de_fixed_budget(predict: Predict, images: jax.Array, labels: jax.Array, key:
   fit = Fitness(targeted=targets is not None, l2_penalty=l2_penalty, mode=mode)
   labels = labels.astype(jnp.int32)
   idx = jnp.arange(b, dtype=jnp.int32) if indices is None else indices.astype(jnp.int32)
-  st = engine.init_slots(srch, key, images, labels, labels if targets is None else targets, idx,
-                         pixels * (2 + c))
-  st = jax.lax.fori_loop(0, srch.max_steps,
-                         lambda _, s: engine.step(srch, predict, fit, s)[0], st)
+  st = engine.init_slots(
+    srch, key, images, labels, labels if targets is None else targets, idx, pixels * (2 + c)
+  )
+  st = jax.lax.fori_loop(0, srch.max_steps, lambda _, s: engine.step(srch, predict, fit, s)[0], st)
   best = st['best']
   adv = jax.vmap(lambda im, v: perturb.apply_vectors(im, v[None], mode)[0])(images, best['vec'])
   adv = jax.lax.stop_gradient(adv)

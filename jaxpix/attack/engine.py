@@ -65,8 +65,7 @@ class Fitness:
 # successful one (tier 1), which beats any unsuccessful one (tier 0); lower
 # energy breaks ties. (Energy alone would not do: with an L2 penalty a
 # candidate past the stop threshold can have the higher energy.)
-_BEST_FIELDS = ('vec', 'energy', 'success', 'stop', 'true_prob', 'pred', 'pred_prob',
-                'target_prob')
+_BEST_FIELDS = ('vec', 'energy', 'success', 'stop', 'true_prob', 'pred', 'pred_prob', 'target_prob')
 
 
 def evaluate(predict: Predict, images, cands, labels, targets, fit: Fitness):
@@ -76,8 +75,9 @@ def evaluate(predict: Predict, images, cands, labels, targets, fit: Fitness):
   logits = predict(adv.reshape((s * p,) + images.shape[1:]))
   logits = logits.astype(jnp.float32).reshape(s, p, -1)
   probs = jax.nn.softmax(logits, axis=-1)
-  pick = lambda y: jnp.take_along_axis(probs, jnp.broadcast_to(y[:, None, None], (s, p, 1)),
-                                       axis=-1)[..., 0]
+  pick = lambda y: jnp.take_along_axis(
+    probs, jnp.broadcast_to(y[:, None, None], (s, p, 1)), axis=-1
+  )[..., 0]
   true_p, tgt_p = pick(labels), pick(targets)
   pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   if fit.targeted:
@@ -90,8 +90,16 @@ def evaluate(predict: Predict, images, cands, labels, targets, fit: Fitness):
   stop = success
   if fit.stop_threshold is not None:
     stop &= (tgt_p >= fit.stop_threshold) if fit.targeted else (true_p <= fit.stop_threshold)
-  return dict(vec=cands, energy=energy, success=success, stop=stop, true_prob=true_p,
-              pred=pred, pred_prob=jnp.max(probs, axis=-1), target_prob=tgt_p)
+  return dict(
+    vec=cands,
+    energy=energy,
+    success=success,
+    stop=stop,
+    true_prob=true_p,
+    pred=pred,
+    pred_prob=jnp.max(probs, axis=-1),
+    target_prob=tgt_p,
+  )
 
 
 def _tier(rec):
@@ -103,8 +111,10 @@ def _merge_best(best, ev):
   tier = _tier(ev)
   top = jnp.max(tier, axis=1, keepdims=True)
   j = jnp.argmin(jnp.where(tier == top, ev['energy'], jnp.inf), axis=1)
-  new = {k: jnp.take_along_axis(ev[k], j.reshape((-1,) + (1,) * (ev[k].ndim - 1)), axis=1)[:, 0]
-         for k in _BEST_FIELDS}
+  new = {
+    k: jnp.take_along_axis(ev[k], j.reshape((-1,) + (1,) * (ev[k].ndim - 1)), axis=1)[:, 0]
+    for k in _BEST_FIELDS
+  }
   t_new, t_old = _tier(new), _tier(best)
   better = (t_new > t_old) | ((t_new == t_old) & (new['energy'] < best['energy']))
   return {k: _where(better, new[k], best[k]) for k in _BEST_FIELDS}
@@ -115,10 +125,16 @@ def _where(mask, a, b):
 
 
 def empty_best(n: int, dim: int):
-  return dict(vec=jnp.zeros((n, dim), jnp.float32), energy=jnp.full((n,), jnp.inf),
-              success=jnp.zeros((n,), bool), stop=jnp.zeros((n,), bool),
-              true_prob=jnp.ones((n,)), pred=jnp.full((n,), -1, jnp.int32),
-              pred_prob=jnp.zeros((n,)), target_prob=jnp.zeros((n,)))
+  return dict(
+    vec=jnp.zeros((n, dim), jnp.float32),
+    energy=jnp.full((n,), jnp.inf),
+    success=jnp.zeros((n,), bool),
+    stop=jnp.zeros((n,), bool),
+    true_prob=jnp.ones((n,)),
+    pred=jnp.full((n,), -1, jnp.int32),
+    pred_prob=jnp.zeros((n,)),
+    target_prob=jnp.zeros((n,)),
+  )
 
 
 def init_slots(search: Search, key, images, labels, targets, gidx, dim: int):
@@ -126,10 +142,18 @@ def init_slots(search: Search, key, images, labels, targets, gidx, dim: int):
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(gidx)
   init_keys, step_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
   n = images.shape[0]
-  return dict(image=images, label=labels, target=targets, gidx=gidx, key=step_keys,
-              search=jax.vmap(search.init)(init_keys), best=empty_best(n, dim),
-              step=jnp.zeros((n,), jnp.int32), queries=jnp.zeros((n,), jnp.int32),
-              active=jnp.ones((n,), bool))
+  return dict(
+    image=images,
+    label=labels,
+    target=targets,
+    gidx=gidx,
+    key=step_keys,
+    search=jax.vmap(search.init)(init_keys),
+    best=empty_best(n, dim),
+    step=jnp.zeros((n,), jnp.int32),
+    queries=jnp.zeros((n,), jnp.int32),
+    active=jnp.ones((n,), bool),
+  )
 
 
 def step(search: Search, predict: Predict, fit: Fitness, st):
@@ -148,10 +172,14 @@ def step(search: Search, predict: Predict, fit: Fitness, st):
     finished |= best['stop']
   act = st['active']
   keep = lambda new, old: jax.tree.map(lambda a, b: _where(act, a, b), new, old)
-  new = dict(st, search=keep(new_search, st['search']), best=keep(best, st['best']),
-             step=jnp.where(act, steps, st['step']),
-             queries=jnp.where(act, st['queries'] + n_valid, st['queries']),
-             active=act & ~finished)
+  new = dict(
+    st,
+    search=keep(new_search, st['search']),
+    best=keep(best, st['best']),
+    step=jnp.where(act, steps, st['step']),
+    queries=jnp.where(act, st['queries'] + n_valid, st['queries']),
+    active=act & ~finished,
+  )
   return new, act & finished
 
 
@@ -162,16 +190,19 @@ def step(search: Search, predict: Predict, fit: Fitness, st):
 _OUT_FIELDS = _BEST_FIELDS + ('gidx', 'queries')
 
 
-def _device_loop(search, predict, fit, steps_per_call, dim, st, queue, queue_len, queue_pos,
-                 more, key):
+def _device_loop(
+  search, predict, fit, steps_per_call, dim, st, queue, queue_len, queue_pos, more, key
+):
   """Runs one device's slots until its queue needs refilling, all are done, or
   ``steps_per_call`` steps have passed. Shapes are per device."""
   s = st['active'].shape[0]
   q = queue['label'].shape[0]
   cap = q + s  # at most S in-flight plus Q loaded images can finish per call
   qlen, more = queue_len[0], more[0]
-  out = {k: jnp.zeros((cap,) + v.shape[1:], v.dtype)
-         for k, v in dict(st['best'], gidx=st['gidx'], queries=st['queries']).items()}
+  out = {
+    k: jnp.zeros((cap,) + v.shape[1:], v.dtype)
+    for k, v in dict(st['best'], gidx=st['gidx'], queries=st['queries']).items()
+  }
 
   def cond(c):
     st, qpos, _, n_out, it = c
@@ -187,8 +218,15 @@ def _device_loop(search, predict, fit, steps_per_call, dim, st, queue, queue_len
     qi = qpos + jnp.cumsum(free) - 1
     load = free & (qi < qlen)
     qi = jnp.clip(qi, 0, q - 1)
-    fresh = init_slots(search, key, queue['image'][qi], queue['label'][qi], queue['target'][qi],
-                       queue['gidx'][qi], dim)
+    fresh = init_slots(
+      search,
+      key,
+      queue['image'][qi],
+      queue['label'][qi],
+      queue['target'][qi],
+      queue['gidx'][qi],
+      dim,
+    )
     fresh['active'] = load
     st = jax.tree.map(lambda a, b: _where(load, a, b), fresh, st)
     qpos = qpos + jnp.sum(load)
@@ -209,14 +247,28 @@ def _device_loop(search, predict, fit, steps_per_call, dim, st, queue, queue_len
 def _compiled(search, predict, fit, steps_per_call, dim, mesh):
   fn = functools.partial(_device_loop, search, predict, fit, steps_per_call, dim)
   d = P('data')
-  fn = jax.shard_map(fn, mesh=mesh, in_specs=(d, d, d, d, d, P()), out_specs=(d, d, d, d),
-                     check_vma=False)
+  fn = jax.shard_map(
+    fn, mesh=mesh, in_specs=(d, d, d, d, d, P()), out_specs=(d, d, d, d), check_vma=False
+  )
   return jax.jit(fn, donate_argnums=(0,))
 
 
-def run(search: Search, predict: Predict, fit: Fitness, images: np.ndarray, labels: np.ndarray,
-        targets: np.ndarray, indices: np.ndarray, key: jax.Array, *, dim: int, slots: int,
-        devices, steps_per_call: int = 10, progress: Callable[[dict], None] | None = None):
+def run(
+  search: Search,
+  predict: Predict,
+  fit: Fitness,
+  images: np.ndarray,
+  labels: np.ndarray,
+  targets: np.ndarray,
+  indices: np.ndarray,
+  key: jax.Array,
+  *,
+  dim: int,
+  slots: int,
+  devices,
+  steps_per_call: int = 10,
+  progress: Callable[[dict], None] | None = None,
+):
   """Attacks every image; returns per-image numpy arrays of the best records.
 
   Images are split into contiguous blocks, one per device; each device runs
@@ -240,8 +292,12 @@ def run(search: Search, predict: Predict, fit: Fitness, images: np.ndarray, labe
   def put(x):
     return jax.device_put(x, shard)
 
-  queue = dict(image=np.zeros((nd, q) + img_shape, np.float32), label=np.zeros((nd, q), np.int32),
-               target=np.zeros((nd, q), np.int32), gidx=np.zeros((nd, q), np.int32))
+  queue = dict(
+    image=np.zeros((nd, q) + img_shape, np.float32),
+    label=np.zeros((nd, q), np.int32),
+    target=np.zeros((nd, q), np.int32),
+    gidx=np.zeros((nd, q), np.int32),
+  )
   zeros_img = jnp.zeros((nd * s,) + img_shape, jnp.float32)
   zi = jnp.zeros((nd * s,), jnp.int32)
   st = init_slots(search, key, zeros_img, zi, zi, zi, dim)
@@ -266,8 +322,9 @@ def run(search: Search, predict: Predict, fit: Fitness, images: np.ndarray, labe
         qlen[d], qpos[d] = c, 0
     more = nxt < end
     flat = {k: v.reshape((nd * q,) + v.shape[2:]) for k, v in queue.items()}
-    st, qpos_dev, out, n_out = fn(st, jax.tree.map(put, flat), put(qlen), put(qpos), put(more),
-                                  keyed)
+    st, qpos_dev, out, n_out = fn(
+      st, jax.tree.map(put, flat), put(qlen), put(qpos), put(more), keyed
+    )
     qpos = np.array(qpos_dev, np.int32)
     out, n_out = jax.device_get((out, n_out))
     finished = {}
@@ -276,8 +333,12 @@ def run(search: Search, predict: Predict, fit: Fitness, images: np.ndarray, labe
       for k in _OUT_FIELDS:
         finished.setdefault(k, []).append(out[k][sel])
     finished = {k: np.concatenate(v) for k, v in finished.items()}
-    if not len(finished['gidx']) and not np.any(more) and np.all(qpos == qlen) and not np.any(
-        jax.device_get(st['active'])):
+    if (
+      not len(finished['gidx'])
+      and not np.any(more)
+      and np.all(qpos == qlen)
+      and not np.any(jax.device_get(st['active']))
+    ):
       raise RuntimeError('attack engine made no progress; this is a bug in jaxpix')
     if results['gidx'] is None:
       results = {k: np.zeros((n,) + v.shape[1:], v.dtype) for k, v in finished.items()}

@@ -27,8 +27,9 @@ class GuidedResult(NamedTuple):
   positions: jax.Array  # int [B, 2]
 
 
-def gradient_extreme(predict: Predict, images: jax.Array, labels: jax.Array, *,
-                     top: int = 8) -> GuidedResult:
+def gradient_extreme(
+  predict: Predict, images: jax.Array, labels: jax.Array, *, top: int = 8
+) -> GuidedResult:
   """Gradient-guided extreme-colour one-pixel attack on a batch (pure, jittable).
 
   Args:
@@ -55,8 +56,9 @@ def gradient_extreme(predict: Predict, images: jax.Array, labels: jax.Array, *,
   cols = jnp.repeat(idx % w, n_corner, axis=1)
   vals = jnp.tile(cube, (top, 1))[None].repeat(b, axis=0)  # [B, m * 2^C, C]
   pos = jnp.stack([rows, cols], -1)[:, :, None, :]  # [B, K, 1, 2]
-  cand = jax.vmap(lambda im, p, v: jax.vmap(
-      lambda pp, vv: perturb.apply(im, pp, vv[None], 'replace'))(p, v))(images, pos, vals)
+  cand = jax.vmap(
+    lambda im, p, v: jax.vmap(lambda pp, vv: perturb.apply(im, pp, vv[None], 'replace'))(p, v)
+  )(images, pos, vals)
   k = cand.shape[1]
   logits = predict(cand.reshape((b * k, h, w, c))).astype(jnp.float32).reshape(b, k, -1)
   probs = jax.nn.softmax(logits, -1)
@@ -64,5 +66,6 @@ def gradient_extreme(predict: Predict, images: jax.Array, labels: jax.Array, *,
   fooled = jnp.argmax(logits, -1) != labels[:, None]
   best = jnp.argmin(jnp.where(fooled, tp - 2.0, tp), axis=1)  # successful ones first
   pick = lambda a: jnp.take_along_axis(a, best.reshape((b,) + (1,) * (a.ndim - 1)), 1)[:, 0]
-  return GuidedResult(jax.lax.stop_gradient(pick(cand)), pick(fooled), pick(tp),
-                      pick(pos[:, :, 0, :]))
+  return GuidedResult(
+    jax.lax.stop_gradient(pick(cand)), pick(fooled), pick(tp), pick(pos[:, :, 0, :])
+  )

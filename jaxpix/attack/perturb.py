@@ -37,7 +37,7 @@ def value_bounds(mode: Mode) -> tuple[float, float]:
     return 0.0, 255.0
   if mode == 'add':
     return -255.0, 255.0
-  raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
 
 
 def bounds(pixels: int, height: int, width: int, channels: int, mode: Mode):

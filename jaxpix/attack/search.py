@@ -83,14 +83,17 @@ class DEConfig:
     need = 4 if self.strategy == 'rand1' else 3
     if not isinstance(self.popsize, int) or self.popsize < need:
       raise ValueError(
-          f'popsize must be an int >= {need} for {self.strategy} (the mutation '
-          f'needs {need - 1} distinct other members), got {self.popsize!r}')
+        f'popsize must be an int >= {need} for {self.strategy} (the mutation '
+        f'needs {need - 1} distinct other members), got {self.popsize!r}'
+      )
     if not isinstance(self.maxiter, int) or self.maxiter < 0:
       raise ValueError(f'maxiter must be an int >= 0, got {self.maxiter!r}')
     f = self.mutation
     if isinstance(f, tuple):
       if len(f) != 2 or not 0 <= f[0] <= f[1] <= 2:
-        raise ValueError(f'mutation dither must be (low, high) with 0 <= low <= high <= 2, got {f!r}')
+        raise ValueError(
+          f'mutation dither must be (low, high) with 0 <= low <= high <= 2, got {f!r}'
+        )
     elif not 0 < f <= 2:
       raise ValueError(f'mutation F must be in (0, 2], got {f!r}')
     if self.crossover is not None and not 0 <= self.crossover <= 1:
@@ -106,8 +109,14 @@ SU = DEConfig()
 #: The reference Keras implementation (one-pixel-attack-keras): scipy's
 #: best1bin, F dithered in [0.5, 1), recombination 1, Latin hypercube init,
 #: 75 generations, out-of-bounds genes resampled as scipy does.
-KERAS = DEConfig(maxiter=75, strategy='best1', mutation=(0.5, 1.0), crossover=1.0,
-                 init='latin', boundary='resample')
+KERAS = DEConfig(
+  maxiter=75,
+  strategy='best1',
+  mutation=(0.5, 1.0),
+  crossover=1.0,
+  init='latin',
+  boundary='resample',
+)
 PRESETS = {'su': SU, 'keras': KERAS}
 
 
@@ -146,8 +155,9 @@ def _init_population(key, cfg: DEConfig, lo, hi, pixels, channels, mode):
 
 
 @functools.cache
-def differential_evolution(cfg: DEConfig, pixels: int, height: int, width: int, channels: int,
-                           mode: perturb.Mode) -> Search:
+def differential_evolution(
+  cfg: DEConfig, pixels: int, height: int, width: int, channels: int, mode: perturb.Mode
+) -> Search:
   """The DE search for a k-pixel attack on [height, width, channels] images.
 
   Cached, so equal arguments give the same (hashable) object and the engine's

@@ -32,8 +32,7 @@ class PixelAttention(nnx.Module):
   """
 
   def __init__(self, channels: int = 3, kernel_size: int = 3, *, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(channels, channels, (kernel_size, kernel_size), padding='SAME',
-                         rngs=rngs)
+    self.conv = nnx.Conv(channels, channels, (kernel_size, kernel_size), padding='SAME', rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return nnx.sigmoid(self.conv(x))
@@ -47,8 +46,9 @@ class Attended(nnx.Module):
   figures.
   """
 
-  def __init__(self, classifier: nnx.Module, kernel_size: int = 3, channels: int = 3, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, classifier: nnx.Module, kernel_size: int = 3, channels: int = 3, *, rngs: nnx.Rngs
+  ):
     self.attention = PixelAttention(channels, kernel_size, rngs=rngs)
     self.classifier = classifier
 
@@ -92,8 +92,9 @@ def make_adversary(cfg):
     de = attack.DEConfig(popsize=cfg.popsize, maxiter=cfg.maxiter)
 
     def adversary(predict, x, y, key):
-      return attack.de_fixed_budget(predict, x, y, key, config=de, pixels=cfg.pixels,
-                                    mode=cfg.mode).adv_images
+      return attack.de_fixed_budget(
+        predict, x, y, key, config=de, pixels=cfg.pixels, mode=cfg.mode
+      ).adv_images
 
   elif cfg.method == 'guided':
 
@@ -122,8 +123,11 @@ def adversarial_term(adversary):
     logits = model(x_adv)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     changed = jnp.mean(jnp.any(x_adv != x, axis=(1, 2, 3)))
-    return loss, {'adv_loss': loss, 'adv_accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
-                  'adv_changed': changed}
+    return loss, {
+      'adv_loss': loss,
+      'adv_accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
+      'adv_changed': changed,
+    }
 
   return term
 
@@ -158,8 +162,10 @@ def loss_terms(config):
   d = config.defence
   terms = []
   if d.adversarial:
-    terms += [('clean', d.alpha, clean_term),
-              ('adv', 1.0 - d.alpha, adversarial_term(make_adversary(d.adv)))]
+    terms += [
+      ('clean', d.alpha, clean_term),
+      ('adv', 1.0 - d.alpha, adversarial_term(make_adversary(d.adv))),
+    ]
   else:
     terms += [('clean', 1.0, clean_term)]
   if d.beta:

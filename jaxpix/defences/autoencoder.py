@@ -41,11 +41,19 @@ class ConvAutoencoder(nnx.Module):
 
   def __init__(self, width: int = 32, channels: int = 3, *, rngs: nnx.Rngs):
     w = width
-    self.enc = nnx.List([nnx.Conv(channels, w, (3, 3), rngs=rngs),
-                         nnx.Conv(w, 2 * w, (3, 3), (2, 2), rngs=rngs),
-                         nnx.Conv(2 * w, 2 * w, (3, 3), (2, 2), rngs=rngs)])
-    self.dec = nnx.List([nnx.ConvTranspose(2 * w, 2 * w, (3, 3), (2, 2), rngs=rngs),
-                         nnx.ConvTranspose(2 * w, w, (3, 3), (2, 2), rngs=rngs)])
+    self.enc = nnx.List(
+      [
+        nnx.Conv(channels, w, (3, 3), rngs=rngs),
+        nnx.Conv(w, 2 * w, (3, 3), (2, 2), rngs=rngs),
+        nnx.Conv(2 * w, 2 * w, (3, 3), (2, 2), rngs=rngs),
+      ]
+    )
+    self.dec = nnx.List(
+      [
+        nnx.ConvTranspose(2 * w, 2 * w, (3, 3), (2, 2), rngs=rngs),
+        nnx.ConvTranspose(2 * w, w, (3, 3), (2, 2), rngs=rngs),
+      ]
+    )
     self.out = nnx.Conv(w, channels, (3, 3), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -84,7 +92,7 @@ def corrupt(key, x: jax.Array, max_pixels: int = 3) -> jax.Array:
     pos = jnp.stack([flat // w, flat % w], -1)
     vals = cube[jax.random.randint(kc, (max_pixels,), 0, cube.shape[0])]
     for j in range(max_pixels):
-      changed = perturb.apply(img, pos[j:j + 1], vals[j:j + 1], 'replace')
+      changed = perturb.apply(img, pos[j : j + 1], vals[j : j + 1], 'replace')
       img = jnp.where(j < n, changed, img)
     return img
 
@@ -103,38 +111,50 @@ def reconstruction_term(max_pixels: int):
   return term
 
 
-def table4(bare_predict, pipeline_predict, images: np.ndarray, labels: np.ndarray, *, key,
-           **attack_kwargs) -> dict:
+def table4(
+  bare_predict, pipeline_predict, images: np.ndarray, labels: np.ndarray, *, key, **attack_kwargs
+) -> dict:
   """The Table 4 metrics (module docstring) on ``images`` with ``one_pixel``."""
   from jaxpix import attack
 
   def acc(predict, x):
-    return np.concatenate([np.asarray(jax.jit(predict)(x[i:i + 500])).argmax(-1)
-                           for i in range(0, len(x), 500)])
+    return np.concatenate(
+      [np.asarray(jax.jit(predict)(x[i : i + 500])).argmax(-1) for i in range(0, len(x), 500)]
+    )
 
   bare_pred, pipe_pred = acc(bare_predict, images), acc(pipeline_predict, images)
   ok = np.flatnonzero(bare_pred == labels)
   x, y = images[ok], labels[ok]
   before = attack.one_pixel(bare_predict, x, y, key=key, indices=ok, **attack_kwargs)
   both = pipe_pred[ok] == y
-  after = attack.one_pixel(pipeline_predict, x[both], y[both], key=key, indices=ok[both],
-                           **attack_kwargs)
+  after = attack.one_pixel(
+    pipeline_predict, x[both], y[both], key=key, indices=ok[both], **attack_kwargs
+  )
   fooled = before.success
   transferred = (acc(pipeline_predict, before.adv_images) != y) & fooled
   return dict(
-      images=len(images), attacked=len(ok), attacked_pipeline=int(both.sum()),
-      clean_accuracy=float(np.mean(bare_pred == labels)),
-      clean_accuracy_pipeline=float(np.mean(pipe_pred == labels)),
-      performance_loss=float(np.mean(bare_pred == labels) - np.mean(pipe_pred == labels)),
-      asr_no_defence=float(fooled.mean()),
-      asr_adaptive=float(after.success.mean()) if both.any() else float('nan'),
-      asr_transfer=float(transferred.mean()),
-      defence_rate=float(np.mean(~transferred[fooled])) if fooled.any() else float('nan'))
+    images=len(images),
+    attacked=len(ok),
+    attacked_pipeline=int(both.sum()),
+    clean_accuracy=float(np.mean(bare_pred == labels)),
+    clean_accuracy_pipeline=float(np.mean(pipe_pred == labels)),
+    performance_loss=float(np.mean(bare_pred == labels) - np.mean(pipe_pred == labels)),
+    asr_no_defence=float(fooled.mean()),
+    asr_adaptive=float(after.success.mean()) if both.any() else float('nan'),
+    asr_transfer=float(transferred.mean()),
+    defence_rate=float(np.mean(~transferred[fooled])) if fooled.any() else float('nan'),
+  )
 
 
 def loss_terms(config):
   return [('recon', 1.0, reconstruction_term(config.defence.ae_max_pixels))]
 
 
-__all__ = ['ConvAutoencoder', 'Reconstructed', 'corrupt', 'loss_terms', 'reconstruction_term',
-           'table4']
+__all__ = [
+  'ConvAutoencoder',
+  'Reconstructed',
+  'corrupt',
+  'loss_terms',
+  'reconstruction_term',
+  'table4',
+]

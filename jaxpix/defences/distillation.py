@@ -45,8 +45,10 @@ def distillation_term(teacher_predict, temperature: float):
     targets = jax.lax.stop_gradient(soft_labels(teacher_predict(x), temperature))
     logits = model(x)
     loss = optax.softmax_cross_entropy(logits / temperature, targets).mean()
-    return loss, {'distill_loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
-                  'teacher_agreement': jnp.mean(jnp.argmax(logits, -1) ==
-                                                jnp.argmax(targets, -1))}
+    return loss, {
+      'distill_loss': loss,
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
+      'teacher_agreement': jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
+    }
 
   return term

@@ -12,34 +12,35 @@ from flax import nnx
 
 from jaxpix.models.cnn import CNN6, LeNet, NiN, PureCNN
 from jaxpix.models.common import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    as_predict,
+  CIFAR10_MEAN,
+  CIFAR10_STD,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  as_predict,
 )
 from jaxpix.models.densenet import DenseNetBC
 from jaxpix.models.resnet import PreActResNet32, ResNet18, ResNet50, WideResNet16_8
 from jaxpix.models.vgg import VGG16, VGG19
 
 REGISTRY = {
-    # name: (constructor, dataset it is laid out for)
-    'cnn6': (CNN6, 'cifar10'),
-    'resnet18': (ResNet18, 'cifar10'),
-    'vgg16': (VGG16, 'cifar10'),
-    'lenet': (LeNet, 'cifar10'),
-    'pure_cnn': (PureCNN, 'cifar10'),
-    'nin': (NiN, 'cifar10'),
-    'resnet32': (PreActResNet32, 'cifar10'),
-    'densenet_bc100': (DenseNetBC, 'cifar10'),
-    'wrn16_8': (WideResNet16_8, 'cifar10'),
-    'resnet50': (ResNet50, 'imagenet'),
-    'vgg19': (VGG19, 'imagenet'),
+  # name: (constructor, dataset it is laid out for)
+  'cnn6': (CNN6, 'cifar10'),
+  'resnet18': (ResNet18, 'cifar10'),
+  'vgg16': (VGG16, 'cifar10'),
+  'lenet': (LeNet, 'cifar10'),
+  'pure_cnn': (PureCNN, 'cifar10'),
+  'nin': (NiN, 'cifar10'),
+  'resnet32': (PreActResNet32, 'cifar10'),
+  'densenet_bc100': (DenseNetBC, 'cifar10'),
+  'wrn16_8': (WideResNet16_8, 'cifar10'),
+  'resnet50': (ResNet50, 'imagenet'),
+  'vgg19': (VGG19, 'imagenet'),
 }
 
 
-def create(name: str, *, num_classes: int, width: float = 1.0, dtype=None,
-           seed: int = 0) -> nnx.Module:
+def create(
+  name: str, *, num_classes: int, width: float = 1.0, dtype=None, seed: int = 0
+) -> nnx.Module:
   """Builds model ``name`` with fresh parameters from ``seed``."""
   if name not in REGISTRY:
     raise ValueError(f'unknown model {name!r}; expected one of {sorted(REGISTRY)}')
@@ -50,7 +51,22 @@ def create(name: str, *, num_classes: int, width: float = 1.0, dtype=None,
 
 
 __all__ = [
-    'CIFAR10_MEAN', 'CIFAR10_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'REGISTRY', 'CNN6',
-    'DenseNetBC', 'LeNet', 'NiN', 'PreActResNet32', 'PureCNN', 'ResNet18', 'ResNet50', 'VGG16',
-    'VGG19', 'WideResNet16_8', 'as_predict', 'create',
+  'CIFAR10_MEAN',
+  'CIFAR10_STD',
+  'IMAGENET_MEAN',
+  'IMAGENET_STD',
+  'REGISTRY',
+  'CNN6',
+  'DenseNetBC',
+  'LeNet',
+  'NiN',
+  'PreActResNet32',
+  'PureCNN',
+  'ResNet18',
+  'ResNet50',
+  'VGG16',
+  'VGG19',
+  'WideResNet16_8',
+  'as_predict',
+  'create',
 ]

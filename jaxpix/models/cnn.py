@@ -15,11 +15,20 @@ class CNN6(nnx.Module):
   2x2 max pooling, global average pooling, linear: ~70 MFLOP per 32x32 image by
   XLA's count, the size of DESIGN.md's throughput figures."""
 
-  def __init__(self, num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN,
-               std=CIFAR10_STD, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_classes=10,
+    width=1.0,
+    *,
+    dtype=None,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    rngs: nnx.Rngs,
+  ):
     chans = [scaled(c, width) for c in (32, 32, 64, 64, 128, 128)]
-    self.blocks = nnx.List([ConvBN(i, o, dtype=dtype, rngs=rngs)
-                            for i, o in zip([3] + chans[:-1], chans, strict=True)])
+    self.blocks = nnx.List(
+      [ConvBN(i, o, dtype=dtype, rngs=rngs) for i, o in zip([3] + chans[:-1], chans, strict=True)]
+    )
     self.head = nnx.Linear(chans[-1], num_classes, dtype=dtype, rngs=rngs)
     self.mean, self.std, self.dtype = mean, std, dtype
 
@@ -36,8 +45,17 @@ class LeNet(nnx.Module):
   """LeNet-5 as in the reference Keras zoo: conv 6@5x5, pool, conv 16@5x5, pool,
   dense 120, 84, classes (ReLU, valid padding): 62,006 parameters at width 1."""
 
-  def __init__(self, num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN,
-               std=CIFAR10_STD, image_size=32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_classes=10,
+    width=1.0,
+    *,
+    dtype=None,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    image_size=32,
+    rngs: nnx.Rngs,
+  ):
     c1, c2, f1, f2 = (scaled(c, width) for c in (6, 16, 120, 84))
     self.conv1 = nnx.Conv(3, c1, (5, 5), padding='VALID', dtype=dtype, rngs=rngs)
     self.conv2 = nnx.Conv(c1, c2, (5, 5), padding='VALID', dtype=dtype, rngs=rngs)
@@ -61,11 +79,27 @@ class PureCNN(nnx.Module):
   convolutions, strided convs instead of pooling. Batch norm added after every
   conv (the reference uses dropout) so it trains in few epochs."""
 
-  def __init__(self, num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN,
-               std=CIFAR10_STD, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_classes=10,
+    width=1.0,
+    *,
+    dtype=None,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    rngs: nnx.Rngs,
+  ):
     a, b = scaled(96, width), scaled(192, width)
-    spec = [(3, a, 3, 1), (a, a, 3, 1), (a, a, 3, 2), (a, b, 3, 1), (b, b, 3, 1), (b, b, 3, 2),
-            (b, b, 3, 1), (b, b, 1, 1)]
+    spec = [
+      (3, a, 3, 1),
+      (a, a, 3, 1),
+      (a, a, 3, 2),
+      (a, b, 3, 1),
+      (b, b, 3, 1),
+      (b, b, 3, 2),
+      (b, b, 3, 1),
+      (b, b, 1, 1),
+    ]
     self.blocks = nnx.List([ConvBN(i, o, k, s, dtype=dtype, rngs=rngs) for i, o, k, s in spec])
     self.head = nnx.Conv(b, num_classes, (1, 1), dtype=dtype, rngs=rngs)
     self.mean, self.std, self.dtype = mean, std, dtype
@@ -81,14 +115,25 @@ class NiN(nnx.Module):
   """Network in Network (Lin et al. 2014), CIFAR-10 layout of the Keras zoo:
   three mlpconv blocks (5x5/5x5/3x3 then two 1x1), global average pooling."""
 
-  def __init__(self, num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN,
-               std=CIFAR10_STD, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_classes=10,
+    width=1.0,
+    *,
+    dtype=None,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    rngs: nnx.Rngs,
+  ):
     w = lambda c: scaled(c, width)
-    spec = [[(3, w(192), 5), (w(192), w(160), 1), (w(160), w(96), 1)],
-            [(w(96), w(192), 5), (w(192), w(192), 1), (w(192), w(192), 1)],
-            [(w(192), w(192), 3), (w(192), w(192), 1)]]
-    self.stages = nnx.List([nnx.List([ConvBN(i, o, k, dtype=dtype, rngs=rngs) for i, o, k in s])
-                            for s in spec])
+    spec = [
+      [(3, w(192), 5), (w(192), w(160), 1), (w(160), w(96), 1)],
+      [(w(96), w(192), 5), (w(192), w(192), 1), (w(192), w(192), 1)],
+      [(w(192), w(192), 3), (w(192), w(192), 1)],
+    ]
+    self.stages = nnx.List(
+      [nnx.List([ConvBN(i, o, k, dtype=dtype, rngs=rngs) for i, o, k in s]) for s in spec]
+    )
     self.head = nnx.Conv(w(192), num_classes, (1, 1), dtype=dtype, rngs=rngs)
     self.mean, self.std, self.dtype = mean, std, dtype
 

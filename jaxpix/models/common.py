@@ -27,10 +27,19 @@ def scaled(channels: int, width: float) -> int:
 class ConvBN(nnx.Module):
   """Conv -> BatchNorm (-> ReLU): the building block of most of the zoo."""
 
-  def __init__(self, cin, cout, kernel=3, stride=1, *, padding='SAME', relu=True, dtype=None,
-               rngs: nnx.Rngs):
-    self.conv = nnx.Conv(cin, cout, (kernel, kernel), (stride, stride), padding=padding,
-                         use_bias=False, dtype=dtype, rngs=rngs)
+  def __init__(
+    self, cin, cout, kernel=3, stride=1, *, padding='SAME', relu=True, dtype=None, rngs: nnx.Rngs
+  ):
+    self.conv = nnx.Conv(
+      cin,
+      cout,
+      (kernel, kernel),
+      (stride, stride),
+      padding=padding,
+      use_bias=False,
+      dtype=dtype,
+      rngs=rngs,
+    )
     self.bn = nnx.BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs)
     self.relu = relu
 

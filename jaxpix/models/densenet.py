@@ -33,8 +33,18 @@ class DenseNetBC(nnx.Module):
   compression 0.5 and 2x2 average pooling; 0.77 M parameters for depth 100,
   k = 12."""
 
-  def __init__(self, num_classes=10, width=1.0, *, depth=100, growth=12, dtype=None,
-               mean=CIFAR10_MEAN, std=CIFAR10_STD, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_classes=10,
+    width=1.0,
+    *,
+    depth=100,
+    growth=12,
+    dtype=None,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    rngs: nnx.Rngs,
+  ):
     n = (depth - 4) // 6
     k = scaled(growth, width)
     c = 2 * k

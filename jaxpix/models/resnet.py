@@ -7,13 +7,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxpix.models.common import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ConvBN,
-    normalise,
-    scaled,
+  CIFAR10_MEAN,
+  CIFAR10_STD,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  ConvBN,
+  normalise,
+  scaled,
 )
 
 
@@ -23,8 +23,11 @@ class _Basic(nnx.Module):
   def __init__(self, cin, cout, stride, dtype, rngs):
     self.a = ConvBN(cin, cout, 3, stride, dtype=dtype, rngs=rngs)
     self.b = ConvBN(cout, cout, 3, 1, relu=False, dtype=dtype, rngs=rngs)
-    self.short = (ConvBN(cin, cout, 1, stride, relu=False, dtype=dtype, rngs=rngs)
-                  if stride != 1 or cin != cout else None)
+    self.short = (
+      ConvBN(cin, cout, 1, stride, relu=False, dtype=dtype, rngs=rngs)
+      if stride != 1 or cin != cout
+      else None
+    )
 
   def __call__(self, x):
     s = x if self.short is None else self.short(x)
@@ -39,8 +42,11 @@ class _Bottleneck(nnx.Module):
     self.a = ConvBN(cin, mid, 1, 1, dtype=dtype, rngs=rngs)
     self.b = ConvBN(mid, mid, 3, stride, dtype=dtype, rngs=rngs)
     self.c = ConvBN(mid, cout, 1, 1, relu=False, dtype=dtype, rngs=rngs)
-    self.short = (ConvBN(cin, cout, 1, stride, relu=False, dtype=dtype, rngs=rngs)
-                  if stride != 1 or cin != cout else None)
+    self.short = (
+      ConvBN(cin, cout, 1, stride, relu=False, dtype=dtype, rngs=rngs)
+      if stride != 1 or cin != cout
+      else None
+    )
 
   def __call__(self, x):
     s = x if self.short is None else self.short(x)
@@ -52,12 +58,16 @@ class _PreAct(nnx.Module):
 
   def __init__(self, cin, cout, stride, dtype, rngs):
     self.bn1 = nnx.BatchNorm(cin, momentum=0.9, dtype=dtype, rngs=rngs)
-    self.conv1 = nnx.Conv(cin, cout, (3, 3), (stride, stride), use_bias=False, dtype=dtype,
-                          rngs=rngs)
+    self.conv1 = nnx.Conv(
+      cin, cout, (3, 3), (stride, stride), use_bias=False, dtype=dtype, rngs=rngs
+    )
     self.bn2 = nnx.BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs)
     self.conv2 = nnx.Conv(cout, cout, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)
-    self.short = (nnx.Conv(cin, cout, (1, 1), (stride, stride), use_bias=False, dtype=dtype,
-                           rngs=rngs) if stride != 1 or cin != cout else None)
+    self.short = (
+      nnx.Conv(cin, cout, (1, 1), (stride, stride), use_bias=False, dtype=dtype, rngs=rngs)
+      if stride != 1 or cin != cout
+      else None
+    )
 
   def __call__(self, x):
     h = nnx.relu(self.bn1(x))
@@ -71,8 +81,9 @@ class _Residual(nnx.Module):
   def __init__(self, stem, stages, out_channels, num_classes, final_bn, mean, std, dtype, rngs):
     self.stem = stem
     self.stages = nnx.List([nnx.List(s) for s in stages])
-    self.final_bn = (nnx.BatchNorm(out_channels, momentum=0.9, dtype=dtype, rngs=rngs)
-                     if final_bn else None)
+    self.final_bn = (
+      nnx.BatchNorm(out_channels, momentum=0.9, dtype=dtype, rngs=rngs) if final_bn else None
+    )
     self.head = nnx.Linear(out_channels, num_classes, dtype=dtype, rngs=rngs)
     self.mean, self.std, self.dtype = mean, std, dtype
 
@@ -97,8 +108,9 @@ def _stages(block, cin, widths, depths, strides, dtype, rngs, expansion=1):
   return stages, cin
 
 
-def ResNet18(num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-             rngs: nnx.Rngs):
+def ResNet18(
+  num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN, std=CIFAR10_STD, rngs: nnx.Rngs
+):
   """CIFAR ResNet-18: 3x3 stem, no max pool, [2, 2, 2, 2] basic blocks of
   64-512 channels; 11.17 M parameters at width 1 and 10 classes."""
   w = [scaled(c, width) for c in (64, 128, 256, 512)]
@@ -115,8 +127,9 @@ class _ImageNetStem(nnx.Module):
     return nnx.max_pool(self.conv(x), (3, 3), (2, 2), padding='SAME')
 
 
-def ResNet50(num_classes=1000, width=1.0, *, dtype=None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-             rngs: nnx.Rngs):
+def ResNet50(
+  num_classes=1000, width=1.0, *, dtype=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, rngs: nnx.Rngs
+):
   """ImageNet ResNet-50 (v1.5): 7x7/2 stem and max pool, [3, 4, 6, 3]
   bottlenecks; 25.56 M parameters at width 1 and 1,000 classes."""
   w = [scaled(c, width) for c in (64, 128, 256, 512)]
@@ -126,23 +139,26 @@ def ResNet50(num_classes=1000, width=1.0, *, dtype=None, mean=IMAGENET_MEAN, std
 
 
 def _cifar_preact(depth_per_stage, widths, num_classes, dtype, mean, std, rngs):
-  stem = nnx.Conv(3, 16 if widths[0] >= 16 else widths[0], (3, 3), use_bias=False, dtype=dtype,
-                  rngs=rngs)
+  stem = nnx.Conv(
+    3, 16 if widths[0] >= 16 else widths[0], (3, 3), use_bias=False, dtype=dtype, rngs=rngs
+  )
   c0 = stem.out_features
   stages, c = _stages(_PreAct, c0, widths, [depth_per_stage] * 3, [1, 2, 2], dtype, rngs)
   return _Residual(stem, stages, c, num_classes, True, mean, std, dtype, rngs)
 
 
-def PreActResNet32(num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                   rngs: nnx.Rngs):
+def PreActResNet32(
+  num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN, std=CIFAR10_STD, rngs: nnx.Rngs
+):
   """Pre-activation ResNet-32 (the Keras zoo's ResNet): 5 blocks per stage at
   16/32/64 channels; 0.46 M parameters."""
   w = [scaled(c, width) for c in (16, 32, 64)]
   return _cifar_preact(5, w, num_classes, dtype, mean, std, rngs)
 
 
-def WideResNet16_8(num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                   rngs: nnx.Rngs):
+def WideResNet16_8(
+  num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN, std=CIFAR10_STD, rngs: nnx.Rngs
+):
   """WRN-16-8 (Zagoruyko & Komodakis 2016): 2 pre-activation blocks per stage
   at 128/256/512 channels after a 16-channel stem; 11.0 M parameters."""
   w = [scaled(c, width) for c in (128, 256, 512)]

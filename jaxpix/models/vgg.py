@@ -6,19 +6,40 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxpix.models.common import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ConvBN,
-    normalise,
-    scaled,
+  CIFAR10_MEAN,
+  CIFAR10_STD,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  ConvBN,
+  normalise,
+  scaled,
 )
 
 _CFG = {
-    16: [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'],
-    19: [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M',
-         512, 512, 512, 512, 'M'],
+  16: [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'],
+  19: [
+    64,
+    64,
+    'M',
+    128,
+    128,
+    'M',
+    256,
+    256,
+    256,
+    256,
+    'M',
+    512,
+    512,
+    512,
+    512,
+    'M',
+    512,
+    512,
+    512,
+    512,
+    'M',
+  ],
 }
 
 
@@ -31,8 +52,9 @@ class VGG(nnx.Module):
   the flattened 7x7x512 map of a 224x224 image.
   """
 
-  def __init__(self, depth, num_classes, width, hidden, image_size, *, dtype, mean, std,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, depth, num_classes, width, hidden, image_size, *, dtype, mean, std, rngs: nnx.Rngs
+  ):
     layers, cin = [], 3
     for v in _CFG[depth]:
       if v == 'M':
@@ -49,9 +71,13 @@ class VGG(nnx.Module):
       self.dropout = None
     else:
       h = scaled(hidden, width)
-      self.classifier = nnx.List([nnx.Linear(flat, h, dtype=dtype, rngs=rngs),
-                                  nnx.Linear(h, h, dtype=dtype, rngs=rngs),
-                                  nnx.Linear(h, num_classes, dtype=dtype, rngs=rngs)])
+      self.classifier = nnx.List(
+        [
+          nnx.Linear(flat, h, dtype=dtype, rngs=rngs),
+          nnx.Linear(h, h, dtype=dtype, rngs=rngs),
+          nnx.Linear(h, num_classes, dtype=dtype, rngs=rngs),
+        ]
+      )
       self.dropout = nnx.Dropout(0.5, rngs=rngs)
     self.mean, self.std, self.dtype = mean, std, dtype
 
@@ -69,14 +95,16 @@ class VGG(nnx.Module):
     return x.astype(jnp.float32)
 
 
-def VGG16(num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-          rngs: nnx.Rngs):
+def VGG16(
+  num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN, std=CIFAR10_STD, rngs: nnx.Rngs
+):
   """CIFAR VGG-16 with batch norm: 13 convs, one linear layer; 14.7 M parameters."""
   return VGG(16, num_classes, width, None, 32, dtype=dtype, mean=mean, std=std, rngs=rngs)
 
 
-def VGG19(num_classes=1000, width=1.0, *, dtype=None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-          rngs: nnx.Rngs):
+def VGG19(
+  num_classes=1000, width=1.0, *, dtype=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, rngs: nnx.Rngs
+):
   """ImageNet VGG-19 with batch norm, 224x224: 16 convs, 4096-4096 classifier;
   143.7 M parameters."""
   return VGG(19, num_classes, width, 4096, 224, dtype=dtype, mean=mean, std=std, rngs=rngs)
