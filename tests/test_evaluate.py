@@ -249,6 +249,30 @@ def test_suite_trains_evaluates_tabulates_and_reuses(shared_data, tmp_path, monk
   assert again['rows']['IT']['summary'] == res['rows']['IT']['summary']
 
 
+def test_overhead_counts_the_distillation_teacher(monkeypatch):
+  step_s = {'none': 1.0, 'dd': 1.5, 'dd_teacher': 2.0}
+  monkeypatch.setattr(
+    suite.overhead,
+    'train_step_time',
+    lambda cfg, steps: dict(seconds_per_step=step_s[cfg.defence.name], batch=64),
+  )
+  monkeypatch.setattr(suite.overhead, 'inference_time', lambda cfg: dict(seconds_per_image=2e-3))
+  monkeypatch.setattr(suite.data, 'load', lambda dcfg: (np.zeros(640), None, None))
+  c = suite_table1.get_config('test')
+  oh = suite.measure_overhead(
+    suite.parse_rows(c.suite.rows, 'test', 'DD'),
+    c.suite,
+    suite.parse_rows(c.suite.rows, 'test', '')[0],
+  )
+  assert list(oh) == ['No Defence', 'DD']
+  # 640 images at batch 64: 10 steps an epoch; DD's epoch = teacher's + student's.
+  assert oh['DD']['seconds_per_step'] == 3.5 and oh['DD']['teacher_seconds_per_step'] == 2.0
+  assert oh['DD']['seconds_per_epoch'] == pytest.approx(35.0)
+  assert oh['DD']['train_relative'] == pytest.approx(3.5)
+  assert oh['No Defence']['teacher_seconds_per_step'] is None
+  assert oh['DD']['inference_relative'] == pytest.approx(1.0)
+
+
 def test_suite_rows_and_overrides():
   rows = suite.parse_rows(('A=cifar_apr.py:{size},no_adv', 'B=cifar_it.py:{size}'), '', '')
   assert rows == [('A', 'cifar_apr.py:no_adv'), ('B', 'cifar_it.py')]
