@@ -82,6 +82,12 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.eval.targeted = False  # also attack towards every other class (Su et al.)
   c.eval.extreme_colour = False  # also the exhaustive extreme-colour search
   c.eval.gallery = 8  # adversarial examples in gallery.png (0 = none)
+  # The attack's fitness reads softmax(logits / temperature). 1 = the deployed
+  # model's own probabilities. A distilled model deployed at T = 1 saturates
+  # them (true-class probability exactly 1.0 in float32), which leaves DE no
+  # signal to follow; attacking at the distillation temperature undoes that
+  # (Carlini & Wagner 2016) without changing any decision.
+  c.eval.temperature = 1.0
   c.eval.progress = True
 
   c.train = ml_collections.ConfigDict()

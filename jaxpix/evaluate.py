@@ -477,6 +477,18 @@ def check_eval_config(ecfg) -> None:
     )
   if ecfg.mode not in perturb.MODES:
     raise ValueError(f'config.eval.mode must be one of {perturb.MODES}, got {ecfg.mode!r}')
+  if not ecfg.temperature > 0:
+    raise ValueError(
+      f'config.eval.temperature must be > 0 (1 = the model as deployed), got {ecfg.temperature!r}'
+    )
+
+
+def tempered(predict, temperature: float):
+  """``predict`` with its logits divided by ``temperature``: the same
+  decisions, softer probabilities for the attack's fitness."""
+  if temperature == 1:
+    return predict
+  return lambda x: predict(x) / temperature
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -510,11 +522,12 @@ def evaluate(config, workdir: str) -> dict:
   meta = train.checkpoint_meta(config, k)
   h, w, c = x.shape[1:]
   de_budget = ecfg.popsize * (ecfg.maxiter + 1)
-  specs = [AttackSpec('de', 'de', False, predict, de_budget)]
+  attacked = tempered(predict, ecfg.temperature)
+  specs = [AttackSpec('de', 'de', False, attacked, de_budget)]
   if ecfg.targeted:
-    specs.append(AttackSpec('de_targeted', 'de', True, predict, de_budget))
+    specs.append(AttackSpec('de_targeted', 'de', True, attacked, de_budget))
   if ecfg.extreme_colour:
-    specs.append(AttackSpec('extreme_colour', 'extreme', False, predict, h * w * 2**c))
+    specs.append(AttackSpec('extreme_colour', 'extreme', False, attacked, h * w * 2**c))
   if classifier is not None:
     specs.append(AttackSpec('de_classifier', 'de', False, classifier, de_budget))
   digest = hashlib.sha1(np.asarray(chosen, np.int64).tobytes()).hexdigest()[:16]
@@ -554,6 +567,8 @@ def evaluate(config, workdir: str) -> dict:
       test_split=config.data.eval_split,
       eval_subset=config.data.eval_subset,
     )
+    if ecfg.temperature != 1 and spec.name != 'de_classifier':
+      protocol['temperature'] = float(ecfg.temperature)  # absent at 1: older logs still match
     if spec.kind == 'de':
       protocol.update(
         popsize=ecfg.popsize,

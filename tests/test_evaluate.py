@@ -153,6 +153,35 @@ def test_eval_protocol_results_and_markdown(trained, tmp_path):
   assert on_disk['commit'] and on_disk['device'] and on_disk['config']['eval']['popsize'] == 16
 
 
+def test_eval_temperature_softens_the_attacks_probabilities(trained, tmp_path):
+  cfg = _eval_config(trained, temperature=4.0, num_images=4)
+  res = evaluate.evaluate(cfg, str(tmp_path))
+  log = (tmp_path / 'attack_de.jsonl').read_text().splitlines()
+  assert json.loads(log[0])['protocol']['temperature'] == 4.0
+  recs = [json.loads(ln) for ln in log if '"key"' in ln]
+  predict, _, _, _ = evaluate.load_predict(cfg, 10)
+  test = evaluate.load_test_split(cfg.data)
+  x = data.to_float(test.images)
+  adv = evaluate.adversarial_images(recs, x, 'replace')
+  logits = np.asarray(predict(adv))
+  y = test.labels[[r['index'] for r in recs]]
+  # The records hold softmax(logits / 4) of the adversarial image ...
+  soft = np.asarray(jax.nn.softmax(logits / 4.0))[np.arange(4), y]
+  assert [r['true_prob'] for r in recs] == pytest.approx(soft, abs=1e-5)
+  # ... which is not the deployed model's own probability, and the clean
+  # accuracy is the deployed model's, unchanged.
+  plain = np.asarray(jax.nn.softmax(logits))[np.arange(4), y]
+  assert not np.allclose(soft, plain, atol=1e-3)
+  assert (
+    res['clean_accuracy']
+    == evaluate.evaluate(_eval_config(trained, num_images=4), str(tmp_path / 'plain'))[
+      'clean_accuracy'
+    ]
+  )
+  with pytest.raises(ValueError, match='temperature must be > 0'):
+    evaluate.evaluate(_eval_config(trained, temperature=0.0), str(tmp_path / 'bad'))
+
+
 def test_eval_killed_midway_resumes_to_the_same_numbers(trained, tmp_path, monkeypatch):
   full = evaluate.evaluate(_eval_config(trained), str(tmp_path / 'full'))
   assert 0 < full['attacks']['de']['successes'] < 12  # a test that can tell a difference
