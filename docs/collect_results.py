@@ -30,10 +30,10 @@ def wanted(p: pathlib.Path) -> bool:
   return p.name in KEEP or (p.name.startswith('attack_') and p.suffix == '.jsonl')
 
 
-def collect(src: pathlib.Path, name: str) -> int:
+def collect(src: pathlib.Path, dst: pathlib.Path) -> int:
+  """Copies the wanted files under ``src`` to ``dst``; returns how many."""
   if not src.is_dir():
     raise FileNotFoundError(f'{src} is not a directory; pass WORKDIR:NAME of a finished run')
-  dst = DOCS / name
   n = 0
   for folder, _, files in os.walk(src, followlinks=True):  # a reused row is a symlink
     for f in sorted(files):
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
     src, sep, name = arg.partition(':')
     if not sep or not name:
       raise SystemExit(f'{arg!r}: expected WORKDIR:NAME, e.g. workdir/table1_lenet:table1')
-    print(f'{src} -> {DOCS / name}: {collect(pathlib.Path(src), name)} files')
+    print(f'{src} -> {DOCS / name}: {collect(pathlib.Path(src), DOCS / name)} files')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,60 @@
+"""docs/collect_results.py: what it copies from a workdir into docs/results."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'collect_results.py'
+_spec = importlib.util.spec_from_file_location('collect_results', _PATH)
+collect_results = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(collect_results)
+
+
+def _touch(path: pathlib.Path, text: str = 'x') -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+
+
+def test_copies_results_logs_and_figures_follows_links_skips_checkpoints(tmp_path):
+  other = tmp_path / 'other_suite' / 'apr' / 'seed0'
+  _touch(other / 'eval' / 'results.json', '{"reused": true}')
+  _touch(other / 'train' / 'checkpoints' / '100' / 'state', 'big')
+  src = tmp_path / 'suite'
+  _touch(src / 'results.json')
+  _touch(src / 'results.md')
+  _touch(src / 'asr_vs_budget.png')
+  _touch(src / 'none' / 'seed0' / 'eval' / 'attack_de.jsonl')
+  _touch(src / 'none' / 'seed0' / 'eval' / 'gallery.png')
+  _touch(src / 'none' / 'seed0' / 'train' / 'metrics.jsonl')
+  _touch(src / 'none' / 'seed0' / 'train' / 'config.json')
+  _touch(src / 'none' / 'seed0' / 'train' / 'attention_maps.png')  # repeated by eval/
+  _touch(src / 'none' / 'seed0' / 'train' / 'checkpoints' / '1053' / 'meta.json')
+  _touch(src / 'none' / 'seed0' / 'notes.txt')
+  (src / 'apr').mkdir()
+  (src / 'apr' / 'seed0').symlink_to(other)
+
+  dst = tmp_path / 'docs' / 'suite'
+  n = collect_results.collect(src, dst)
+
+  got = sorted(str(p.relative_to(dst)) for p in dst.rglob('*') if p.is_file())
+  assert got == [
+    'apr/seed0/eval/results.json',
+    'asr_vs_budget.png',
+    'none/seed0/eval/attack_de.jsonl',
+    'none/seed0/eval/gallery.png',
+    'none/seed0/train/config.json',
+    'none/seed0/train/metrics.jsonl',
+    'results.json',
+    'results.md',
+  ]
+  assert n == len(got)
+  assert (dst / 'apr/seed0/eval/results.json').read_text() == '{"reused": true}'
+  assert not (dst / 'apr/seed0/eval/results.json').is_symlink()
+
+
+def test_missing_workdir_and_bad_argument_are_clear_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='not a directory'):
+    collect_results.collect(tmp_path / 'absent', tmp_path / 'out')
+  with pytest.raises(SystemExit, match='expected WORKDIR:NAME'):
+    collect_results.main(['workdir/table1_lenet'])
