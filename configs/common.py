@@ -49,11 +49,13 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.defence.bit_depth = 0
   c.defence.jpeg_quality = 0
   # Defensive distillation: softmax temperature of teacher and student, and the
-  # teacher's workdir ('' = <workdir>/teacher, trained first if missing).
+  # teacher's workdir ('' = <workdir>/teacher, trained first if missing; a
+  # named one is used as it is).
   c.defence.temperature = 1.0
   c.defence.teacher = ''
   # Autoencoder before a frozen classifier: the classifier's workdir ('' =
-  # <workdir>/classifier, trained first as config.model with no defence).
+  # <workdir>/classifier, trained first as config.model with no defence; a
+  # named one is used as it is).
   c.defence.classifier = ''
   c.defence.ae_width = 32
   c.defence.ae_max_pixels = 3  # training corruptions: 0..3 pixels set to extreme colours

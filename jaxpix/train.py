@@ -125,14 +125,32 @@ def sub_config(config, defence_name: str) -> ml_collections.ConfigDict:
   return c
 
 
-def pretrained_predict(config, directory, num_classes: int, devices=None, fit: bool = True):
+def pretrained_predict(
+  config, directory, num_classes: int, devices=None, fit: bool = True, key: str = ''
+):
   """The frozen ``predict`` of the model ``config`` trains in ``directory``;
   with ``fit`` it is trained first (or resumed; a finished run is only
-  re-evaluated)."""
+  re-evaluated), without it the checkpoint there is loaded as it is. ``key``:
+  the config entry that named ``directory``, for the error when it holds no
+  checkpoint."""
   from jaxpix import evaluate  # evaluate imports this module
 
   if fit:
     train_and_evaluate(config, str(directory), devices)
+  elif key:
+    d = pathlib.Path(directory)
+    d = d / 'checkpoints' if (d / 'checkpoints').is_dir() else d
+    found = False
+    if d.is_dir():
+      ckpt = checkpoint.Checkpointer(d)
+      found = ckpt.latest_step() is not None
+      ckpt.close()
+    if not found:
+      raise checkpoint.CheckpointError(
+        f'--config.{key}={str(directory)!r} holds no checkpoint: point it at the '
+        f'workdir of a finished training run, or leave it empty to train one '
+        f'beside this run'
+      )
   config.checkpoint = str(directory)
   graphdef, state, _, _ = evaluate.load_state(config, num_classes)
   return models.as_predict(nnx.merge(graphdef, state['params'], state['rest']))
@@ -259,9 +277,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     raise ValueError(f'config.train.batch_size={batch} exceeds the {len(train)} training images')
   total = tcfg.steps or tcfg.epochs * steps_per_epoch
   # --- model, optimiser
+  # A model named in the config (defence.classifier, defence.teacher) is used
+  # as it is; only the default one beside this run is trained (or resumed)
+  # first. Resuming a given one would train it on to this run's train.epochs
+  # and change the model the user asked to keep frozen.
   classifier = (
     pretrained_predict(
-      sub_config(config, 'none'), classifier_dir(config, workdir), train.num_classes, devices
+      sub_config(config, 'none'),
+      classifier_dir(config, workdir),
+      train.num_classes,
+      devices,
+      fit=not config.defence.classifier,
+      key='defence.classifier',
     )
     if config.defence.name == 'autoencoder'
     else None
@@ -277,6 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       config.defence.teacher or workdir / 'teacher',
       train.num_classes,
       devices,
+      fit=not config.defence.teacher,
+      key='defence.teacher',
     )
     if config.defence.name == 'dd'
     else None

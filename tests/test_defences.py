@@ -285,6 +285,34 @@ def test_autoencoder_pipeline_trains_against_a_frozen_classifier(shared_data, tm
   # Attacks on the classifier the AE did not undo still fool the pipeline.
   undone, fooled = t['counts']['defence_rate']
   assert t['counts']['asr_transfer'][0] >= fooled - undone
+  # A classifier named by defence.classifier is used as it is, not trained on
+  # to this run's longer schedule: a second autoencoder trained 60 steps in
+  # front of the 40-step classifier leaves the classifier's log and checkpoint.
+  log_before = (tmp_path / 'classifier' / 'metrics.jsonl').read_text()
+  cfg2 = cifar_autoencoder.get_config('test')
+  cfg2.train.steps, cfg2.train.log_every = 60, 30
+  cfg2.defence.classifier = str(tmp_path / 'classifier')
+  train.train_and_evaluate(cfg2, str(tmp_path / 'ae2'))
+  assert (tmp_path / 'classifier' / 'metrics.jsonl').read_text() == log_before
+  ckpt = checkpoint.Checkpointer(tmp_path / 'classifier' / 'checkpoints')
+  assert ckpt.latest_step() == 40
+  ckpt.close()
+  assert not (tmp_path / 'ae2' / 'classifier').exists()
+  assert [ln['step'] for ln in _lines(tmp_path / 'ae2') if 'loss' in ln][-1] == 60
+
+
+def test_named_pretrained_model_without_checkpoint_is_a_clear_error(shared_data, tmp_path):
+  del shared_data
+  from configs import cifar_autoencoder, cifar_dd
+
+  for cfg, key in (
+    (cifar_autoencoder.get_config('test'), 'classifier'),
+    (cifar_dd.get_config('test'), 'teacher'),
+  ):
+    cfg.defence[key] = str(tmp_path / 'nothing_here')
+    with pytest.raises(checkpoint.CheckpointError, match=f'defence.{key}=.*holds no checkpoint'):
+      train.train_and_evaluate(cfg, str(tmp_path / key))
+    assert not (tmp_path / 'nothing_here').exists()  # nothing trained into it
 
 
 def test_table4_metrics_on_known_pipelines():
