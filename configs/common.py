@@ -62,7 +62,7 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.defence.adv = ml_collections.ConfigDict()
   c.defence.adv.method = 'de'  # 'de' (the paper) or 'guided' (top-m gradient pixels x 8 corners)
   # The paper attacks with population 400 x 100 generations; per mini-batch that
-  # is 40,100 forward passes per training image per step. The training-time
+  # is 40,400 forward passes per training image per step. The training-time
   # budget is therefore a choice, set per config (and reported).
   c.defence.adv.popsize = 20
   c.defence.adv.maxiter = 4
