@@ -119,7 +119,7 @@ def test_every_term_has_finite_gradients():
   x = jnp.asarray(toy.cifar_like(4, 32, 32))
   y = jnp.array([0, 1, 2, 3])
   for name, _, term in train.make_loss(cfg):
-    grads = nnx.grad(lambda m, term=term: term(m, x, y, jax.random.key(0))[0])(model)
+    grads = nnx.jit(nnx.grad(lambda m, term=term: term(m, x, y, jax.random.key(0))[0]))(model)
     leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
     assert all(np.all(np.isfinite(g)) for g in leaves), name
     assert sum(np.abs(g).sum() for g in leaves) > 0, name
@@ -380,8 +380,9 @@ def test_autoencoder_fits_in_front_of_every_zoo_classifier(name):
   model = train.build_model(cfg, 10, classifier)
   x = jnp.asarray(toy.cifar_like(2, 32, 32))
   ((_, _, loss_fn),) = train.make_loss(cfg)
-  loss, grads = nnx.value_and_grad(
-    lambda m: loss_fn(m, x, jnp.zeros(2, jnp.int32), jax.random.key(0))[0]
+  # Jitted: op-by-op gradients through DenseNet-BC-100 take a minute on the CPU.
+  loss, grads = nnx.jit(
+    nnx.value_and_grad(lambda m: loss_fn(m, x, jnp.zeros(2, jnp.int32), jax.random.key(0))[0])
   )(model)
   leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
   assert np.isfinite(float(loss)) and leaves and all(np.all(np.isfinite(g)) for g in leaves)
