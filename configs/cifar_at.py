@@ -5,22 +5,24 @@
 
 The mixed loss alpha L_clean + (1 - alpha) L_adv (alpha = 0.7) with one-pixel
 adversarial examples made per mini-batch from the current parameters; no
-attention, no gradient penalty. Same model and optimiser as the baseline.
-Variants: cpu, test (as configs/cifar_baseline.py), guided (the cheap
-gradient-guided adversary instead of DE), vgg16.
+attention, no gradient penalty. Same model and optimiser as the baseline. By
+default the first-order adversary replaces a quarter of every batch in one
+forward-backward pass (configs/cifar_apr.py says more).
+Variants: cpu, test (as configs/cifar_baseline.py), de (the paper-faithful
+training: DE on the whole batch in a separate adversarial pass), vgg16.
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  variants = common.parse_arg(arg, ('cpu', 'test', 'guided', 'vgg16'))
+  variants = common.parse_arg(arg, ('cpu', 'test', 'de', 'vgg16'))
   c = common.base('cifar10')
   if 'vgg16' in variants:
     c.model.name = 'vgg16'
   c.defence.name = 'at'
   c.defence.adversarial = True
-  if 'guided' in variants:
-    c.defence.adv.method = 'guided'
+  if 'de' in variants:
+    common.paper_training(c)
   common.small(c, variants)
   return c

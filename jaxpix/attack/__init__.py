@@ -12,7 +12,7 @@ from jaxpix.attack.attacks import (
   extreme_colour,
   one_pixel,
 )
-from jaxpix.attack.guided import GuidedResult, gradient_extreme
+from jaxpix.attack.first_order import FirstOrderResult, first_order, linearised_gain
 from jaxpix.attack.perturb import apply as apply_pixels
 from jaxpix.attack.perturb import decode
 from jaxpix.attack.search import KERAS, PRESETS, SU, DEConfig
@@ -23,12 +23,13 @@ __all__ = [
   'SU',
   'AttackResult',
   'DEConfig',
+  'FirstOrderResult',
   'FixedBudgetResult',
-  'GuidedResult',
   'apply_pixels',
   'de_fixed_budget',
   'decode',
   'extreme_colour',
-  'gradient_extreme',
+  'first_order',
+  'linearised_gain',
   'one_pixel',
 ]

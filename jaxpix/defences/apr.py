@@ -6,10 +6,10 @@ APR has three parts, each switchable for the paper's Table 3 ablation:
   ``A(x) = sigmoid(W_a * x + b_a)`` (:class:`Attended`);
 - the mixed loss ``L = alpha L_clean + (1 - alpha) L_adv`` with one-pixel
   adversarial examples made from the current parameters at every mini-batch,
-  inside the jitted train step (:func:`adversarial_term`);
-- the input-gradient penalty ``R = beta ||grad_x f(x)||_2^2``
-  (:func:`gradient_penalty_term`).
+  inside the jitted train step;
+- the input-gradient penalty ``R = beta ||grad_x f(x)||_2^2``.
 
+The last two are one loss term (:func:`apr_term`), because they share work.
 Adversarial training (the AT baseline) is the mixed loss alone.
 """
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxpix import attack
+from jaxpix import attack, models
 
 
 class PixelAttention(nnx.Module):
@@ -60,9 +60,28 @@ class Attended(nnx.Module):
 
 
 # --------------------------------------------------------------------------- #
-# Loss terms: (model in train mode, x [B, H, W, C] in [0, 1], labels, key) ->
-# (scalar, metrics). See jaxpix.train.make_loss.
+# The training loss
+#
+# One term, (model in train mode, x [B, H, W, C] in [0, 1], labels, key) ->
+# (scalar, metrics) (see jaxpix.train.make_loss), because its parts share
+# work: the input gradient, the adversarial images and one forward pass.
+#
+# The batch is read in blocks of BLOCK images; a share of it (adversarial
+# images, the penalty's sub-batch) is the first few positions of every block.
+# Batches are shuffled, so any positions are a random sample; and positions
+# within blocks keep each device's share local when the batch is sharded over
+# devices in contiguous slices that are multiples of BLOCK.
 # --------------------------------------------------------------------------- #
+
+BLOCK = 8
+ADVERSARIES = ('first_order', 'de')
+BATCH_LAYOUTS = ('mixed', 'separate')
+PENALTIES = ('fd', 'exact')
+DOMAINS = ('normalised', 'pixels')
+
+
+def _ce(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
 def _eval_predict(model: nnx.Module):
@@ -81,93 +100,246 @@ def _eval_predict(model: nnx.Module):
 
 
 def make_adversary(cfg):
-  """``(predict, images, labels, key) -> adversarial images`` for ``config.defence.adv``.
+  """``(predict, images, labels, key, grads) -> (adversarial images, fooled [B])``
+  for ``config.defence.adv``.
 
-  ``method='de'``: the paper's adversary, differential evolution (Su et al.'s
-  rand/1) with a small fixed budget per mini-batch. ``method='guided'``: the
-  gradient-guided extreme-colour search, ``8 * top`` evaluations per image.
-  Pixel changes follow ``mode`` ('replace' or the paper's additive range).
+  ``method='first_order'``: every pixel x extreme colour scored from the input
+  gradient (``grads`` when given, else its own), the best ``k`` per image
+  verified (:func:`jaxpix.attack.first_order`). ``method='de'``: the paper's
+  adversary, differential evolution (Su et al.'s rand/1) with a small fixed
+  budget (``popsize``, ``maxiter``) per mini-batch. Pixel changes follow
+  ``mode`` ('replace' or the paper's additive range).
   """
-  if cfg.method == 'de':
+  if cfg.method == 'first_order':
+
+    def adversary(predict, x, y, key, grads=None):
+      del key
+      r = attack.first_order(predict, x, y, k=cfg.k, grads=grads, mode=cfg.mode)
+      return r.adv_images, r.success
+
+  elif cfg.method == 'de':
     de = attack.DEConfig(popsize=cfg.popsize, maxiter=cfg.maxiter)
 
-    def adversary(predict, x, y, key):
-      return attack.de_fixed_budget(
-        predict, x, y, key, config=de, pixels=cfg.pixels, mode=cfg.mode
-      ).adv_images
-
-  elif cfg.method == 'guided':
-
-    def adversary(predict, x, y, key):
-      del key
-      return attack.gradient_extreme(predict, x, y, top=cfg.top).adv_images
+    def adversary(predict, x, y, key, grads=None):
+      del grads
+      r = attack.de_fixed_budget(predict, x, y, key, config=de, pixels=cfg.pixels, mode=cfg.mode)
+      return r.adv_images, r.success
 
   else:
-    raise ValueError(f'config.defence.adv.method must be "de" or "guided", got {cfg.method!r}')
+    raise ValueError(f'config.defence.adv.method must be one of {ADVERSARIES}, got {cfg.method!r}')
   return adversary
 
 
+def eighths(value: float, field: str) -> int:
+  """A share of the batch as a count of positions per block of BLOCK."""
+  m = float(value) * BLOCK
+  if not 0 <= value <= 1 or abs(m - round(m)) > 1e-6:
+    raise ValueError(
+      f'config.{field}={value!r} must be a multiple of 1/{BLOCK} in [0, 1] (shares of the '
+      f'batch are taken per block of {BLOCK} images), e.g. 0.25'
+    )
+  return round(m)
+
+
+def input_gradient(model: nnx.Module, x, y, differentiable: bool):
+  """``grad_x sum_b l_b`` [B, H, W, C] with ``l_b = -log p(y_b | x_b)``, and the logits.
+
+  Through a copy of the model in train mode: the batch statistics of ``x``,
+  as the clean pass has; the copy's statistic updates are discarded
+  (``copy=True`` because nnx.merge otherwise reuses the outer trace's
+  variables). ``differentiable``: keep the parameters' part of the graph, for
+  the exact penalty's double backprop; otherwise it is cut.
+  """
+  graphdef, state = nnx.split(model)
+  if not differentiable:
+    state = jax.lax.stop_gradient(state)
+
+  def total(inputs):
+    logits = nnx.merge(graphdef, state, copy=True)(inputs)
+    return _ce(logits, y).sum(), logits
+
+  return jax.grad(total, has_aux=True)(x)
+
+
+def fd_shift(x, grads, scale, h: float):
+  """The finite-difference point of the penalty: ``x + h * scale * d`` with
+  ``d = scale * g / ||scale * g||`` per example, and ``||scale * g||`` [B].
+
+  ``scale`` maps the [0, 1] pixels to the penalty's domain (``x = mean +
+  scale * z``): ``grad_z l = scale * grad_x l``, and a step ``h d`` in z is
+  ``h scale d`` in x. The point is neither clipped nor put on the 8-bit grid:
+  it probes the loss surface, it is not an adversarial image.
+  """
+  gz = jax.lax.stop_gradient(grads) * scale
+  norm = jnp.sqrt(jnp.sum(gz * gz, axis=(1, 2, 3)))
+  d = gz / jnp.maximum(norm, 1e-12)[:, None, None, None]
+  return x + h * scale * d, norm
+
+
+def fd_surrogate(loss_at, loss_shift, norm, h: float):
+  """Per example, ``2 ||g|| (l(x + h d) - l(x)) / h``: its parameter gradient
+  is the finite-difference estimate of the parameter gradient of ``||g||^2``
+  (CURE, Moosavi-Dezfooli et al. 2019):
+
+      grad_theta ||g||^2 = 2 grad_theta (g . v)|_{v = g fixed}
+                         = 2 ||g|| grad_theta (d . grad_x l)
+                        ~= 2 ||g|| grad_theta (l(x + h d) - l(x)) / h.
+
+  Exact as h -> 0 (then limited by float32 cancellation); a larger h averages
+  the curvature over a neighbourhood of that size instead.
+  """
+  return 2.0 * norm * (loss_shift - loss_at) / h
+
+
 def clean_term(model, x, y, key):
+  """The plain cross-entropy: the undefended loss."""
   del key
   logits = model(x)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  loss = _ce(logits, y).mean()
   return loss, {'clean_loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == y)}
 
 
-def adversarial_term(adversary):
-  """L_adv: cross-entropy on one-pixel adversarial examples of the batch, made
-  from the current parameters (the search itself is not differentiated)."""
+def penalty_scale(config) -> tuple[float, ...]:
+  """Per channel, ``d x / d z`` of the penalty's domain (see ``defence.penalty.domain``)."""
+  d = config.defence.penalty
+  if d.domain not in DOMAINS:
+    raise ValueError(f'config.defence.penalty.domain must be one of {DOMAINS}, got {d.domain!r}')
+  if d.domain == 'pixels':
+    return (1.0, 1.0, 1.0)
+  return models.CIFAR10_STD if config.data.dataset == 'cifar10' else models.IMAGENET_STD
+
+
+def apr_term(config):
+  """APR's loss ``alpha L_clean + (1 - alpha) L_adv + beta R`` (and its ablations, and AT).
+
+  What each option computes, per step (U = one forward-backward of the batch):
+
+  - ``adv.batch='mixed'``: one forward-backward over a batch whose first
+    ``adv.fraction`` of every block is replaced by adversarial images;
+    ``L_clean`` is the mean over the clean positions, ``L_adv`` over the
+    adversarial ones, so the loss is an unbiased estimate of the paper's
+    (``alpha`` weights the two means, whatever the share). ``'separate'``: the
+    paper's form, a clean pass and an adversarial pass over the whole batch.
+  - ``penalty.method='exact'``: ``R = mean ||grad_z l||^2`` differentiated by
+    double backprop (the paper's). ``'fd'``: the same ``R``, its parameter
+    gradient estimated by finite differences: ``penalty.fraction`` of the
+    batch shifted along its input gradient is appended to the forward pass
+    (:func:`fd_surrogate`). Either is taken on ``penalty.fraction`` of the
+    batch (clean images; in 'mixed', the positions after the adversarial ones).
+  - Shared work: the train-mode input gradient of the penalty's images is
+    computed once (:func:`input_gradient`); with a first-order adversary and a
+    penalty it is also the adversary's scoring gradient (the pass then covers
+    the adversarial positions too), so the adversary needs no backward pass
+    of its own. Without a penalty the first-order adversary takes the
+    eval-mode gradient of the model it attacks.
+  """
+  d = config.defence
+  adv, pen = d.adv, d.penalty
+  if adv.batch not in BATCH_LAYOUTS:
+    raise ValueError(f'config.defence.adv.batch must be one of {BATCH_LAYOUTS}, got {adv.batch!r}')
+  if pen.method not in PENALTIES:
+    raise ValueError(
+      f'config.defence.penalty.method must be one of {PENALTIES}, got {pen.method!r}'
+    )
+  if not 0 <= d.alpha <= 1:
+    raise ValueError(f'config.defence.alpha must be in [0, 1], got {d.alpha!r}')
+  adversary = make_adversary(adv) if d.adversarial else None
+  mixed = bool(d.adversarial) and adv.batch == 'mixed'
+  n_adv = eighths(adv.fraction, 'defence.adv.fraction') if mixed else 0
+  if mixed and not 0 < n_adv < BLOCK:
+    raise ValueError(
+      f'config.defence.adv.fraction={adv.fraction!r}: the mixed batch needs both clean and '
+      f"adversarial images (1/{BLOCK} .. {BLOCK - 1}/{BLOCK}); use adv.batch='separate' for "
+      'a whole adversarial pass'
+    )
+  n_pen = eighths(pen.fraction, 'defence.penalty.fraction') if d.beta else 0
+  if d.beta and n_pen == 0:
+    raise ValueError('config.defence.penalty.fraction must be > 0 when defence.beta > 0')
+  if n_adv + n_pen > BLOCK:
+    raise ValueError(
+      f'config.defence.adv.fraction + penalty.fraction = {adv.fraction + pen.fraction} > 1: in '
+      'the mixed batch the penalty is taken on clean images only'
+    )
+  if d.beta and pen.method == 'fd' and not pen.h > 0:
+    raise ValueError(f'config.defence.penalty.h must be > 0, got {pen.h!r}')
+  exact, fd = pen.method == 'exact' and d.beta > 0, pen.method == 'fd' and d.beta > 0
+  adv_hi = n_adv if mixed else (BLOCK if d.adversarial else 0)  # adversarial positions [0, adv_hi)
+  pen_lo, pen_hi = n_adv, n_adv + n_pen  # penalty positions
+  share = bool(d.adversarial) and adv.method == 'first_order' and d.beta > 0
+  grad_hi = max(pen_hi, adv_hi if share else 0)  # the input-gradient pass covers [0, grad_hi)
+  scale = jnp.asarray(penalty_scale(config), jnp.float32)
+  alpha = d.alpha if d.adversarial else 1.0
 
   def term(model, x, y, key):
-    x_adv = adversary(_eval_predict(model), x, y, key)
-    logits = model(x_adv)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    changed = jnp.mean(jnp.any(x_adv != x, axis=(1, 2, 3)))
-    return loss, {
-      'adv_loss': loss,
-      'adv_accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
-      'adv_changed': changed,
-    }
+    b = x.shape[0]
+    if b % BLOCK:
+      raise ValueError(
+        f'the APR/AT loss reads the batch in blocks of {BLOCK}: config.train.batch_size '
+        f'(per step, {b}) must be a multiple of {BLOCK}'
+      )
+    blocks = lambda a: a.reshape((b // BLOCK, -1) + a.shape[1:])
+    flat = lambda a: a.reshape((-1,) + a.shape[2:])
+    xb, yb = blocks(x), blocks(y)
+    metrics, total = {}, 0.0
+    # --- the input gradient, once (penalty; first-order adversary with a penalty)
+    g = None
+    if grad_hi:
+      g, _ = input_gradient(model, flat(xb[:, :grad_hi]), flat(yb[:, :grad_hi]), exact)
+      g = blocks(g)  # [B / BLOCK, grad_hi, H, W, C]
+    if d.beta:
+      gz = flat(g[:, pen_lo:pen_hi]) * scale
+      sq = jnp.sum(gz * gz, axis=(1, 2, 3))
+      penalty = jnp.mean(sq)
+      metrics['grad_penalty'] = jax.lax.stop_gradient(penalty)
+      if exact:
+        total = total + d.beta * penalty
+      else:
+        x_fd, norm = fd_shift(flat(xb[:, pen_lo:pen_hi]), flat(g[:, pen_lo:pen_hi]), scale, pen.h)
+    # --- adversarial images of the first adv_hi positions of every block
+    if d.adversarial:
+      xa, ya = flat(xb[:, :adv_hi]), flat(yb[:, :adv_hi])
+      x_adv, fooled = adversary(
+        _eval_predict(model), xa, ya, key, flat(g[:, :adv_hi]) if share else None
+      )
+      metrics['adv_changed'] = jnp.mean(jnp.any(x_adv != xa, axis=(1, 2, 3)))
+      metrics['adv_fooled'] = jnp.mean(fooled)
+    # --- the forward pass(es) the parameter gradient comes from
+    main = x
+    if mixed:
+      main = flat(xb.at[:, :n_adv].set(x_adv.reshape((b // BLOCK, n_adv) + x.shape[1:])))
+    labels = y
+    if fd:
+      main = jnp.concatenate([main, x_fd])
+      labels = jnp.concatenate([y, flat(yb[:, pen_lo:pen_hi])])
+    logits = model(main)
+    losses = _ce(logits, labels)
+    correct = jnp.argmax(logits, -1) == labels
+    lb, cb = blocks(losses[:b]), blocks(correct[:b])
+    metrics['clean_loss'] = jnp.mean(lb[:, n_adv:])
+    metrics['accuracy'] = jnp.mean(cb[:, n_adv:])
+    if mixed:
+      metrics['adv_loss'] = jnp.mean(lb[:, :n_adv])
+      metrics['adv_accuracy'] = jnp.mean(cb[:, :n_adv])
+    elif d.adversarial:
+      adv_logits = model(x_adv)
+      metrics['adv_loss'] = _ce(adv_logits, y).mean()
+      metrics['adv_accuracy'] = jnp.mean(jnp.argmax(adv_logits, -1) == y)
+    total = total + alpha * metrics['clean_loss']
+    if d.adversarial:
+      total = total + (1.0 - alpha) * metrics['adv_loss']
+    if fd:
+      sur = jnp.mean(fd_surrogate(flat(lb[:, pen_lo:pen_hi]), losses[b:], norm, pen.h))
+      # The value of R, the gradient of the estimate: the logged loss is the
+      # paper's L_total whichever estimator trains it.
+      total = total + d.beta * (penalty + sur - jax.lax.stop_gradient(sur))
+    return total, metrics
 
   return term
-
-
-def gradient_penalty_term(model, x, y, key):
-  """mean_b ||grad_x l_b||_2^2, with l_b = -log p(y_b | x_b).
-
-  The paper writes ``||grad_x f(x)||^2`` without saying which scalar f is. We
-  differentiate the true-class log-probability (the per-example cross-entropy):
-  it is the quantity a one-pixel attack drives down, so a small input gradient
-  of it is what should make one pixel matter little; the gradient of a vector
-  of logits would need an arbitrary norm. The gradient is taken through a copy
-  of the model in train mode (the same batch statistics as the clean pass; the
-  copy's statistic updates are discarded; ``copy=True`` because nnx.merge
-  otherwise reuses the outer trace's variables), and the outer loss
-  differentiates through it (double backprop).
-  """
-  del key
-  graphdef, state = nnx.split(model)
-
-  def total_ce(inputs):
-    logits = nnx.merge(graphdef, state, copy=True)(inputs)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-
-  g = jax.grad(total_ce)(x)  # [B, H, W, C]
-  penalty = jnp.mean(jnp.sum(g * g, axis=(1, 2, 3)))
-  return penalty, {'grad_penalty': penalty}
 
 
 def loss_terms(config):
   """The weighted loss terms for ``config.defence`` (name, weight, term)."""
   d = config.defence
-  terms = []
-  if d.adversarial:
-    terms += [
-      ('clean', d.alpha, clean_term),
-      ('adv', 1.0 - d.alpha, adversarial_term(make_adversary(d.adv))),
-    ]
-  else:
-    terms += [('clean', 1.0, clean_term)]
-  if d.beta:
-    terms += [('grad_penalty', d.beta, gradient_penalty_term)]
-  return terms
+  if not d.adversarial and not d.beta:
+    return [('clean', 1.0, clean_term)]
+  return [('apr', 1.0, apr_term(config))]

@@ -1,0 +1,103 @@
+"""The first-order one-pixel adversary (jaxpix.attack.first_order)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpix import attack, models
+
+import models as toy
+
+R0, C0 = 5, 2
+
+
+def _planted():
+  """Class 1 wins only if pixel (R0, C0) turns magenta (255, 0, 255): the
+  input gradient is non-zero there alone, and magenta is the only corner
+  that flips the decision (50 * (1 - 0 + 1 - 1.5) = 25 > 0; any other corner
+  gives at most 50 * (1 + 0 - 1.5) < 0)."""
+
+  def predict(x):
+    p = x[:, R0, C0]
+    return jnp.stack([jnp.zeros(x.shape[0]), 50 * (p[:, 0] - p[:, 1] + p[:, 2] - 1.5)], axis=1)
+
+  return predict
+
+
+def test_finds_a_planted_one_pixel_trigger():
+  x = jnp.asarray(toy.gray_images(3, 8, 8))
+  res = jax.jit(lambda x, y: attack.first_order(_planted(), x, y, k=1))(x, jnp.zeros(3, int))
+  assert bool(res.success.all())
+  np.testing.assert_array_equal(np.asarray(res.positions), [[R0, C0]] * 3)
+  np.testing.assert_array_equal(np.asarray(res.colours), [[255, 0, 255]] * 3)
+  adv = np.array(res.adv_images)
+  np.testing.assert_array_equal(adv[:, R0, C0], [[1.0, 0.0, 1.0]] * 3)
+  # Nothing else changed.
+  adv[:, R0, C0] = toy.GRAY
+  np.testing.assert_array_equal(adv, np.asarray(x))
+  assert np.all(np.asarray(res.true_prob) < 1e-6)
+
+
+def test_linearised_gain_of_every_candidate():
+  rng = np.random.default_rng(0)
+  x = toy.cifar_like(2, 3, 4)
+  g = rng.normal(size=x.shape).astype(np.float32)
+  gain = np.asarray(attack.linearised_gain(jnp.asarray(x), jnp.asarray(g)))
+  assert gain.shape == (2, 12, 8)
+  cube = ((np.arange(8)[:, None] >> np.arange(3)[None]) & 1).astype(np.float32)
+  for b, p, j in [(0, 0, 0), (0, 5, 3), (1, 11, 7), (1, 7, 5)]:
+    r, c = divmod(p, 4)
+    want = np.sum(g[b, r, c] * (cube[j] - x[b, r, c]))
+    assert gain[b, p, j] == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_fixed_cost_and_the_given_gradient_is_used():
+  """One backward pass (when no gradient is given) and exactly B * k
+  candidate evaluations, whatever the images: the cost is fixed."""
+  shapes = []
+  base = toy.linear(8, 8)
+
+  def predict(x):
+    shapes.append(x.shape[0])
+    return base(x)
+
+  x = jnp.asarray(toy.cifar_like(5, 8, 8))
+  y = jnp.arange(5)
+  jax.jit(lambda x, y: attack.first_order(predict, x, y, k=3))(x, y)
+  assert shapes == [5, 15]  # the gradient's forward, then the candidates
+  shapes.clear()
+  g = jnp.asarray(np.random.default_rng(1).normal(size=x.shape).astype(np.float32))
+  res = jax.jit(lambda x, y, g: attack.first_order(predict, x, y, k=3, grads=g))(x, y, g)
+  assert shapes == [15]  # no gradient pass of its own
+  # The given gradient decides the candidates: its largest-gain pixels.
+  gain = np.asarray(attack.linearised_gain(x, g)).max(-1)
+  best3 = np.argsort(-gain, axis=1)[:, :3]
+  flat = np.asarray(res.positions) @ np.array([8, 1])
+  assert all(flat[b] in best3[b] for b in range(5))
+
+
+@pytest.mark.parametrize('mode', ['replace', 'add'])
+def test_one_pixel_on_the_8_bit_grid(mode):
+  model = models.create('cnn6', num_classes=10, width=0.125)
+  predict = models.as_predict(model)
+  x = jnp.asarray(toy.cifar_like(6, 32, 32, seed=3))
+  y = jnp.arange(6)
+  res = jax.jit(lambda x, y: attack.first_order(predict, x, y, k=4, mode=mode))(x, y)
+  adv = np.asarray(res.adv_images)
+  changed = np.any(adv != np.asarray(x), axis=-1).sum(axis=(1, 2))
+  assert np.all(changed == 1)  # a corner differs from any 8-bit colour but itself
+  np.testing.assert_array_equal(np.round(adv * 255) / 255, adv)
+  assert adv.min() >= 0 and adv.max() <= 1
+  # The kept candidate is the one with the lowest true-class probability
+  # among fooling ones, and its reported probability is the model's.
+  p = np.asarray(jax.nn.softmax(predict(res.adv_images)))[np.arange(6), np.asarray(y)]
+  np.testing.assert_allclose(np.asarray(res.true_prob), p, rtol=1e-5)
+
+
+def test_bad_arguments():
+  x = jnp.asarray(toy.gray_images(1, 8, 8))
+  with pytest.raises(ValueError, match='k .* must be in \\[1, 64\\]'):
+    attack.first_order(_planted(), x, jnp.zeros(1, int), k=65)
+  with pytest.raises(ValueError, match='mode must be one of'):
+    attack.first_order(_planted(), x, jnp.zeros(1, int), mode='xor')
