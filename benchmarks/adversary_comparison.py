@@ -1,14 +1,25 @@
-"""Adversarial training with the DE adversary vs the gradient-guided one: robustness
-reached and training time, at a CPU scale.
+"""Which defended training buys robustness per hour: training time against the
+evaluation attack's success rate, on the same data, schedule and images.
 
-    python benchmarks/adversary_comparison.py --json benchmarks/results/adversary_comparison_cpu.json
+    python benchmarks/adversary_comparison.py --workdir workdir/adv_cmp \
+        --json benchmarks/results/adversary_comparison_cpu.json \
+        --figure benchmarks/results/adversary_comparison_cpu.png
 
-Trains three models with the same data, schedule and seed (``configs/cifar_at.py:cpu``
-sizes, ``--train-subset`` images for ``--epochs`` epochs): no defence, AT with DE
-(population 8, 2 generations after the initial one: 24 evaluations per image) and AT with the
-guided adversary (3 pixels x 8 colours = 24). Each is then attacked with Su et
-al.'s DE (``--popsize`` x ``--maxiter``) on the first ``--images`` validation
-images it classifies correctly. Validation images only: nothing touches test.
+Every row trains ResNet-18 (width 0.25, the ``:cpu`` configs) on the same
+training images for the same number of epochs with the same seed; only the
+defence changes. Phase 1 trains every row, one after the other, timing each
+(run nothing else meanwhile: the times are the point). Phase 2 attacks each
+model with the evaluation attack (Su et al.'s DE, population ``--popsize`` x
+``--maxiter`` generations, the APR paper's additive mode) on the same first
+``--images`` validation images: the correctly classified ones are attacked,
+and robust accuracy (correct and not fooled, over all of them) is paired
+across rows. Validation images only: nothing touches test.
+
+Both phases resume: a row with ``train.json`` (or ``attack.json``) in its
+folder under ``--workdir`` is not run again, so the command can be repeated
+after an interruption. The training-time adversary's strength comes from each
+row's ``metrics.jsonl``: clean accuracy minus accuracy on the adversarial
+images of the same training windows.
 """
 
 from __future__ import annotations
@@ -17,70 +28,189 @@ import argparse
 import json
 import pathlib
 import sys
-import tempfile
 import time
 
 import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
-from jaxpix import attack, data, train  # noqa: E402
-from jaxpix.experiment import load_config as config_of  # noqa: E402
+from benchmarks.train_throughput import config_of  # noqa: E402
+from jaxpix import attack, data, stats, train  # noqa: E402
+
+# The defaults first, so that an interrupted run has the rows that matter most.
+ROWS = (
+  ('No defence', 'cifar_baseline.py:cpu'),
+  ('AT, first-order (default)', 'cifar_at.py:cpu'),
+  ('APR, first-order, FD penalty (default)', 'cifar_apr.py:cpu'),
+  ('AT, DE (paper)', 'cifar_at.py:cpu,de'),
+  ('APR, first-order, exact penalty', 'cifar_apr.py:cpu|defence.penalty.method=exact'),
+)
 
 
-def run(spec, args, root):
+def _config(spec, args):
   cfg = config_of(spec)
   cfg.data.train_subset = args.train_subset
   cfg.train.epochs = args.epochs
+  cfg.train.warmup_steps = args.warmup_steps
   cfg.train.progress = False
-  workdir = root / spec.replace(':', '_').replace(',', '_')
+  return cfg
+
+
+def _folder(root, label):
+  return root / ''.join(ch if ch.isalnum() else '_' for ch in label.lower()).strip('_')
+
+
+def train_row(label, spec, args, root) -> dict:
+  out = _folder(root, label)
+  done = out / 'train.json'
+  if done.exists():
+    return json.loads(done.read_text())
+  cfg = _config(spec, args)
   t0 = time.perf_counter()
-  train.train_and_evaluate(cfg, str(workdir))
-  train_s = time.perf_counter() - t0
-  _, val, _ = data.load(cfg.data)
-  predict = train.pretrained_predict(cfg, workdir, val.num_classes, fit=False)
-  x = data.to_float(val.images[:2000])
-  pred = np.concatenate(
-    [np.asarray(jax.jit(predict)(x[i : i + 500])).argmax(-1) for i in range(0, len(x), 500)]
+  final = train.train_and_evaluate(cfg, str(out))
+  rec = dict(label=label, config=spec, train_seconds=time.perf_counter() - t0, **final)
+  rec.update(adversary_strength(out / 'metrics.jsonl'))
+  done.write_text(json.dumps(rec, indent=1) + '\n')
+  return rec
+
+
+def adversary_strength(metrics_path) -> dict:
+  """Clean minus adversarial training accuracy, mean over the logged windows
+  (all, and the last half of training), and the adversary's own fool rate."""
+  lines = [json.loads(ln) for ln in pathlib.Path(metrics_path).read_text().splitlines()]
+  win = [ln for ln in lines if 'adv_accuracy' in ln]
+  if not win:
+    return {}
+  gap = np.array([ln['accuracy'] - ln['adv_accuracy'] for ln in win])
+  half = gap[len(gap) // 2 :]
+  return dict(
+    train_accuracy_drop=float(gap.mean()),
+    train_accuracy_drop_second_half=float(half.mean()),
+    train_adv_fooled=float(np.mean([ln.get('adv_fooled', np.nan) for ln in win])),
+    train_accuracy_drop_by_step={int(ln['step']): float(g) for ln, g in zip(win, gap, strict=True)},
   )
-  ok = np.flatnonzero(pred == val.labels[:2000])[: args.images]
+
+
+def attack_row(label, spec, args, root) -> dict:
+  out = _folder(root, label)
+  done = out / 'attack.json'
+  if done.exists():
+    return json.loads(done.read_text())
+  cfg = _config(spec, args)
+  _, val, _ = data.load(cfg.data)
+  predict = train.pretrained_predict(cfg, out, val.num_classes, fit=False)
+  x = data.to_float(val.images[: args.images])
+  y = val.labels[: args.images]
+  pred = np.asarray(jax.jit(predict)(x)).argmax(-1)
+  ok = np.flatnonzero(pred == y)
+  t0 = time.perf_counter()
   r = attack.one_pixel(
     predict,
     x[ok],
-    val.labels[ok],
+    y[ok],
     key=jax.random.key(0),
     popsize=args.popsize,
     maxiter=args.maxiter,
+    mode='add',
+    progress=False,
   )
-  return dict(
-    config=spec,
-    train_seconds=train_s,
-    validation_accuracy=float(np.mean(pred == val.labels[:2000])),
+  fooled = np.zeros(len(y), bool)
+  fooled[ok] = np.asarray(r.success)
+  rec = dict(
+    label=label,
+    images=len(y),
+    clean_accuracy=float(len(ok) / len(y)),
     attacked=len(ok),
-    attack_success_rate=r.success_rate,
-    robustness=1 - r.success_rate,
-    mean_queries=float(r.queries.mean()),
+    attack_success_rate=float(fooled[ok].mean()),
+    attack_success_rate_wilson=stats.wilson(int(fooled[ok].sum()), len(ok)),
+    robust_accuracy=float((len(ok) - fooled.sum()) / len(y)),
+    robust_accuracy_wilson=stats.wilson(int(len(ok) - fooled.sum()), len(y)),
+    mean_queries=float(np.mean(r.queries)),
+    attack_seconds=time.perf_counter() - t0,
+    robust=[int(i) for i in np.flatnonzero((pred == y) & ~fooled)],  # paired outcomes
   )
+  done.write_text(json.dumps(rec, indent=1) + '\n')
+  return rec
+
+
+def figure(rows, path):
+  from jaxpix.figures import _pyplot
+
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in rows:
+    lo, hi = r['attack_success_rate_wilson']
+    asr = r['attack_success_rate']
+    ax.errorbar(
+      r['train_seconds'] / 60,
+      100 * asr,
+      yerr=[[100 * (asr - lo)], [100 * (hi - asr)]],
+      fmt='o',
+      capsize=3,
+      label=r['label'],
+    )
+  ax.set_xlabel('training time (minutes, this CPU)')
+  ax.set_ylabel('one-pixel attack success rate (%)')
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def markdown(rows) -> str:
+  ref = rows[0]['train_seconds']
+  out = [
+    '| training | train time | vs no defence | train accuracy drop (adv.) '
+    '| clean acc. | ASR [Wilson 95%] | robust acc. |',
+    '| --- | --- | --- | --- | --- | --- | --- |',
+  ]
+  for r in rows:
+    lo, hi = r['attack_success_rate_wilson']
+    drop = r.get('train_accuracy_drop')
+    out.append(
+      f'| {r["label"]} | {r["train_seconds"]:.0f} s | {r["train_seconds"] / ref:.2f}x '
+      f'| {"-" if drop is None else f"{100 * drop:.1f} pt"} | {100 * r["clean_accuracy"]:.1f}% '
+      f'| {100 * r["attack_success_rate"]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] '
+      f'| {100 * r["robust_accuracy"]:.1f}% |'
+    )
+  return '\n'.join(out)
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser()
-  ap.add_argument('--train-subset', type=int, default=10000)
-  ap.add_argument('--epochs', type=int, default=2)
-  ap.add_argument('--images', type=int, default=100)
-  ap.add_argument('--popsize', type=int, default=100)
-  ap.add_argument('--maxiter', type=int, default=20)
+  ap.add_argument('--workdir', required=True)
+  ap.add_argument('--train-subset', type=int, default=0)
+  ap.add_argument('--epochs', type=int, default=1)
+  ap.add_argument('--warmup-steps', type=int, default=100)
+  ap.add_argument('--images', type=int, default=400)
+  ap.add_argument('--popsize', type=int, default=400)
+  ap.add_argument('--maxiter', type=int, default=30)
+  ap.add_argument('--only', default='', help='comma-separated row numbers (0-based) to run')
   ap.add_argument('--json', default=None)
+  ap.add_argument('--figure', default=None)
   args = ap.parse_args(argv)
-  root = pathlib.Path(tempfile.mkdtemp(prefix='adv_cmp_'))
-  rows = []
-  for spec in ('cifar_baseline.py:cpu', 'cifar_at.py:cpu', 'cifar_at.py:cpu,guided'):
-    rows.append(run(spec, args, root))
-    print(json.dumps(rows[-1]), flush=True)
-  if args.json:
-    pathlib.Path(args.json).write_text(
-      json.dumps(dict(settings=vars(args), rows=rows), indent=1) + '\n'
+  root = pathlib.Path(args.workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  rows = [ROWS[int(i)] for i in args.only.split(',')] if args.only else list(ROWS)
+  trained = [train_row(label, spec, args, root) for label, spec in rows]
+  for t in trained:
+    print(
+      json.dumps({k: v for k, v in t.items() if k != 'train_accuracy_drop_by_step'}), flush=True
     )
+  results = []
+  for (label, spec), t in zip(rows, trained, strict=True):
+    a = attack_row(label, spec, args, root)
+    results.append({**t, **a})
+    print(json.dumps({k: v for k, v in a.items() if k != 'robust'}), flush=True)
+    if args.json:  # rewritten as rows land
+      settings = {k: v for k, v in vars(args).items() if k not in ('json', 'figure')}
+      pathlib.Path(args.json).write_text(
+        json.dumps(dict(settings=settings, rows=results), indent=1) + '\n'
+      )
+  print(markdown(results))
+  if args.figure:
+    figure(results, args.figure)
 
 
 if __name__ == '__main__':

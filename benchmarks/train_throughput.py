@@ -2,12 +2,15 @@
 
     python benchmarks/train_throughput.py --models resnet18@0.25 resnet18@1 cnn6@1
     python benchmarks/train_throughput.py --configs cifar_baseline.py:cpu cifar_apr.py:cpu \
-        cifar_apr.py:cpu,guided cifar_at.py:cpu
+        cifar_apr.py:cpu,de 'cifar_apr.py:cpu|defence.penalty.method=exact' cifar_at.py:cpu
 
 Times ``--steps`` steps of the real train step (augmentation, the config's
 whole loss with its defence, backward, Adam) on random uint8 CIFAR-shaped
 batches after one compile step, on all local devices. With ``--configs`` the
-first one is the reference and each line also gives its step time relative to it.
+first one is the reference and each line also gives its step time relative to
+it, and the compile step's time. ``spec|field=value,field=value`` overrides
+config fields of one entry. ``--repeats`` measures every config that many
+times, interleaved, and reports the median (the machine is shared and noisy).
 """
 
 from __future__ import annotations
@@ -17,10 +20,20 @@ import json
 import pathlib
 import sys
 
+import numpy as np
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
 from configs import cifar_baseline  # noqa: E402
 from jaxpix import overhead  # noqa: E402
-from jaxpix.experiment import load_config as config_of  # noqa: E402
+from jaxpix.experiment import apply_overrides, load_config  # noqa: E402
+
+
+def config_of(spec: str):
+  """``'cifar_apr.py:cpu|defence.penalty.method=exact'`` -> the config, overridden."""
+  name, _, overrides = spec.partition('|')
+  cfg = load_config(name)
+  apply_overrides(cfg, overrides)
+  return cfg
 
 
 def measure(name: str, width: float, batch: int, steps: int, cfg=None) -> dict:
@@ -41,19 +54,53 @@ def measure(name: str, width: float, batch: int, steps: int, cfg=None) -> dict:
   )
 
 
+def compare(specs, batch: int, steps: int, repeats: int) -> list[dict]:
+  """Step time of each config relative to the first, ``repeats`` rounds
+  interleaved (every config once per round), medians reported."""
+  timers = []
+  for spec in specs:
+    cfg = config_of(spec)
+    cfg.train.batch_size = batch
+    timed, first = overhead.train_step_timer(cfg)
+    timers.append((spec, cfg, timed, first))
+  times = {spec: [] for spec in specs}
+  for _ in range(repeats):
+    for spec, _, timed, _ in timers:
+      times[spec].append(timed(steps))
+  rows = []
+  ref = float(np.median(times[specs[0]]))
+  for spec, cfg, _, first in timers:
+    dt = float(np.median(times[spec]))
+    rows.append(
+      dict(
+        config=spec,
+        model=cfg.model.name,
+        width=cfg.model.width,
+        defence=cfg.defence.name,
+        adversary=cfg.defence.adv.method if cfg.defence.adversarial else None,
+        batch=batch,
+        steps=steps,
+        repeats=repeats,
+        images_per_s=batch / dt,
+        seconds_per_step=dt,
+        seconds_per_step_all=times[spec],
+        relative_step_time=dt / ref,
+        first_step_seconds=first,
+      )
+    )
+  return rows
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument('--models', nargs='*', default=['resnet18@0.25', 'resnet18@1'])
   ap.add_argument('--configs', nargs='*', default=[])
   ap.add_argument('--batch', type=int, default=128)
   ap.add_argument('--steps', type=int, default=5)
+  ap.add_argument('--repeats', type=int, default=1)
   args = ap.parse_args(argv)
   if args.configs:
-    ref = None
-    for spec in args.configs:
-      r = dict(config=spec, **measure('', 0, args.batch, args.steps, config_of(spec)))
-      ref = ref or r['seconds_per_step']
-      r['relative_step_time'] = r['seconds_per_step'] / ref
+    for r in compare(args.configs, args.batch, args.steps, args.repeats):
       print(json.dumps(r), flush=True)
     return
   for spec in args.models:

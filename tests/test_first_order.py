@@ -77,6 +77,36 @@ def test_fixed_cost_and_the_given_gradient_is_used():
   assert all(flat[b] in best3[b] for b in range(5))
 
 
+def test_budget_goes_to_the_correctly_classified_images():
+  """k = 2 on 4 images, 8 verifications: the 2 misclassified images get one
+  each, the 2 correct ones three each (their three best pixels)."""
+  seen = []
+  base = toy.linear(8, 8)
+
+  def predict(x):
+    seen.append(np.asarray(x))
+    return base(x)
+
+  x = toy.cifar_like(4, 8, 8, seed=5)
+  y = np.array([1, 2, 3, 4])
+  logits = np.full((4, 10), -5.0, np.float32)
+  logits[[0, 1, 2, 3], [0, 0, 3, 4]] = 5.0  # images 0, 1 wrong; 2, 3 right
+  g = np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
+  attack.first_order(predict, jnp.asarray(x), jnp.asarray(y), k=2, grads=g, logits=logits)
+  (cands,) = seen
+  assert len(cands) == 8
+  owner = [int(np.argmin(np.abs(cands[i][None] - x).sum(axis=(1, 2, 3)))) for i in range(8)]
+  assert sorted(owner) == [0, 1, 2, 2, 2, 3, 3, 3]
+  gain = np.asarray(attack.linearised_gain(jnp.asarray(x), jnp.asarray(g))).max(-1)
+  for i in (2, 3):
+    tried = {
+      int(np.flatnonzero(np.any(c != x[i], -1).ravel())[0])
+      for c, o in zip(cands, owner, strict=True)
+      if o == i
+    }
+    assert tried == set(np.argsort(-gain[i])[:3].tolist())
+
+
 @pytest.mark.parametrize('mode', ['replace', 'add'])
 def test_one_pixel_on_the_8_bit_grid(mode):
   model = models.create('cnn6', num_classes=10, width=0.125)

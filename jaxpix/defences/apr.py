@@ -100,28 +100,28 @@ def _eval_predict(model: nnx.Module):
 
 
 def make_adversary(cfg):
-  """``(predict, images, labels, key, grads) -> (adversarial images, fooled [B])``
+  """``(predict, images, labels, key, grads, logits) -> (adversarial images, fooled [B])``
   for ``config.defence.adv``.
 
   ``method='first_order'``: every pixel x extreme colour scored from the input
-  gradient (``grads`` when given, else its own), the best ``k`` per image
-  verified (:func:`jaxpix.attack.first_order`). ``method='de'``: the paper's
+  gradient (``grads`` and the clean ``logits`` when given, else its own), ``k``
+  per image verified on average (:func:`jaxpix.attack.first_order`). ``method='de'``: the paper's
   adversary, differential evolution (Su et al.'s rand/1) with a small fixed
   budget (``popsize``, ``maxiter``) per mini-batch. Pixel changes follow
   ``mode`` ('replace' or the paper's additive range).
   """
   if cfg.method == 'first_order':
 
-    def adversary(predict, x, y, key, grads=None):
+    def adversary(predict, x, y, key, grads=None, logits=None):
       del key
-      r = attack.first_order(predict, x, y, k=cfg.k, grads=grads, mode=cfg.mode)
+      r = attack.first_order(predict, x, y, k=cfg.k, grads=grads, logits=logits, mode=cfg.mode)
       return r.adv_images, r.success
 
   elif cfg.method == 'de':
     de = attack.DEConfig(popsize=cfg.popsize, maxiter=cfg.maxiter)
 
-    def adversary(predict, x, y, key, grads=None):
-      del grads
+    def adversary(predict, x, y, key, grads=None, logits=None):
+      del grads, logits
       r = attack.de_fixed_budget(predict, x, y, key, config=de, pixels=cfg.pixels, mode=cfg.mode)
       return r.adv_images, r.success
 
@@ -282,10 +282,10 @@ def apr_term(config):
     xb, yb = blocks(x), blocks(y)
     metrics, total = {}, 0.0
     # --- the input gradient, once (penalty; first-order adversary with a penalty)
-    g = None
+    g = g_logits = None
     if grad_hi:
-      g, _ = input_gradient(model, flat(xb[:, :grad_hi]), flat(yb[:, :grad_hi]), exact)
-      g = blocks(g)  # [B / BLOCK, grad_hi, H, W, C]
+      g, g_logits = input_gradient(model, flat(xb[:, :grad_hi]), flat(yb[:, :grad_hi]), exact)
+      g, g_logits = blocks(g), blocks(g_logits)  # [B / BLOCK, grad_hi, ...]
     if d.beta:
       gz = flat(g[:, pen_lo:pen_hi]) * scale
       sq = jnp.sum(gz * gz, axis=(1, 2, 3))
@@ -299,7 +299,12 @@ def apr_term(config):
     if d.adversarial:
       xa, ya = flat(xb[:, :adv_hi]), flat(yb[:, :adv_hi])
       x_adv, fooled = adversary(
-        _eval_predict(model), xa, ya, key, flat(g[:, :adv_hi]) if share else None
+        _eval_predict(model),
+        xa,
+        ya,
+        key,
+        flat(g[:, :adv_hi]) if share else None,
+        flat(g_logits[:, :adv_hi]) if share else None,
       )
       metrics['adv_changed'] = jnp.mean(jnp.any(x_adv != xa, axis=(1, 2, 3)))
       metrics['adv_fooled'] = jnp.mean(fooled)
