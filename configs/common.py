@@ -66,7 +66,8 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # evolution on the whole batch, in a separate adversarial pass.
   c.defence.adv = ml_collections.ConfigDict()
   c.defence.adv.method = 'first_order'  # or 'de'
-  c.defence.adv.k = 4  # 'first_order': candidates verified per image
+  c.defence.adv.k = 4  # 'first_order': candidates verified per image (on average)
+  c.defence.adv.radius = 2  # 'first_order': candidate pixels >= radius + 1 apart
   # 'de': the paper attacks with population 400 x 100 generations; per
   # mini-batch that is 40,400 forward passes per training image per step, so
   # the training-time budget is a choice, set per config (and reported).

@@ -68,7 +68,7 @@ def test_fixed_cost_and_the_given_gradient_is_used():
   assert shapes == [5, 15]  # the gradient's forward, then the candidates
   shapes.clear()
   g = jnp.asarray(np.random.default_rng(1).normal(size=x.shape).astype(np.float32))
-  res = jax.jit(lambda x, y, g: attack.first_order(predict, x, y, k=3, grads=g))(x, y, g)
+  res = jax.jit(lambda x, y, g: attack.first_order(predict, x, y, k=3, grads=g, radius=0))(x, y, g)
   assert shapes == [15]  # no gradient pass of its own
   # The given gradient decides the candidates: its largest-gain pixels.
   gain = np.asarray(attack.linearised_gain(x, g)).max(-1)
@@ -92,7 +92,7 @@ def test_budget_goes_to_the_correctly_classified_images():
   logits = np.full((4, 10), -5.0, np.float32)
   logits[[0, 1, 2, 3], [0, 0, 3, 4]] = 5.0  # images 0, 1 wrong; 2, 3 right
   g = np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
-  attack.first_order(predict, jnp.asarray(x), jnp.asarray(y), k=2, grads=g, logits=logits)
+  attack.first_order(predict, jnp.asarray(x), jnp.asarray(y), k=2, grads=g, logits=logits, radius=0)
   (cands,) = seen
   assert len(cands) == 8
   owner = [int(np.argmin(np.abs(cands[i][None] - x).sum(axis=(1, 2, 3)))) for i in range(8)]
@@ -105,6 +105,29 @@ def test_budget_goes_to_the_correctly_classified_images():
       if o == i
     }
     assert tried == set(np.argsort(-gain[i])[:3].tolist())
+
+
+def test_candidate_pixels_are_spaced():
+  """The two best pixels are neighbours: radius 0 verifies both, radius 1
+  the best and the next one at least 2 rows or columns away."""
+  seen = []
+  base = toy.linear(8, 8)
+
+  def predict(x):
+    seen.append(np.asarray(x))
+    return base(x)
+
+  x = toy.gray_images(1, 8, 8)
+  g = np.zeros(x.shape, np.float32)
+  g[0, 3, 3, 0], g[0, 3, 4, 0], g[0, 6, 1, 0] = 3.0, 2.0, 1.0  # gains 3, 2, 1 (x 127/255)
+
+  def tried(radius):
+    seen.clear()
+    attack.first_order(predict, jnp.asarray(x), jnp.zeros(1, int), k=2, grads=g, radius=radius)
+    return [tuple(np.argwhere(np.any(c != x[0], -1))[0]) for c in seen[0]]
+
+  assert sorted(tried(0)) == [(3, 3), (3, 4)]
+  assert sorted(tried(1)) == [(3, 3), (6, 1)]
 
 
 @pytest.mark.parametrize('mode', ['replace', 'add'])

@@ -67,6 +67,30 @@ def linearised_gain(images: jax.Array, grads: jax.Array) -> jax.Array:
   return jnp.einsum('bpc,jc->bpj', g, cube) - jnp.sum(g * x, -1, keepdims=True)
 
 
+def _spaced_top(score: jax.Array, h: int, w: int, m: int, radius: int) -> jax.Array:
+  """Greedy non-maximum suppression: the ``m`` best positions [B, m] of
+  ``score`` [B, H * W], each taken pixel pushing its (2r + 1)^2 neighbours
+  behind every position not yet pushed (they are taken last, not never, so
+  ``m`` may exceed what fits on the image)."""
+  if radius <= 0:
+    return jax.lax.top_k(score, m)[1]
+  rows, cols = jnp.arange(h * w) // w, jnp.arange(h * w) % w
+  step = 2 * jnp.max(jnp.abs(score), -1, keepdims=True) + 1  # [B, 1]: one tier
+  taken = jnp.full(score.shape, -jnp.inf)
+
+  def pick(s, _):
+    p = jnp.argmax(s, -1)  # [B]
+    near = (jnp.abs(rows[None] - (p // w)[:, None]) <= radius) & (
+      jnp.abs(cols[None] - (p % w)[:, None]) <= radius
+    )
+    s = jnp.where(near, s - step, s)
+    s = jnp.where(jnp.arange(h * w)[None] == p[:, None], taken, s)
+    return s, p
+
+  _, picks = jax.lax.scan(pick, score, None, length=m)
+  return picks.T
+
+
 def first_order(
   predict: Predict,
   images: jax.Array,
@@ -77,6 +101,7 @@ def first_order(
   logits: jax.Array | None = None,
   mode: perturb.Mode = 'replace',
   spread: int = 4,
+  radius: int = 2,
 ) -> FirstOrderResult:
   """First-order one-pixel attack on a batch (pure, jittable, fixed cost).
 
@@ -99,6 +124,8 @@ def first_order(
       split above; ignored when the gradient is computed here.
     mode: ``'replace'`` or ``'add'`` (same candidates, see the module docstring).
     spread: the most candidates one image can get, as a multiple of ``k``.
+    radius: an image's candidate pixels are at least ``radius + 1`` apart
+      (rows or columns) while the image has room; 0 = the plain top pixels.
 
   Returns:
     A :class:`FirstOrderResult`.
@@ -116,14 +143,16 @@ def first_order(
   if grads is None:
     grads, logits = true_class_loss_grad(predict, images, labels)
   gain = linearised_gain(images, jax.lax.stop_gradient(grads))  # [B, HW, 2^C]
-  # One candidate per pixel (its best corner), then the best pixels: the
-  # linearisation is rough for a full-range colour change, so spend the
-  # verifications on different pixels. (Measured on a 69%-accurate ResNet-18:
-  # k = 4 distinct pixels fooled 15.5% of 355 correctly classified validation
-  # images, the 4 best (pixel, corner) pairs 14.4%: no real difference.)
+  # One candidate per pixel (its best corner), then the best pixels, kept
+  # apart: the linearisation is rough for a full-range colour change, and
+  # neighbouring pixels tend to fail together, so spread the verifications.
+  # Measured on 512 training images, a 1-epoch ResNet-18 (train-mode accuracy
+  # 58.6%), k = 4: the 4 best pixels lowered it to 51.8%, pixels >= 3 apart
+  # (radius 2) to 50.6%, radius 3 50.4%; k = 16 without spacing 49.8%; the 4
+  # best (pixel, corner) pairs, often one pixel, about as the 4 best pixels.
   m = min(h * w, spread * k)
   best_corner = jnp.argmax(gain, -1)  # [B, HW]
-  _, pix = jax.lax.top_k(jnp.max(gain, -1), m)  # [B, m], best first
+  pix = _spaced_top(jnp.max(gain, -1), h, w, m, radius)  # [B, m], best first
   corner = jnp.take_along_axis(best_corner, pix, 1)  # [B, m]
   # The budget: rank 0 of every image first, then ranks 1, 2, ... of the
   # correctly classified images, image by image (a fixed-size top_k).

@@ -114,7 +114,9 @@ def make_adversary(cfg):
 
     def adversary(predict, x, y, key, grads=None, logits=None):
       del key
-      r = attack.first_order(predict, x, y, k=cfg.k, grads=grads, logits=logits, mode=cfg.mode)
+      r = attack.first_order(
+        predict, x, y, k=cfg.k, grads=grads, logits=logits, mode=cfg.mode, radius=cfg.radius
+      )
       return r.adv_images, r.success
 
   elif cfg.method == 'de':
