@@ -15,11 +15,15 @@ model with the evaluation attack (Su et al.'s DE, population ``--popsize`` x
 and robust accuracy (correct and not fooled, over all of them) is paired
 across rows. Validation images only: nothing touches test.
 
-Both phases resume: a row with ``train.json`` (or ``attack.json``) in its
-folder under ``--workdir`` is not run again, so the command can be repeated
-after an interruption. The training-time adversary's strength comes from each
-row's ``metrics.jsonl``: clean accuracy minus accuracy on the adversarial
-images of the same training windows.
+Between the two, the training adversaries' strength: each trained model is
+attacked by both (DE 8 x 2 and first-order k = 4) on the same training
+images, and the train-mode accuracy drop each causes is reported, paired
+(:func:`strength_row`); each row's ``metrics.jsonl`` also has clean accuracy
+against accuracy on the adversarial images of the same training windows.
+
+Every phase resumes: a row with ``train.json`` (``strength.json``,
+``attack.json``) in its folder under ``--workdir`` is not run again, so the
+command can be repeated after an interruption.
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
 from benchmarks.train_throughput import config_of  # noqa: E402
-from jaxpix import attack, data, stats, train  # noqa: E402
+from jaxpix import attack, data, evaluate, stats, train  # noqa: E402
 
 # The defaults first, so that an interrupted run has the rows that matter most.
 ROWS = (
@@ -63,22 +69,25 @@ def _folder(root, label):
 def train_row(label, spec, args, root) -> dict:
   out = _folder(root, label)
   done = out / 'train.json'
-  if done.exists():
-    return json.loads(done.read_text())
   cfg = _config(spec, args)
+  if done.exists():
+    rec = json.loads(done.read_text())
+    rec.update(adversary_strength(out / 'metrics.jsonl', cfg.train.log_every))
+    return rec
   t0 = time.perf_counter()
   final = train.train_and_evaluate(cfg, str(out))
   rec = dict(label=label, config=spec, train_seconds=time.perf_counter() - t0, **final)
-  rec.update(adversary_strength(out / 'metrics.jsonl'))
+  rec.update(adversary_strength(out / 'metrics.jsonl', cfg.train.log_every))
   done.write_text(json.dumps(rec, indent=1) + '\n')
   return rec
 
 
-def adversary_strength(metrics_path) -> dict:
+def adversary_strength(metrics_path, log_every: int) -> dict:
   """Clean minus adversarial training accuracy, mean over the logged windows
-  (all, and the last half of training), and the adversary's own fool rate."""
+  (all, and the last half of training), and the adversary's own fool rate.
+  Whole windows only: the run's last one may hold a single step."""
   lines = [json.loads(ln) for ln in pathlib.Path(metrics_path).read_text().splitlines()]
-  win = [ln for ln in lines if 'adv_accuracy' in ln]
+  win = [ln for ln in lines if 'adv_accuracy' in ln and ln['step'] % log_every == 0]
   if not win:
     return {}
   gap = np.array([ln['accuracy'] - ln['adv_accuracy'] for ln in win])
@@ -133,6 +142,64 @@ def attack_row(label, spec, args, root) -> dict:
   return rec
 
 
+def strength_row(label, spec, args, root) -> dict:
+  """Both training adversaries against the same trained model, paired: the
+  train-mode accuracy of ``--strength-images`` training images (their first
+  ``--strength-images`` of epoch 0's order, unaugmented), clean and after
+  each adversary attacks every image. This separates the adversary's
+  strength from what the training log shows, where each model has already
+  learnt to resist the adversary it was trained against."""
+  out = _folder(root, label)
+  done = out / 'strength.json'
+  if done.exists():
+    return json.loads(done.read_text())
+  cfg = _config(spec, args)
+  tr, _, _ = data.load(cfg.data)
+  cfg.checkpoint = str(out)
+  graphdef, state, _, _ = evaluate.load_state(cfg, tr.num_classes)
+
+  def mode_predict(train_mode):
+    def predict(x):
+      m = nnx.merge(graphdef, state['params'], state['rest'], copy=True)
+      m.train() if train_mode else m.eval()
+      return m(x)
+
+    return predict
+
+  de = attack.DEConfig(popsize=8, maxiter=2)
+  adversaries = {
+    'de_8x2': lambda x, y, key, p: (
+      attack.de_fixed_budget(p, x, y, key, config=de, mode='add').adv_images
+    ),
+    'first_order_k4': lambda x, y, key, p: attack.first_order(p, x, y, k=4, mode='add').adv_images,
+  }
+
+  @jax.jit
+  def run(xu8, y, key):
+    x = data.levels(xu8)
+    train_p, eval_p = mode_predict(True), mode_predict(False)
+    acc = {'clean': jnp.sum(jnp.argmax(train_p(x), -1) == y)}
+    for name, adv in adversaries.items():
+      acc[name] = jnp.sum(jnp.argmax(train_p(adv(x, y, key, eval_p)), -1) == y)
+    return acc
+
+  order = data.epoch_order(len(tr), cfg.seed, 0)
+  totals = {}
+  for i in range(0, args.strength_images, 128):
+    idx = order[i : i + 128]
+    acc = run(jnp.asarray(tr.images[idx]), jnp.asarray(tr.labels[idx]), jax.random.key(i))
+    for k, v in acc.items():
+      totals[k] = totals.get(k, 0) + int(v)
+  n = (args.strength_images // 128) * 128
+  rec = dict(
+    label=label, strength_images=n, **{f'train_accuracy_{k}': v / n for k, v in totals.items()}
+  )
+  for k in adversaries:
+    rec[f'accuracy_drop_{k}'] = (totals['clean'] - totals[k]) / n
+  done.write_text(json.dumps(rec, indent=1) + '\n')
+  return rec
+
+
 def figure(rows, path):
   from jaxpix.figures import _pyplot
 
@@ -161,18 +228,18 @@ def figure(rows, path):
 def markdown(rows) -> str:
   ref = rows[0]['train_seconds']
   out = [
-    '| training | train time | vs no defence | train accuracy drop (adv.) '
-    '| clean acc. | ASR [Wilson 95%] | robust acc. |',
-    '| --- | --- | --- | --- | --- | --- | --- |',
+    '| training | train time | vs no defence | clean acc. | ASR [Wilson 95%] | robust acc. '
+    '| train-acc. drop, DE 8x2 | train-acc. drop, first-order |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
   ]
   for r in rows:
     lo, hi = r['attack_success_rate_wilson']
-    drop = r.get('train_accuracy_drop')
     out.append(
       f'| {r["label"]} | {r["train_seconds"]:.0f} s | {r["train_seconds"] / ref:.2f}x '
-      f'| {"-" if drop is None else f"{100 * drop:.1f} pt"} | {100 * r["clean_accuracy"]:.1f}% '
+      f'| {100 * r["clean_accuracy"]:.1f}% '
       f'| {100 * r["attack_success_rate"]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] '
-      f'| {100 * r["robust_accuracy"]:.1f}% |'
+      f'| {100 * r["robust_accuracy"]:.1f}% | {100 * r["accuracy_drop_de_8x2"]:.1f} pt '
+      f'| {100 * r["accuracy_drop_first_order_k4"]:.1f} pt |'
     )
   return '\n'.join(out)
 
@@ -186,6 +253,7 @@ def main(argv=None):
   ap.add_argument('--images', type=int, default=400)
   ap.add_argument('--popsize', type=int, default=400)
   ap.add_argument('--maxiter', type=int, default=30)
+  ap.add_argument('--strength-images', type=int, default=512)
   ap.add_argument('--only', default='', help='comma-separated row numbers (0-based) to run')
   ap.add_argument('--json', default=None)
   ap.add_argument('--figure', default=None)
@@ -198,10 +266,13 @@ def main(argv=None):
     print(
       json.dumps({k: v for k, v in t.items() if k != 'train_accuracy_drop_by_step'}), flush=True
     )
+  strength = [strength_row(label, spec, args, root) for label, spec in rows]
+  for r in strength:
+    print(json.dumps(r), flush=True)
   results = []
-  for (label, spec), t in zip(rows, trained, strict=True):
+  for (label, spec), t, st in zip(rows, trained, strength, strict=True):
     a = attack_row(label, spec, args, root)
-    results.append({**t, **a})
+    results.append({**t, **st, **a})
     print(json.dumps({k: v for k, v in a.items() if k != 'robust'}), flush=True)
     if args.json:  # rewritten as rows land
       settings = {k: v for k, v in vars(args).items() if k not in ('json', 'figure')}

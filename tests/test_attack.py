@@ -27,6 +27,7 @@ def _assert_valid_uint8(x):
 
 
 @pytest.mark.parametrize('strategy', ['su', 'keras'])
+@pytest.mark.slow
 def test_de_finds_the_single_fooling_position_and_colour(strategy):
   h = w = 12
   pos, colour = (7, 2), (0.9, 0.1, 0.8)
@@ -95,6 +96,7 @@ def test_extreme_colour_full_sweep_is_a_certificate():
 
 
 @pytest.mark.parametrize('strategy', ['su', 'keras'])
+@pytest.mark.slow
 def test_never_fooled_spends_exactly_the_budget(strategy):
   x = models.cifar_like(5, 6, 6)
   r = attack.one_pixel(
@@ -111,6 +113,7 @@ def test_never_fooled_spends_exactly_the_budget(strategy):
   np.testing.assert_array_equal(r.queries, 8 * (7 + 1))
 
 
+@pytest.mark.slow
 def test_budget_bound_and_early_stop_on_a_real_classifier():
   h = w = 8
   x = models.cifar_like(12, h, w, seed=3)
@@ -144,6 +147,7 @@ def _assert_same(a, b):
   np.testing.assert_allclose(a.fitness, b.fitness, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_result_whatever_the_slot_count_and_split():
   h = w = 6
   x = models.cifar_like(7, h, w, seed=5)
@@ -161,6 +165,7 @@ def test_same_result_whatever_the_slot_count_and_split():
     np.testing.assert_array_equal(getattr(part, f), getattr(one, f)[2:5])
 
 
+@pytest.mark.slow
 def test_same_result_whatever_the_slot_count_with_a_cnn():
   # A real convolutional network: XLA's CPU convolutions give an example the
   # same logits whatever the batch size, so the slot count (and the tail
@@ -177,6 +182,7 @@ def test_same_result_whatever_the_slot_count_with_a_cnn():
   assert len(set(one.queries)) > 1  # images finish at different times: slots rotate
 
 
+@pytest.mark.slow
 def test_progress_reports_every_image_once_as_it_finishes():
   h = w = 6
   x = models.cifar_like(9, h, w, seed=8)
@@ -205,6 +211,7 @@ def test_progress_reports_every_image_once_as_it_finishes():
   )
 
 
+@pytest.mark.slow
 def test_same_result_on_one_and_four_devices():
   assert jax.device_count() >= 4, 'conftest sets four fake CPU devices'
   h = w = 6
@@ -239,6 +246,7 @@ def test_targeted_hits_the_target():
 
 
 @pytest.mark.parametrize('mode', ['replace', 'add'])
+@pytest.mark.slow
 def test_k_pixels_change_only_the_reported_pixels(mode):
   h = w = 8
   k = 3
@@ -317,6 +325,7 @@ def test_stop_threshold_keeps_searching_until_confident():
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_fixed_budget_runs_inside_jit_and_differentiates_after():
   h = w = 8
   pos, colour = (2, 6), (0.1, 0.9, 0.2)

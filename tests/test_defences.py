@@ -20,9 +20,11 @@ def _lines(workdir):
   return [json.loads(ln) for ln in (workdir / 'metrics.jsonl').read_text().splitlines()]
 
 
-def test_apr_trains_with_all_three_terms(shared_data, tmp_path):
+@pytest.mark.parametrize('variant', ['test', 'test,de'])
+@pytest.mark.slow
+def test_apr_trains_with_all_three_terms(shared_data, tmp_path, variant):
   del shared_data
-  cfg = cifar_apr.get_config('test')
+  cfg = cifar_apr.get_config(variant)
   train.train_and_evaluate(cfg, str(tmp_path))
   logged = [ln for ln in _lines(tmp_path) if 'loss' in ln]
   assert len(logged) == 3
@@ -42,6 +44,7 @@ def test_apr_trains_with_all_three_terms(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize('variant', ['test', 'test,de'])
+@pytest.mark.slow
 def test_adversarial_training_trains(shared_data, tmp_path, variant):
   del shared_data
   cfg = cifar_at.get_config(variant)
@@ -70,6 +73,7 @@ def _metric_keys(cfg):
     ('no_reg', True, 0.0, True),
   ],
 )
+@pytest.mark.slow
 def test_ablation_switches(variant, adversarial, beta, attention):
   cfg = cifar_apr.get_config(','.join(['test', variant]).strip(','))
   assert (cfg.defence.adversarial, cfg.defence.beta, cfg.defence.alpha) == (adversarial, beta, 0.7)
@@ -174,6 +178,7 @@ def _penalty_gradient(cfg, model, x, y):
 
 
 @pytest.mark.parametrize('domain', ['pixels', 'normalised'])
+@pytest.mark.slow
 def test_finite_difference_penalty_gradient_agrees_with_double_backprop(domain):
   """The estimator's parameter gradient is within 1% (relative L2 error) of
   double backprop's at h = 0.01, in float32; at the default h = 0.1 within 5%."""
@@ -203,6 +208,7 @@ def test_penalty_on_a_sub_batch_is_the_first_positions_of_each_block():
   assert float(part['grad_penalty']) != pytest.approx(float(full['grad_penalty']), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_mixed_batch_replaces_the_first_positions_of_each_block(monkeypatch):
   """adv.fraction 2/8: positions 0-1 of every block are attacked, and the
   adversary of an APR step gets the penalty's input gradient (no backward of
@@ -251,6 +257,7 @@ def test_mixed_batch_replaces_the_first_positions_of_each_block(monkeypatch):
     (cifar_at, 'test,de'),
   ],
 )
+@pytest.mark.slow
 def test_every_variant_has_finite_gradients(config, variant):
   cfg = config.get_config(variant)
   model = train.build_model(cfg, 10)
@@ -351,6 +358,7 @@ def test_distillation_student_targets_are_the_teachers_tempered_probabilities():
   assert np.abs(np.asarray(g['w'])).sum() == 0
 
 
+@pytest.mark.slow
 def test_distillation_trains_teacher_then_student(shared_data, tmp_path):
   del shared_data
   from configs import cifar_dd
@@ -391,6 +399,7 @@ def test_corruption_sets_up_to_k_pixels_to_extreme_colours():
   assert set(np.unique(out[changed])) <= {0.0, 1.0}  # corners of the colour cube
 
 
+@pytest.mark.slow
 def test_autoencoder_pipeline_trains_against_a_frozen_classifier(shared_data, tmp_path):
   del shared_data
   from configs import cifar_autoencoder
@@ -464,6 +473,7 @@ def test_named_pretrained_model_without_checkpoint_is_a_clear_error(shared_data,
     assert not (tmp_path / 'nothing_here').exists()  # nothing trained into it
 
 
+@pytest.mark.slow
 def test_table4_metrics_on_known_pipelines():
   from jaxpix.defences import autoencoder
 
@@ -519,6 +529,7 @@ def test_figures_are_written_as_png(tmp_path):
 @pytest.mark.parametrize(
   'name', ['lenet', 'pure_cnn', 'nin', 'resnet32', 'densenet_bc100', 'wrn16_8']
 )
+@pytest.mark.slow
 def test_autoencoder_fits_in_front_of_every_zoo_classifier(name):
   from configs import cifar_autoencoder
 

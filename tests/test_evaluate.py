@@ -83,6 +83,7 @@ def _md_value(md, label):
   return float(m.group(1))
 
 
+@pytest.mark.slow
 def test_eval_protocol_results_and_markdown(trained, tmp_path):
   res = evaluate.evaluate(_eval_config(trained, targeted=True), str(tmp_path))
   on_disk = json.loads((tmp_path / 'results.json').read_text())
@@ -153,6 +154,7 @@ def test_eval_protocol_results_and_markdown(trained, tmp_path):
   assert on_disk['commit'] and on_disk['device'] and on_disk['config']['eval']['popsize'] == 16
 
 
+@pytest.mark.slow
 def test_eval_temperature_softens_the_attacks_probabilities(trained, tmp_path):
   cfg = _eval_config(trained, temperature=4.0, num_images=4)
   res = evaluate.evaluate(cfg, str(tmp_path))
@@ -182,6 +184,7 @@ def test_eval_temperature_softens_the_attacks_probabilities(trained, tmp_path):
     evaluate.evaluate(_eval_config(trained, temperature=0.0), str(tmp_path / 'bad'))
 
 
+@pytest.mark.slow
 def test_eval_killed_midway_resumes_to_the_same_numbers(trained, tmp_path, monkeypatch):
   full = evaluate.evaluate(_eval_config(trained), str(tmp_path / 'full'))
   assert 0 < full['attacks']['de']['successes'] < 12  # a test that can tell a difference
@@ -219,6 +222,7 @@ def test_eval_killed_midway_resumes_to_the_same_numbers(trained, tmp_path, monke
     evaluate.evaluate(_eval_config(trained, popsize=20), str(tmp_path / 'cut'))
 
 
+@pytest.mark.slow
 def test_eval_bad_input(trained, tmp_path):
   res = evaluate.evaluate(_eval_config(trained, num_images=10_000, gallery=0), str(tmp_path))
   assert res['num_images'] == res['correctly_classified'] < 10_000
@@ -242,6 +246,7 @@ def test_eval_bad_input(trained, tmp_path):
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_suite_trains_evaluates_tabulates_and_reuses(shared_data, tmp_path, monkeypatch):
   del shared_data
   c = suite_table1.get_config('test')
@@ -323,6 +328,7 @@ def test_suite_rows_and_overrides():
   assert curve == dict(budget=[10, 20, 30], asr=pytest.approx([0.1, 0.15, 0.35]))
 
 
+@pytest.mark.slow
 def test_one_seed_autoencoder_suite_uses_wilson_and_reads_back(shared_data, tmp_path):
   del shared_data
   from configs import suite_autoencoder

@@ -57,6 +57,7 @@ def test_width_shrinks_the_model():
     'wrn16_8',
   ],
 )
+@pytest.mark.slow
 def test_cifar_forward(name):
   m = models.create(name, num_classes=10, width=0.25 if name != 'lenet' else 1.0)
   x = jnp.asarray(np.random.default_rng(0).random((2, 32, 32, 3), np.float32))
@@ -69,6 +70,7 @@ def test_cifar_forward(name):
 
 
 @pytest.mark.parametrize('name', ['resnet50', 'vgg19'])
+@pytest.mark.slow
 def test_imagenet_forward(name):
   m = models.create(name, num_classes=1000, width=1 / 16)
   y = jax.jit(models.as_predict(m))(jnp.full((1, 224, 224, 3), 0.5))

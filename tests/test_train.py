@@ -43,6 +43,7 @@ def _params(workdir, config, step=None):
   return {k: np.asarray(v) for k, v in checkpoint._flat(state['params']).items()}
 
 
+@pytest.mark.slow
 def test_train_end_to_end(shared_data, tmp_path):
   del shared_data
   cfg = _config()
@@ -74,6 +75,7 @@ def test_train_end_to_end(shared_data, tmp_path):
   assert ev['clean_accuracy'] == result['test_accuracy']
 
 
+@pytest.mark.slow
 def test_resume_continues_and_refuses_another_model(shared_data, tmp_path):
   del shared_data
   train.train_and_evaluate(_config(**{'train.steps': 8}), str(tmp_path))
@@ -96,6 +98,7 @@ def test_resume_continues_and_refuses_another_model(shared_data, tmp_path):
     train.train_and_evaluate(_config(**{'model.width': 0.25, 'train.steps': 16}), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_names_the_directory_and_older_ones_still_work(shared_data, tmp_path):
   del shared_data
   cfg = _config()
@@ -117,6 +120,7 @@ def test_corrupted_checkpoint_names_the_directory_and_older_ones_still_work(shar
   assert _params(tmp_path, cfg, step=12).keys() == old.keys()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(shared_data, tmp_path):
   del shared_data
   steps, every = 160, 20
@@ -161,6 +165,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(shared_data, tmp_
   np.testing.assert_allclose([x['loss'] for x in ka], [x['loss'] for x in kb], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_give_the_same_trajectory(shared_data, tmp_path):
   del shared_data
   assert jax.device_count() >= 4
@@ -216,6 +221,7 @@ def test_locked_config_rejects_typos():
   assert r.returncode != 0 and 'epoch' in r.stderr
 
 
+@pytest.mark.slow
 def test_imagenet_smoke_config_runs_the_224_path(shared_data, tmp_path):
   del shared_data
   from configs import imagenet_baseline
