@@ -12,7 +12,7 @@ from jaxpix.attack.attacks import (
   extreme_colour,
   one_pixel,
 )
-from jaxpix.attack.first_order import FirstOrderResult, first_order, linearised_gain
+from jaxpix.attack.linearised import FirstOrderResult, first_order, linearised_gain
 from jaxpix.attack.perturb import apply as apply_pixels
 from jaxpix.attack.perturb import decode
 from jaxpix.attack.search import KERAS, PRESETS, SU, DEConfig

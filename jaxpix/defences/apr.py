@@ -202,12 +202,18 @@ def clean_term(model, x, y, key):
 
 
 def penalty_scale(config) -> tuple[float, ...]:
-  """Per channel, ``d x / d z`` of the penalty's domain (see ``defence.penalty.domain``)."""
+  """Per channel, ``d x / d z`` of the penalty's domain (see ``defence.penalty.domain``).
+
+  The shifted images of the finite-difference estimator share the main
+  pass's batch-norm statistics (they are appended to it); they lie within
+  ``h`` of their clean images, so they move those statistics little.
+  """
   d = config.defence.penalty
   if d.domain not in DOMAINS:
     raise ValueError(f'config.defence.penalty.domain must be one of {DOMAINS}, got {d.domain!r}')
   if d.domain == 'pixels':
-    return (1.0, 1.0, 1.0)
+    return (1.0,)  # broadcasts over any number of channels
+  # The statistics the zoo's models normalise with for this dataset.
   return models.CIFAR10_STD if config.data.dataset == 'cifar10' else models.IMAGENET_STD
 
 
@@ -245,6 +251,13 @@ def apr_term(config):
     )
   if not 0 <= d.alpha <= 1:
     raise ValueError(f'config.defence.alpha must be in [0, 1], got {d.alpha!r}')
+  if d.beta < 0:
+    raise ValueError(f'config.defence.beta (the penalty weight) must be >= 0, got {d.beta!r}')
+  if config.train.batch_size % BLOCK:
+    raise ValueError(
+      f'config.train.batch_size={config.train.batch_size} must be a multiple of {BLOCK}: the '
+      f'APR/AT loss reads the batch in blocks of {BLOCK}'
+    )
   adversary = make_adversary(adv) if d.adversarial else None
   mixed = bool(d.adversarial) and adv.batch == 'mixed'
   n_adv = eighths(adv.fraction, 'defence.adv.fraction') if mixed else 0

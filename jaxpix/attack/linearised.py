@@ -70,24 +70,25 @@ def linearised_gain(images: jax.Array, grads: jax.Array) -> jax.Array:
 def _spaced_top(score: jax.Array, h: int, w: int, m: int, radius: int) -> jax.Array:
   """Greedy non-maximum suppression: the ``m`` best positions [B, m] of
   ``score`` [B, H * W], each taken pixel pushing its (2r + 1)^2 neighbours
-  behind every position not yet pushed (they are taken last, not never, so
-  ``m`` may exceed what fits on the image)."""
+  behind every position pushed fewer times (they are taken later, not never,
+  so ``m`` may exceed what fits on the image); within a tier, by score."""
   if radius <= 0:
     return jax.lax.top_k(score, m)[1]
   rows, cols = jnp.arange(h * w) // w, jnp.arange(h * w) % w
-  step = 2 * jnp.max(jnp.abs(score), -1, keepdims=True) + 1  # [B, 1]: one tier
-  taken = jnp.full(score.shape, -jnp.inf)
+  big = jnp.iinfo(jnp.int32).max
 
-  def pick(s, _):
-    p = jnp.argmax(s, -1)  # [B]
+  def pick(carry, _):
+    pushed, free = carry  # int [B, HW] times pushed; bool [B, HW] not taken yet
+    tier = jnp.min(jnp.where(free, pushed, big), -1, keepdims=True)
+    p = jnp.argmax(jnp.where(free & (pushed == tier), score, -jnp.inf), -1)  # [B]
     near = (jnp.abs(rows[None] - (p // w)[:, None]) <= radius) & (
       jnp.abs(cols[None] - (p % w)[:, None]) <= radius
     )
-    s = jnp.where(near, s - step, s)
-    s = jnp.where(jnp.arange(h * w)[None] == p[:, None], taken, s)
-    return s, p
+    free = free & (jnp.arange(h * w)[None] != p[:, None])
+    return (pushed + near, free), p
 
-  _, picks = jax.lax.scan(pick, score, None, length=m)
+  init = (jnp.zeros(score.shape, jnp.int32), jnp.ones(score.shape, bool))
+  _, picks = jax.lax.scan(pick, init, None, length=m)
   return picks.T
 
 
@@ -154,8 +155,8 @@ def first_order(
   best_corner = jnp.argmax(gain, -1)  # [B, HW]
   pix = _spaced_top(jnp.max(gain, -1), h, w, m, radius)  # [B, m], best first
   corner = jnp.take_along_axis(best_corner, pix, 1)  # [B, m]
-  # The budget: rank 0 of every image first, then ranks 1, 2, ... of the
-  # correctly classified images, image by image (a fixed-size top_k).
+  # The budget: rank 0 of every image first, then rank 1 of every correctly
+  # classified image, then rank 2, ... (a fixed-size top_k).
   correct = (
     jnp.ones((b,), bool)
     if logits is None
@@ -178,7 +179,11 @@ def first_order(
   score = jnp.where(fooled, tp - 2.0, tp)  # fooling candidates first
   best = jnp.full((b,), jnp.inf).at[img].min(score)
   s = b * k
-  win = jnp.full((b,), s).at[img].min(jnp.where(score == best[img], jnp.arange(s), s))
+  slot = jnp.arange(s)
+  win = jnp.full((b,), s).at[img].min(jnp.where(score == best[img], slot, s))
+  # Non-finite logits match nothing: fall back to the image's own best candidate.
+  first = jnp.full((b,), s).at[img].min(jnp.where(r == 0, slot, s))
+  win = jnp.where(win == s, first, win)
   return FirstOrderResult(
     jax.lax.stop_gradient(cand[win]), fooled[win], tp[win], pos[win], colours[win]
   )

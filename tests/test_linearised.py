@@ -1,4 +1,4 @@
-"""The first-order one-pixel adversary (jaxpix.attack.first_order)."""
+"""The first-order one-pixel adversary (jaxpix.attack.first_order, in linearised.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxpix import attack, models
+from jaxpix.attack.linearised import _spaced_top
 
 import models as toy
 
@@ -37,6 +38,63 @@ def test_finds_a_planted_one_pixel_trigger():
   adv[:, R0, C0] = toy.GRAY
   np.testing.assert_array_equal(adv, np.asarray(x))
   assert np.all(np.asarray(res.true_prob) < 1e-6)
+
+
+def _three_pixel_predict(outcomes):
+  """Class 0 on gray images; changing pixel (0, i) to a corner with red 255
+  adds ``outcomes[i]`` to the logits, one candidate per listed pixel."""
+  base = jnp.array([2.0, 0.0, 0.0])
+  table = jnp.asarray(outcomes, jnp.float32) - base  # [n, 3]
+
+  def predict(x):
+    on = (x[:, 0, : len(outcomes), 0] - toy.GRAY) / (1 - toy.GRAY)  # [B, n] in {0, 1}
+    return base + on @ table
+
+  return predict
+
+
+@pytest.mark.parametrize(
+  'outcomes, keep',
+  [
+    # Fooled (to class 2) with p_0 = 0.45 beats not fooled with p_0 = 0.35.
+    ([[1.0, -5.0, 1.2], [0.1, 0.05, 0.0]], 0),
+    # Among fooled ones, the lowest true-class probability (0.18 < 0.45).
+    ([[1.0, -5.0, 1.2], [0.1, 0.05, 0.0], [0.5, -5.0, 2.0]], 2),
+  ],
+)
+def test_keeps_a_fooling_candidate_first_then_the_lowest_true_probability(outcomes, keep):
+  n = len(outcomes)
+  x = jnp.asarray(toy.gray_images(1, 4, 4))
+  g = np.zeros(x.shape, np.float32)
+  g[0, 0, :n, 0] = np.arange(n, 0, -1)  # every listed pixel verified (k = n)
+  res = attack.first_order(
+    _three_pixel_predict(outcomes), x, jnp.zeros(1, int), k=n, grads=g, radius=0
+  )
+  np.testing.assert_array_equal(np.asarray(res.positions), [[0, keep]])
+  p = np.asarray(jax.nn.softmax(jnp.asarray(outcomes[keep])))[0]
+  assert float(res.true_prob[0]) == pytest.approx(p, rel=1e-5)
+  assert bool(res.success[0]) == (np.argmax(outcomes[keep]) != 0)
+
+
+def test_spaced_top_when_more_are_asked_than_fit():
+  """2 x 2 pixels, radius 2: every pick pushes all the others, yet all four
+  come back, each once, in score order within a tier."""
+  score = jnp.array([[0.1, 0.4, 0.3, 0.2]])
+  picks = np.asarray(_spaced_top(score, 2, 2, 4, 2))
+  np.testing.assert_array_equal(picks, [[1, 2, 3, 0]])
+  tiny = jnp.array([[1e-9, 2e-9, 3e-9, 4e-9, 0, 0, 0, 0, 0]])
+  picks = np.asarray(_spaced_top(tiny, 3, 3, 9, 5))
+  assert list(picks[0][:4]) == [3, 2, 1, 0] and sorted(picks[0]) == list(range(9))
+
+
+def test_non_finite_logits_keep_the_images_own_candidate():
+  x = jnp.asarray(toy.gray_images(2, 8, 8))
+  res = attack.first_order(
+    lambda im: _planted()(im) * jnp.nan, x, jnp.zeros(2, int), k=2, grads=jnp.ones(x.shape)
+  )
+  adv = np.asarray(res.adv_images)
+  changed = np.any(adv != np.asarray(x), axis=-1).sum(axis=(1, 2))
+  assert list(changed) == [1, 1]  # each its own one-pixel image, not another's
 
 
 def test_linearised_gain_of_every_candidate():
