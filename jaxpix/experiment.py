@@ -30,7 +30,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """``'cifar_apr.py:cpu,guided'`` (a file in configs/, or a path) -> its config."""
+  """``'cifar_apr.py:cpu,de'`` (a file in configs/, or a path) -> its config."""
   name, _, arg = spec.partition(':')
   path = pathlib.Path(name)
   if not path.suffix:
