@@ -36,6 +36,16 @@ def config_of(spec: str):
   return cfg
 
 
+def _describe(cfg) -> dict:
+  """What a result line says of the config it timed."""
+  return dict(
+    model=cfg.model.name,
+    width=cfg.model.width,
+    defence=cfg.defence.name,
+    adversary=cfg.defence.adv.method if cfg.defence.adversarial else None,
+  )
+
+
 def measure(name: str, width: float, batch: int, steps: int, cfg=None) -> dict:
   if cfg is None:
     cfg = cifar_baseline.get_config()
@@ -43,10 +53,7 @@ def measure(name: str, width: float, batch: int, steps: int, cfg=None) -> dict:
   cfg.train.batch_size = batch
   r = overhead.train_step_time(cfg, steps=steps)
   return dict(
-    model=cfg.model.name,
-    width=cfg.model.width,
-    defence=cfg.defence.name,
-    adversary=cfg.defence.adv.method if cfg.defence.adversarial else None,
+    **_describe(cfg),
     batch=batch,
     steps=steps,
     images_per_s=r['images_per_s'],
@@ -74,10 +81,7 @@ def compare(specs, batch: int, steps: int, repeats: int) -> list[dict]:
     rows.append(
       dict(
         config=spec,
-        model=cfg.model.name,
-        width=cfg.model.width,
-        defence=cfg.defence.name,
-        adversary=cfg.defence.adv.method if cfg.defence.adversarial else None,
+        **_describe(cfg),
         batch=batch,
         steps=steps,
         repeats=repeats,
