@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for benchmarks/
 from benchmarks.train_throughput import config_of  # noqa: E402
-from jaxpix import attack, data, evaluate, stats, train  # noqa: E402
+from jaxpix import attack, data, restore, stats, train  # noqa: E402
 
 # The defaults first, so that an interrupted run has the rows that matter most.
 ROWS = (
@@ -107,7 +107,8 @@ def attack_row(label, spec, args, root) -> dict:
     return json.loads(done.read_text())
   cfg = _config(spec, args)
   _, val, _ = data.load(cfg.data)
-  predict = train.pretrained_predict(cfg, out, val.num_classes, fit=False)
+  cfg.checkpoint = str(out)
+  predict = restore.load_predict(cfg, val.num_classes).predict
   x = data.to_float(val.images[: args.images])
   y = val.labels[: args.images]
   pred = np.asarray(jax.jit(predict)(x)).argmax(-1)
@@ -156,7 +157,7 @@ def strength_row(label, spec, args, root) -> dict:
   cfg = _config(spec, args)
   tr, _, _ = data.load(cfg.data)
   cfg.checkpoint = str(out)
-  graphdef, state, _, _ = evaluate.load_state(cfg, tr.num_classes)
+  graphdef, state, _ = restore.load_state(cfg, tr.num_classes)
 
   def mode_predict(train_mode):
     def predict(x):
@@ -169,7 +170,7 @@ def strength_row(label, spec, args, root) -> dict:
   de = attack.DEConfig(popsize=8, maxiter=2)
   adversaries = {
     'de_8x2': lambda x, y, key, p: (
-      attack.de_fixed_budget(p, x, y, key, config=de, mode='add').adv_images
+      attack.de_fixed_budget(p, x, y, key, de=de, mode='add').adv_images
     ),
     'first_order_k4': lambda x, y, key, p: attack.first_order(p, x, y, k=4, mode='add').adv_images,
   }

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
-from jaxpix import overhead  # noqa: E402
-from jaxpix.experiment import load_config  # noqa: E402
+from jaxpix import configs, overhead
 
 
 def main(argv=None):
@@ -29,7 +26,7 @@ def main(argv=None):
   args = ap.parse_args(argv)
   ref = None
   for spec in args.configs:
-    cfg = load_config(spec)
+    cfg = configs.load(spec)
     per_image = overhead.inference_time(cfg, args.batch, args.reps)['seconds_per_image']
     ref = ref or per_image
     print(

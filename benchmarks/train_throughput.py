@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
-from configs import cifar_baseline  # noqa: E402
-from jaxpix import overhead  # noqa: E402
-from jaxpix.experiment import apply_overrides, load_config  # noqa: E402
+from jaxpix import configs, overhead
+from jaxpix.configs import cifar_baseline
 
 
 def config_of(spec: str):
   """``'cifar_apr.py:cpu|defence.penalty.method=exact'`` -> the config, overridden."""
   name, _, overrides = spec.partition('|')
-  cfg = load_config(name)
-  apply_overrides(cfg, overrides)
+  cfg = configs.load(name)
+  configs.apply_overrides(cfg, overrides)
   return cfg
 
 

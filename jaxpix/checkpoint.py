@@ -54,7 +54,7 @@ class Checkpointer:
     return self._mngr.latest_step()
 
   def save(self, step: int, state, meta: dict) -> None:
-    """Saves asynchronously; ``wait()`` or ``close()`` makes it durable."""
+    """Saves asynchronously; ``close()`` makes it durable."""
     self._mngr.save(
       step,
       args=ocp.args.Composite(
@@ -69,9 +69,6 @@ class Checkpointer:
     for s in newer:
       self._mngr.delete(s)
     return newer
-
-  def wait(self) -> None:
-    self._mngr.wait_until_finished()
 
   def meta(self, step: int | None = None) -> dict:
     step = self._step(step)
@@ -122,7 +119,7 @@ class Checkpointer:
     older = [s for s in self.steps() if s < step]
     hint = (
       f' Older checkpoints there are still usable: steps {older} (pick one with '
-      'config.train.resume_step=N).'
+      'config.train.resume_step=N to train on from it, config.eval.step=N to evaluate it).'
       if older
       else ''
     )

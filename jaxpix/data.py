@@ -8,6 +8,10 @@ The offline layout is the one in ``shared/data`` (see its README files):
   [N, 224, 224, 3] and ``labels`` [N] in [0, 1000); it is one split, ``test``.
 
 Images stay uint8 on the host (4x smaller); consumers divide by 255 on device.
+A prepared tensorflow-datasets ``imagenet2012`` (:func:`load_tfds`) comes in
+many image sizes; it is brought to the sample's 224x224 the same way the sample
+was made (:func:`resize_and_crop`). :func:`class_names` gives the captions.
+
 A missing or malformed source raises an error naming the path and what was
 expected; there is never a fallback to other data.
 """
@@ -28,6 +32,20 @@ SPECS = {
   ),
   'imagenet_sample': ((224, 224, 3), 1000, {'test': ['imagenet_sample_224.npz']}),
 }
+
+# The standard label order (the CIFAR-10 README): index -> name.
+CIFAR10_CLASSES = (
+  'airplane',
+  'automobile',
+  'bird',
+  'cat',
+  'deer',
+  'dog',
+  'frog',
+  'horse',
+  'ship',
+  'truck',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,22 +121,118 @@ def to_float(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32) / np.float32(255)
 
 
+def class_names(dataset: str, directory: str | pathlib.Path | None = None) -> list | None:
+  """The class names of ``dataset`` for captions: ``names[label]``, or None.
+
+  - ``'cifar10'`` (either source): the ten standard names.
+  - ``'imagenet_sample'``: the ``names`` array stored in the npz file in
+    ``directory`` beside ``labels``. The sample holds only the even classes, so
+    the list has 1000 entries and the odd ones are None.
+  - any other dataset (e.g. ``'imagenet'`` from tensorflow-datasets, whose
+    label names are WordNet IDs), or an npz file without ``names``: None.
+
+  Callers caption a class without a name by its index
+  (:func:`jaxpix.figures.caption`).
+
+  Example::
+
+    class_names('cifar10')[3]  # 'cat'
+  """
+  if dataset == 'cifar10':
+    return list(CIFAR10_CLASSES)
+  if dataset != 'imagenet_sample':
+    return None
+  _, num_classes, files = SPECS[dataset]
+  path = pathlib.Path(directory if directory is not None else '.') / files['test'][0]
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} is missing; the {dataset} class names are stored in it')
+  with np.load(path, allow_pickle=False) as f:
+    if 'names' not in f.files:
+      return None
+    labels, stored = f['labels'], f['names']
+  if stored.shape != labels.shape:
+    raise ValueError(
+      f'{path}: "names" must have one entry per label, got {list(stored.shape)} names for '
+      f'{list(labels.shape)} labels'
+    )
+  names = [None] * num_classes
+  for label, name in zip(labels.tolist(), stored.tolist(), strict=True):
+    names[label] = str(name)
+  return names
+
+
 # --------------------------------------------------------------------------- #
-# Splits for training, from a config
+# Prepared tensorflow-datasets splits
 # --------------------------------------------------------------------------- #
+
+
+# dataset: (tensorflow-datasets name, image shape, classes, resize). With
+# resize, each image is brought to the shape by resize_and_crop (ImageNet's
+# photos come in every size); without, an image of another shape is an error.
+# ImageNet's shape is the npz sample's, so both sources feed the same models.
+_TFDS = {
+  'cifar10': ('cifar10', SPECS['cifar10'][0], 10, False),
+  'imagenet': ('imagenet2012', SPECS['imagenet_sample'][0], 1000, True),
+}
+
+# The standard ImageNet evaluation crop, and how the npz sample was made (its
+# README): the shorter side to 224 / 0.875 = 256 px with PIL bicubic, then the
+# central 224x224. Scaling the shorter side keeps the aspect ratio (nothing is
+# squashed); the crop drops the ends of the longer side and a 1/16 border.
+CROP_FRACTION = 0.875
+
+
+def resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """One uint8 [H, W, 3] image of any size -> uint8 [size, size, 3].
+
+  The shorter side is resized to ``round(size / CROP_FRACTION)`` (256 for 224)
+  with PIL bicubic, keeping the aspect ratio, and the central ``size x size``
+  is kept (offsets rounded down). Every image is resampled, even one that is
+  already ``size x size``, so all images of a dataset see the same scale.
+
+  Example::
+
+    resize_and_crop(np.zeros((375, 500, 3), np.uint8), 224).shape  # (224, 224, 3)
+  """
+  from PIL import Image  # installed with matplotlib, a jaxpix dependency
+
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f'expected a uint8 [H, W, 3] image, got {image.dtype} {list(image.shape)}')
+  h, w = image.shape[:2]
+  short = round(size / CROP_FRACTION)
+  new_h, new_w = (short, round(w * short / h)) if h <= w else (round(h * short / w), short)
+  out = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return out[top : top + size, left : left + size]
 
 
 def load_tfds(dataset: str, split: str, data_dir: str | None) -> Split:
   """Loads a prepared tensorflow-datasets split (array_record, no TensorFlow).
 
+  ``'cifar10'`` images must be 32x32x3 as they are. ``'imagenet'``
+  (``imagenet2012``) images vary in size; each is resized and centre-cropped
+  to 224x224 by :func:`resize_and_crop` (shorter side to 256, bicubic, central
+  224x224), the preprocessing of the npz ImageNet sample, and the split has
+  1000 classes whichever labels it holds. The whole split is decoded into one
+  uint8 array in memory.
+
   Only datasets already prepared under ``data_dir`` work offline; the error
   says so rather than falling back to anything else.
+
+  Args:
+    dataset: ``'cifar10'`` or ``'imagenet'``.
+    split: a tensorflow-datasets split, e.g. ``'train'`` or ``'validation'``.
+    data_dir: the tensorflow-datasets data directory (None: its default).
+
+  Returns:
+    A :class:`Split`.
   """
   import tensorflow_datasets as tfds
 
-  name = {'cifar10': 'cifar10', 'imagenet': 'imagenet2012'}.get(dataset)
-  if name is None:
+  if dataset not in _TFDS:
     raise ValueError(f'dataset {dataset!r} has no tensorflow-datasets source; use source="npz"')
+  name, shape, num_classes, resize = _TFDS[dataset]
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # noqa: BLE001 - tfds raises many kinds; re-raised with the fix
@@ -127,10 +241,45 @@ def load_tfds(dataset: str, split: str, data_dir: str | None) -> Split:
       'prepare it on a machine with internet, or set config.data.source="npz" and '
       'config.data.dir to a folder of .npz files'
     ) from e
-  rows = [source[i] for i in range(len(source))]
-  images = np.stack([r['image'] for r in rows]).astype(np.uint8)
-  labels = np.asarray([r['label'] for r in rows], np.int32)
-  return Split(images, labels, int(labels.max()) + 1 if dataset != 'cifar10' else 10)
+  # Filled one decoded image at a time: the decoded originals are never all
+  # in memory together.
+  images = np.empty((len(source), *shape), np.uint8)  # [N, H, W, C]
+  labels = np.empty(len(source), np.int32)
+  for i in range(len(source)):
+    row = source[i]
+    x = np.asarray(row['image'])
+    where = f'tensorflow-datasets {name}:{split} image {i}'
+    try:
+      x = resize_and_crop(x, shape[0]) if resize else x
+    except ValueError as e:
+      raise ValueError(f'{where}: {e}') from e
+    if x.dtype != np.uint8 or x.shape != shape:
+      raise ValueError(f'{where}: expected uint8 {list(shape)}, got {x.dtype} {list(x.shape)}')
+    images[i], labels[i] = x, row['label']
+  if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(
+      f'tensorflow-datasets {name}:{split}: labels must lie in [0, {num_classes}), got min '
+      f'{labels.min()} and max {labels.max()}'
+    )
+  return Split(images, labels, num_classes)
+
+
+# --------------------------------------------------------------------------- #
+# Splits for training, from a config
+# --------------------------------------------------------------------------- #
+
+
+def _reader(cfg):
+  """``split name -> Split`` for the ``config.data`` block's source."""
+  if cfg.source == 'npz':
+    return lambda split: load_npz(cfg.dataset, split, cfg.dir)
+  if cfg.source == 'tfds':
+    return lambda split: load_tfds(cfg.dataset, split, cfg.dir or None)
+  raise ValueError(f'config.data.source must be "npz" or "tfds", got {cfg.source!r}')
+
+
+def _first(split: Split, n: int) -> Split:
+  return Split(split.images[:n], split.labels[:n], split.num_classes) if n else split
 
 
 def load(cfg) -> tuple[Split, Split, str]:
@@ -142,12 +291,7 @@ def load(cfg) -> tuple[Split, Split, str]:
   otherwise the evaluation split is ``eval_split``. ``train_subset > 0`` keeps the first that
   many training images (CPU runs). Returns (train, eval, eval split name).
   """
-  if cfg.source == 'npz':
-    get = lambda split: load_npz(cfg.dataset, split, cfg.dir)
-  elif cfg.source == 'tfds':
-    get = lambda split: load_tfds(cfg.dataset, split, cfg.dir or None)
-  else:
-    raise ValueError(f'config.data.source must be "npz" or "tfds", got {cfg.source!r}')
+  get = _reader(cfg)
   train = get(cfg.train_split)
   if cfg.validation_size:
     if not 0 < cfg.validation_size < len(train):
@@ -161,17 +305,22 @@ def load(cfg) -> tuple[Split, Split, str]:
     name = 'validation'
   else:
     evaluation, name = get(cfg.eval_split), cfg.eval_split
-  if cfg.train_subset:
-    train = Split(
-      train.images[: cfg.train_subset], train.labels[: cfg.train_subset], train.num_classes
-    )
-  if cfg.eval_subset:
-    evaluation = Split(
-      evaluation.images[: cfg.eval_subset],
-      evaluation.labels[: cfg.eval_subset],
-      evaluation.num_classes,
-    )
-  return train, evaluation, name
+  return _first(train, cfg.train_subset), _first(evaluation, cfg.eval_subset), name
+
+
+def load_test(cfg) -> Split:
+  """The test split of a ``config.data`` block (``eval_split``, its first
+  ``eval_subset`` images): what eval mode attacks, never a validation split."""
+  return _first(_reader(cfg)(cfg.eval_split), cfg.eval_subset)
+
+
+def input_spec(dataset: str) -> tuple[tuple[int, int, int], int]:
+  """(image shape, number of classes) of ``dataset``, from either source."""
+  if dataset in SPECS:
+    return SPECS[dataset][0], SPECS[dataset][1]
+  if dataset in _TFDS:
+    return _TFDS[dataset][1], _TFDS[dataset][2]
+  raise ValueError(f'unknown dataset {dataset!r}; expected one of {sorted({*SPECS, *_TFDS})}')
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:

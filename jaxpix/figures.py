@@ -7,18 +7,40 @@ import pathlib
 import jax
 import numpy as np
 
-CIFAR10_CLASSES = (
-  'airplane',
-  'automobile',
-  'bird',
-  'cat',
-  'deer',
-  'dog',
-  'frog',
-  'horse',
-  'ship',
-  'truck',
-)
+from jaxpix import data
+
+# Kept for old imports; the names belong to the data (jaxpix.data.class_names).
+CIFAR10_CLASSES = data.CIFAR10_CLASSES
+
+
+def caption(label, class_names=None) -> str:
+  """The caption of class ``label``: ``class_names[label]`` where the data
+  names it, otherwise ``'class <label>'``.
+
+  Args:
+    label: a class index.
+    class_names: ``names[label]`` (entries may be None) or None, as
+      :func:`jaxpix.data.class_names` gives them.
+
+  Raises:
+    ValueError: ``label`` lies beyond ``class_names``, i.e. the names are
+      another dataset's (CIFAR-10's ten names for ImageNet labels, say).
+
+  Example::
+
+    caption(417)  # 'class 417'
+    caption(3, data.class_names('cifar10'))  # 'cat'
+  """
+  label = int(label)
+  if class_names is None:
+    return f'class {label}'
+  if not 0 <= label < len(class_names):
+    raise ValueError(
+      f'label {label} has no entry in class_names ({len(class_names)} names); '
+      'pass the names of the dataset the labels come from (jaxpix.data.class_names)'
+    )
+  name = class_names[label]
+  return str(name) if name else f'class {label}'
 
 
 def _pyplot():
@@ -31,7 +53,13 @@ def _pyplot():
 
 
 def attention_maps(
-  model, images: np.ndarray, labels: np.ndarray, path, *, class_names=CIFAR10_CLASSES
+  model,
+  images: np.ndarray,
+  labels: np.ndarray,
+  path,
+  *,
+  class_names=None,
+  max_classes: int = 10,
 ) -> pathlib.Path:
   """One image per class (the first of each) above its attention map A(x)
   (mean over channels), as in the APR paper's section V.F.
@@ -40,15 +68,20 @@ def attention_maps(
     model: an :class:`jaxpix.defences.Attended` (has ``attention_map``).
     images: float [N, H, W, 3] in [0, 1]; labels: int [N].
     path: the PNG to write.
+    class_names: the captions, ``names[label]``, e.g.
+      ``jaxpix.data.class_names(dataset, directory)``; None (or a None entry)
+      captions a class ``'class <label>'``.
+    max_classes: how many classes to show, the lowest class indices present.
   """
-  classes = [c for c in range(len(class_names)) if np.any(labels == c)]
+  classes = np.unique(np.asarray(labels))[:max_classes]
+  titles = [caption(c, class_names) for c in classes]
   first = np.array([np.flatnonzero(labels == c)[0] for c in classes])
   amap = np.asarray(jax.jit(model.attention_map)(images[first])).mean(-1)  # [K, H, W]
   plt = _pyplot()
   fig, ax = plt.subplots(2, len(classes), figsize=(1.6 * len(classes), 3.6), squeeze=False)
-  for j, (c, i) in enumerate(zip(classes, first, strict=True)):
+  for j, (title, i) in enumerate(zip(titles, first, strict=True)):
     ax[0, j].imshow(images[i])
-    ax[0, j].set_title(class_names[c], fontsize=8)
+    ax[0, j].set_title(title, fontsize=8)
     im = ax[1, j].imshow(amap[j], cmap='viridis', vmin=0, vmax=1)
     for a in ax[:, j]:
       a.axis('off')
@@ -60,7 +93,7 @@ def attention_maps(
 
 
 def adversarial_gallery(
-  result, images: np.ndarray, path, *, n: int = 8, class_names=CIFAR10_CLASSES
+  result, images: np.ndarray, path, *, n: int = 8, class_names=None
 ) -> pathlib.Path:
   """Original and attacked image side by side for up to ``n`` successful
   attacks (unsuccessful ones if none), the changed pixels circled, with the
@@ -68,21 +101,25 @@ def adversarial_gallery(
 
   Args:
     result: an :class:`jaxpix.attack.AttackResult` on ``images``.
+    class_names: the captions, ``names[label]``, e.g.
+      ``jaxpix.data.class_names(dataset, directory)``; None (or a None entry)
+      captions a class ``'class <label>'``.
   """
   pick = np.flatnonzero(result.success)[:n]
   if not len(pick):
     pick = np.arange(min(n, len(images)))
   plt = _pyplot()
   fig, ax = plt.subplots(2, len(pick), figsize=(1.9 * len(pick), 4.2), squeeze=False)
-  name = lambda k: class_names[k] if k < len(class_names) else str(k)
   for j, i in enumerate(pick):
     y = result.labels[i]
     ax[0, j].imshow(images[i])
-    ax[0, j].set_title(f'{name(y)}\np={result.clean_true_prob[i]:.2f}', fontsize=7)
+    ax[0, j].set_title(f'{caption(y, class_names)}\np={result.clean_true_prob[i]:.2f}', fontsize=7)
     ax[1, j].imshow(result.adv_images[i])
     for r, c in result.positions[i]:
       ax[1, j].add_patch(plt.Circle((c, r), 1.5, fill=False, color='red', lw=1.2))
-    ax[1, j].set_title(f'{name(result.adv_label[i])}\np={result.adv_prob[i]:.2f}', fontsize=7)
+    ax[1, j].set_title(
+      f'{caption(result.adv_label[i], class_names)}\np={result.adv_prob[i]:.2f}', fontsize=7
+    )
     for a in ax[:, j]:
       a.axis('off')
   path = pathlib.Path(path)
@@ -94,7 +131,7 @@ def adversarial_gallery(
 def asr_vs_budget(curves: dict, path, *, title: str = '') -> pathlib.Path:
   """Attack success rate against query budget, one step curve per entry of
   ``curves`` (``{label: {'budget': [...], 'asr': [...]}}``, as
-  ``jaxpix.evaluate.asr_curve`` makes them; with ``'low'``/``'high'`` lists a
+  ``jaxpix.evaluation.metrics.asr_curve`` makes them; with ``'low'``/``'high'`` lists a
   band is drawn too)."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5, 3.4))

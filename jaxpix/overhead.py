@@ -13,14 +13,13 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from jaxpix import data, models, train
+from jaxpix import build, data, defences, mesh, models, train
 
 
-def _shape(config) -> tuple[int, int, int]:
-  return (224, 224, 3) if config.data.dataset != 'cifar10' else (32, 32, 3)
+def _frozen(config, role: str, num_classes: int):
+  """A fresh frozen model's predict (the time does not depend on its values)."""
+  return models.as_predict(build.build_model(build.frozen_config(config, role), num_classes))
 
 
 def train_step_timer(config, batch: int | None = None):
@@ -29,44 +28,31 @@ def train_step_timer(config, batch: int | None = None):
   ``time(steps)`` runs that many more steps and returns seconds per step;
   the first step (compilation included) is timed apart."""
   batch = batch or config.train.batch_size
-  mesh = train.make_mesh()
-  k = 10 if config.data.dataset == 'cifar10' else 1000
-  classifier = (
-    models.as_predict(train.build_model(train.sub_config(config, 'none'), k))
-    if config.defence.name == 'autoencoder'
-    else None
-  )
-  teacher = (
-    models.as_predict(train.build_model(train.sub_config(config, 'dd_teacher'), k))
-    if config.defence.name == 'dd'
-    else None
-  )
-  model = train.build_model(config, k, classifier)
-  tx = train.make_optimizer(config.train, 1000)
-  graphdef, state = train.init_state(model, tx, 0)
-  repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  state = jax.device_put(state, repl)
-  step = jax.jit(
-    train.make_train_step(graphdef, tx, train.make_loss(config, teacher), config.data.augment),
-    in_shardings=(repl, shard, shard),
-    out_shardings=(repl, repl),
-    donate_argnums=0,
-  )
+  m = mesh.make_mesh()
+  shape, k = data.input_spec(config.data.dataset)
+  name = config.defence.name
+  classifier = _frozen(config, 'classifier', k) if name == 'autoencoder' else None
+  teacher = _frozen(config, 'teacher', k) if name == 'dd' else None
+  tx = build.make_optimizer(config.train, 1000)
+  graphdef, state = build.init_state(build.build_model(config, k, classifier), tx, 0)
+  state = jax.device_put(state, mesh.replicated(m))
+  terms = defences.loss_terms(config, teacher)
+  step = train.compile_train_step(m, graphdef, tx, terms, config.data.augment)
   rng = np.random.default_rng(0)
-  x = rng.integers(0, 256, (batch,) + _shape(config), dtype=np.uint8)
+  x = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
   y = rng.integers(0, k, batch).astype(np.int32)
-  xb, yb = train.global_batch(mesh, x, y)
+  xb, yb = mesh.global_batch(m, x, y)
   holder = {}
   t0 = time.perf_counter()
-  holder['state'], m = step(state, xb, yb)
-  jax.block_until_ready(m)
+  holder['state'], metrics = step(state, xb, yb)
+  jax.block_until_ready(metrics)
   first = time.perf_counter() - t0
 
   def timed(steps: int) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
-      holder['state'], m = step(holder['state'], xb, yb)
-    jax.block_until_ready(m)
+      holder['state'], metrics = step(holder['state'], xb, yb)
+    jax.block_until_ready(metrics)
     return (time.perf_counter() - t0) / steps
 
   return timed, first
@@ -83,21 +69,50 @@ def train_step_time(config, steps: int = 5, batch: int | None = None) -> dict:
 def inference_time(config, batch: int = 500, reps: int = 5) -> dict:
   """Seconds per image of the deployed model of ``config`` (its whole
   pipeline: attention, input transformation, autoencoder + classifier)."""
-  k = 10 if config.data.dataset == 'cifar10' else 1000
-  classifier = (
-    models.as_predict(train.build_model(train.sub_config(config, 'none'), k))
-    if config.defence.name == 'autoencoder'
-    else None
-  )
-  predict = jax.jit(models.as_predict(train.build_model(config, k, classifier)))
-  x = jax.device_put(
-    data.to_float(
-      np.random.default_rng(0).integers(0, 256, (batch,) + _shape(config), dtype=np.uint8)
-    )
-  )  # timed: the model, not the copy
+  shape, k = data.input_spec(config.data.dataset)
+  classifier = _frozen(config, 'classifier', k) if config.defence.name == 'autoencoder' else None
+  predict = jax.jit(models.as_predict(build.build_model(config, k, classifier)))
+  rng = np.random.default_rng(0)
+  # Timed: the model, not the copy.
+  x = jax.device_put(data.to_float(rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)))
   predict(x).block_until_ready()
   t0 = time.perf_counter()
   for _ in range(reps):
     predict(x).block_until_ready()
   per_image = (time.perf_counter() - t0) / (reps * batch)
   return dict(batch=batch, reps=reps, seconds_per_image=per_image)
+
+
+def table(rows: list[tuple[str, object]], steps: int) -> dict:
+  """The overhead table: per (name, config), seconds per training step and
+  epoch, seconds per image at inference, and both relative to the first row
+  (the undefended model); one process, one device. Distillation's training
+  time includes its teacher's."""
+  out = {}
+  for name, cfg in rows:
+    tr = train_step_time(cfg, steps=steps)
+    step_s = tr['seconds_per_step']
+    teacher_s = None
+    if cfg.defence.name == 'dd' and not cfg.defence.teacher:
+      # Distillation trains its teacher first, for as many epochs, as part of
+      # the defence: an epoch of the defence is a teacher epoch + a student epoch.
+      teacher_s = train_step_time(build.frozen_config(cfg, 'teacher'), steps=steps)
+      teacher_s = teacher_s['seconds_per_step']
+      step_s += teacher_s
+    train_split, _, _ = data.load(cfg.data)
+    out[name] = dict(
+      model=cfg.model.name,
+      width=cfg.model.width,
+      seconds_per_step=step_s,
+      teacher_seconds_per_step=teacher_s,
+      batch=tr['batch'],
+      seconds_per_epoch=step_s * (len(train_split) // cfg.train.batch_size),
+      seconds_per_image=inference_time(cfg)['seconds_per_image'],
+    )
+  ref_name = rows[0][0]
+  ref = out[ref_name]
+  for o in out.values():
+    o['reference'] = ref_name
+    o['train_relative'] = o['seconds_per_epoch'] / ref['seconds_per_epoch']
+    o['inference_relative'] = o['seconds_per_image'] / ref['seconds_per_image']
+  return out

@@ -1,4 +1,5 @@
-"""The numbers the two papers report, quoted for the tables beside ours.
+"""The numbers the two papers report, quoted for the tables beside ours, and
+the layout of each table (which metrics, in which order).
 
 Rates are fractions. Nothing here is measured by jaxpix.
 """
@@ -11,14 +12,6 @@ APR_TABLE1 = {
   'IT': (0.891, 0.3876, 0.6124),
   'DD': (0.865, 0.4189, 0.5811),
   'APR': (0.908, 0.2143, 0.7857),
-}
-# Its Table 2 (ImageNet subset, ResNet-50/VGG-19).
-APR_TABLE2 = {
-  'No Defence': (0.761, 0.6325, 0.3675),
-  'AT': (0.724, 0.3987, 0.6013),
-  'IT': (0.738, 0.3542, 0.6458),
-  'DD': (0.719, 0.3761, 0.6239),
-  'APR': (0.746, 0.1879, 0.8121),
 }
 # Table 3, the ablation on CIFAR-10.
 APR_TABLE3 = {
@@ -50,7 +43,30 @@ AE_TABLE4 = {
   ),
 }
 
-# The reference Keras implementation (Hyperparticle/one-pixel-attack-keras):
-# untargeted one-pixel success rate on its LeNet, 100 images, population 400,
-# 75 generations.
-KERAS_LENET_UNTARGETED = 0.63
+# The tables a suite can measure (config.suite.table): which metrics, and the
+# paper's numbers by row name.
+DEFENCE_METRICS = (
+  ('clean_accuracy', 'Clean Accuracy'),
+  ('asr', 'Attack Success Rate'),
+  ('robustness', 'Robustness'),
+)
+AE_METRICS = (
+  ('asr_no_defence', 'ASR, no defence'),
+  ('asr_adaptive', 'ASR after reconstruction (attacking the pipeline)'),
+  ('asr_transfer', 'ASR after reconstruction (transfer)'),
+  ('defence_rate', 'Defence rate'),
+  ('performance_loss', 'Performance loss'),
+)
+TABLES = {
+  'apr_table1': dict(
+    kind='defences', paper=APR_TABLE1, title='APR paper, Table 1: defences on CIFAR-10'
+  ),
+  'apr_table3': dict(
+    kind='defences', paper=APR_TABLE3, title='APR paper, Table 3: ablation on CIFAR-10'
+  ),
+  'autoencoder': dict(
+    kind='autoencoder',
+    paper=AE_TABLE4,
+    title='Autoencoder paper, Table 4: the defence on the model zoo',
+  ),
+}

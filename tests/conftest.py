@@ -24,3 +24,19 @@ def shared_data() -> pathlib.Path:
       pytest.fail(msg + ' (JAXPIX_REQUIRE_DATA is set, as in .ci/run)')
     pytest.skip(msg)
   return SHARED_DATA
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(shared_data, tmp_path_factory) -> pathlib.Path:
+  """A training workdir holding the ``cifar_baseline.py:test`` model after 40
+  steps on real CIFAR-10: trained once per test run, read by every test that
+  needs a trained checkpoint (it must not write there)."""
+  del shared_data
+  from jaxpix import train
+  from jaxpix.configs import cifar_baseline
+
+  d = tmp_path_factory.mktemp('tiny_checkpoint')
+  c = cifar_baseline.get_config('test')
+  c.train.steps = 40
+  train.train_and_evaluate(c, str(d))
+  return d

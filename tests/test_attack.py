@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from jaxpix import attack
-from jaxpix.attack import search
+from jaxpix.attack import engine, perturb, search
 
-import models
+import toy_models as toy
 
 
 def _changed_pixels(a, b):
@@ -31,8 +31,8 @@ def _assert_valid_uint8(x):
 def test_de_finds_the_single_fooling_position_and_colour(strategy):
   h = w = 12
   pos, colour = (7, 2), (0.9, 0.1, 0.8)
-  predict = models.needle(h, w, pos, colour)
-  x = models.gray_images(4, h, w)
+  predict = toy.needle(h, w, pos, colour)
+  x = toy.gray_images(4, h, w)
   y = np.zeros(4, np.int32)
   popsize, maxiter = 100, 40
   r = attack.one_pixel(
@@ -57,8 +57,8 @@ def test_de_finds_the_single_fooling_position_and_colour(strategy):
 def test_extreme_colour_finds_corner_trigger_exactly():
   h, w = 8, 6
   pos, corner = (5, 4), (255, 0, 255)
-  predict = models.exact_corner(pos, corner)
-  x = models.cifar_like(3, h, w)
+  predict = toy.exact_corner(pos, corner)
+  x = toy.cifar_like(3, h, w)
   x[:, pos[0], pos[1]] = 128 / 255  # make sure the clean image is not the trigger
   chunk = 16
   r = attack.extreme_colour(predict, x, np.zeros(3, np.int32), chunk=chunk)
@@ -74,16 +74,16 @@ def test_extreme_colour_finds_corner_trigger_exactly():
 
 def test_extreme_colour_full_sweep_is_a_certificate():
   h, w = 4, 5
-  x = models.cifar_like(2, h, w)
+  x = toy.cifar_like(2, h, w)
   # 4 * 5 * 8 = 160 candidates; chunk 64 leaves a padded last step of 32.
   r = attack.extreme_colour(
-    models.never_fooled(), x, np.zeros(2, np.int32), early_stop=False, chunk=64
+    toy.never_fooled(), x, np.zeros(2, np.int32), early_stop=False, chunk=64
   )
   assert not r.success.any()
   np.testing.assert_array_equal(r.queries, 160)
   # Without early stop the trigger is still found, after the whole sweep.
   r = attack.extreme_colour(
-    models.exact_corner((3, 1), (0, 255, 0)), x, np.zeros(2, np.int32), early_stop=False, chunk=64
+    toy.exact_corner((3, 1), (0, 255, 0)), x, np.zeros(2, np.int32), early_stop=False, chunk=64
   )
   assert r.success.all()
   np.testing.assert_array_equal(r.queries, 160)
@@ -98,9 +98,9 @@ def test_extreme_colour_full_sweep_is_a_certificate():
 @pytest.mark.parametrize('strategy', ['su', 'keras'])
 @pytest.mark.slow
 def test_never_fooled_spends_exactly_the_budget(strategy):
-  x = models.cifar_like(5, 6, 6)
+  x = toy.cifar_like(5, 6, 6)
   r = attack.one_pixel(
-    models.never_fooled(),
+    toy.never_fooled(),
     x,
     np.zeros(5, np.int32),
     key=jax.random.key(0),
@@ -116,8 +116,8 @@ def test_never_fooled_spends_exactly_the_budget(strategy):
 @pytest.mark.slow
 def test_budget_bound_and_early_stop_on_a_real_classifier():
   h = w = 8
-  x = models.cifar_like(12, h, w, seed=3)
-  predict = models.linear(h, w)
+  x = toy.cifar_like(12, h, w, seed=3)
+  predict = toy.linear(h, w)
   y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
   popsize, maxiter = 20, 15
   r = attack.one_pixel(
@@ -150,8 +150,8 @@ def _assert_same(a, b):
 @pytest.mark.slow
 def test_same_result_whatever_the_slot_count_and_split():
   h = w = 6
-  x = models.cifar_like(7, h, w, seed=5)
-  predict = models.linear(h, w, seed=2)
+  x = toy.cifar_like(7, h, w, seed=5)
+  predict = toy.linear(h, w, seed=2)
   y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
   one = _attack_linear(x, y, predict, slots=1, devices=jax.devices()[:1])
   three = _attack_linear(x, y, predict, slots=3, devices=jax.devices()[:1])
@@ -173,7 +173,7 @@ def test_same_result_whatever_the_slot_count_with_a_cnn():
   from jaxpix import models as zoo
 
   predict = zoo.as_predict(zoo.create('cnn6', num_classes=10, width=0.25, seed=1))
-  x = models.cifar_like(6, 16, 16, seed=2)
+  x = toy.cifar_like(6, 16, 16, seed=2)
   y = np.asarray(jax.jit(predict)(jnp.asarray(x))).argmax(1).astype(np.int32)
   kw = dict(key=jax.random.key(3), popsize=16, maxiter=8, devices=jax.devices()[:1])
   one = attack.one_pixel(predict, x, y, slots=1, **kw)
@@ -185,8 +185,8 @@ def test_same_result_whatever_the_slot_count_with_a_cnn():
 @pytest.mark.slow
 def test_progress_reports_every_image_once_as_it_finishes():
   h = w = 6
-  x = models.cifar_like(9, h, w, seed=8)
-  predict = models.linear(h, w, seed=1)
+  x = toy.cifar_like(9, h, w, seed=8)
+  predict = toy.linear(h, w, seed=1)
   y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
   seen = []
   r = _attack_linear(
@@ -215,8 +215,8 @@ def test_progress_reports_every_image_once_as_it_finishes():
 def test_same_result_on_one_and_four_devices():
   assert jax.device_count() >= 4, 'conftest sets four fake CPU devices'
   h = w = 6
-  x = models.cifar_like(10, h, w, seed=6)
-  predict = models.linear(h, w, seed=4)
+  x = toy.cifar_like(10, h, w, seed=6)
+  predict = toy.linear(h, w, seed=4)
   y = np.asarray(predict(jnp.asarray(x))).argmax(1).astype(np.int32)
   one = _attack_linear(x, y, predict, slots=2, devices=jax.devices()[:1])
   four = _attack_linear(x, y, predict, slots=2, devices=jax.devices()[:4])
@@ -232,8 +232,8 @@ def test_same_result_on_one_and_four_devices():
 
 
 def test_targeted_hits_the_target():
-  predict = models.corner_classes()
-  x = models.gray_images(6, 8, 8)
+  predict = toy.corner_classes()
+  x = toy.gray_images(6, 8, 8)
   y = np.full(6, 8, np.int32)  # gray is class 8
   targets = np.array([0, 1, 3, 5, 6, 7], np.int32)
   r = attack.one_pixel(
@@ -250,8 +250,8 @@ def test_targeted_hits_the_target():
 def test_k_pixels_change_only_the_reported_pixels(mode):
   h = w = 8
   k = 3
-  x = models.cifar_like(6, h, w, seed=9)
-  predict = models.never_fooled()  # spend the whole budget: many candidates tried
+  x = toy.cifar_like(6, h, w, seed=9)
+  predict = toy.never_fooled()  # spend the whole budget: many candidates tried
   r = attack.one_pixel(
     predict,
     x,
@@ -278,8 +278,8 @@ def test_k_pixels_change_only_the_reported_pixels(mode):
 
 
 def test_add_mode_fools_with_a_delta():
-  predict = models.corner_classes()
-  x = models.gray_images(3, 6, 6)
+  predict = toy.corner_classes()
+  x = toy.gray_images(3, 6, 6)
   r = attack.one_pixel(
     predict, x, np.full(3, 8, np.int32), key=jax.random.key(4), popsize=30, maxiter=20, mode='add'
   )
@@ -288,8 +288,8 @@ def test_add_mode_fools_with_a_delta():
 
 
 def test_l2_penalised_fitness_value():
-  predict = models.corner_classes()
-  x = models.gray_images(3, 6, 6)
+  predict = toy.corner_classes()
+  x = toy.gray_images(3, 6, 6)
   lam = 0.05
   r = attack.one_pixel(
     predict,
@@ -307,8 +307,8 @@ def test_l2_penalised_fitness_value():
 
 
 def test_stop_threshold_keeps_searching_until_confident():
-  predict = models.corner_classes()
-  x = models.gray_images(4, 6, 6)
+  predict = toy.corner_classes()
+  x = toy.gray_images(4, 6, 6)
   y = np.full(4, 8, np.int32)
   plain = attack.one_pixel(predict, x, y, key=jax.random.key(6), popsize=20, maxiter=30)
   strict = attack.one_pixel(
@@ -329,17 +329,17 @@ def test_stop_threshold_keeps_searching_until_confident():
 def test_fixed_budget_runs_inside_jit_and_differentiates_after():
   h = w = 8
   pos, colour = (2, 6), (0.1, 0.9, 0.2)
-  needle = models.needle(h, w, pos, colour)
+  needle = toy.needle(h, w, pos, colour)
   cfg = attack.DEConfig(popsize=64, maxiter=25)
 
   @jax.jit
   def train_like_step(scale, images, labels, key):
     predict = lambda im: scale * needle(im)
-    res = attack.de_fixed_budget(predict, images, labels, key, config=cfg)
+    res = attack.de_fixed_budget(predict, images, labels, key, de=cfg)
     loss = lambda s: -jnp.mean(jax.nn.log_softmax(s * needle(res.adv_images))[:, 0])
     return res, jax.grad(loss)(scale)
 
-  x = models.gray_images(4, h, w)
+  x = toy.gray_images(4, h, w)
   res, g = train_like_step(1.0, x, jnp.zeros(4, jnp.int32), jax.random.key(0))
   assert bool(res.success.all())
   assert np.isfinite(float(g)) and float(g) != 0
@@ -387,8 +387,6 @@ def test_mutation_indices_are_distinct_exclude_self_and_uniform():
 
 
 def test_best_candidate_ranking():
-  from jaxpix.attack import engine
-
   def rec(success, stop, energy):
     n = len(energy)
     return dict(
@@ -428,7 +426,7 @@ def test_latin_hypercube_init_has_one_member_per_stratum():
 
 
 def test_su_init_colours_follow_the_paper():
-  lo, hi = attack.attacks.perturb.bounds(1, 32, 32, 3, 'replace')
+  lo, hi = perturb.bounds(1, 32, 32, 3, 'replace')
   pop = np.asarray(
     search._init_population(
       jax.random.key(0), search.DEConfig(popsize=4000), lo, hi, 1, 3, 'replace'
@@ -440,3 +438,35 @@ def test_su_init_colours_follow_the_paper():
   np.testing.assert_allclose(np.mean(col == 0), 0.157, atol=0.02)
   np.testing.assert_allclose(np.median(col), 128, atol=6)
   assert abs(pop[:, 0].mean() - 16) < 0.6 and pop[:, :2].max() < 32
+
+
+# --------------------------------------------------------------------------- #
+# Host-side helpers
+# --------------------------------------------------------------------------- #
+
+
+def test_batched_probs_is_softmax_of_predict_in_batches():
+  predict = toy.linear(5, 4, k=6)
+  x = toy.cifar_like(7, 5, 4)  # 7 = 3 + 3 + 1: a ragged last batch
+  probs = attack.batched_probs(predict, x, batch=3)
+  assert probs.shape == (7, 6) and probs.dtype == np.float32
+  want = np.asarray(jax.nn.softmax(predict(jnp.asarray(x)), axis=-1))
+  np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize('mode', ['replace', 'add'])
+def test_apply_candidates_matches_apply_vectors_per_image(mode):
+  h, w, c = 5, 4, 3
+  x = toy.cifar_like(7, h, w)
+  lo, hi = perturb.bounds(2, h, w, c, mode)
+  u = np.random.default_rng(1).uniform(size=(7, lo.shape[0])).astype(np.float32)
+  vecs = lo + u * (hi - lo - 1e-3)  # [N, D], two pixels per image
+  adv = attack.apply_candidates(x, vecs, mode, batch=3)
+  assert adv.shape == x.shape and adv.dtype == np.float32
+  for i in range(len(x)):
+    want = np.asarray(perturb.apply_vectors(jnp.asarray(x[i]), jnp.asarray(vecs[i][None]), mode))
+    np.testing.assert_array_equal(adv[i], want[0])
+    assert len(_changed_pixels(adv[i], x[i])) <= 2
+  assert np.mean(adv != x) > 0
+  _assert_valid_uint8(adv)

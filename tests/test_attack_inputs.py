@@ -7,14 +7,14 @@ import pytest
 
 from jaxpix import attack
 
-import models
+import toy_models as toy
 
 H = W = 6
-PREDICT = models.linear(H, W, k=4)
+PREDICT = toy.linear(H, W, k=4)
 
 
 def _run(images=None, labels=None, predict=PREDICT, **kw):
-  images = models.cifar_like(3, H, W) if images is None else images
+  images = toy.cifar_like(3, H, W) if images is None else images
   labels = np.zeros(3, np.int32) if labels is None else labels
   kw.setdefault('key', jax.random.key(0))
   kw.setdefault('popsize', 8)
@@ -25,10 +25,10 @@ def _run(images=None, labels=None, predict=PREDICT, **kw):
 @pytest.mark.parametrize(
   'images, exc, words',
   [
-    (models.cifar_like(3, H, W)[0], ValueError, '4-D'),
-    ((models.cifar_like(3, H, W) * 255).astype(np.uint8), TypeError, 'float'),
-    (models.cifar_like(3, H, W) * 2, ValueError, r'\[0, 1\]'),
-    (models.cifar_like(3, H, W) - 0.5, ValueError, r'\[0, 1\]'),
+    (toy.cifar_like(3, H, W)[0], ValueError, '4-D'),
+    ((toy.cifar_like(3, H, W) * 255).astype(np.uint8), TypeError, 'float'),
+    (toy.cifar_like(3, H, W) * 2, ValueError, r'\[0, 1\]'),
+    (toy.cifar_like(3, H, W) - 0.5, ValueError, r'\[0, 1\]'),
     (np.full((3, H, W, 3), 0.5, np.float32), ValueError, '8-bit'),
     ([[1.0]], TypeError, 'images must be an array'),
   ],
@@ -110,6 +110,6 @@ def test_bad_predict(predict, words):
 
 def test_extreme_colour_checks_too():
   with pytest.raises(ValueError, match='chunk must be a positive int'):
-    attack.extreme_colour(PREDICT, models.cifar_like(3, H, W), np.zeros(3, np.int32), chunk=0)
+    attack.extreme_colour(PREDICT, toy.cifar_like(3, H, W), np.zeros(3, np.int32), chunk=0)
   with pytest.raises(ValueError, match='labels must have shape'):
-    attack.extreme_colour(PREDICT, models.cifar_like(3, H, W), np.zeros(4, np.int32))
+    attack.extreme_colour(PREDICT, toy.cifar_like(3, H, W), np.zeros(4, np.int32))

@@ -8,7 +8,7 @@ import pytest
 from jaxpix import attack, models
 from jaxpix.attack.linearised import _spaced_top
 
-import models as toy
+import toy_models as toy
 
 R0, C0 = 5, 2
 

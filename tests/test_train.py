@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import cifar_baseline
-from jaxpix import checkpoint, evaluate, train
+from jaxpix import build, checkpoint, evaluation, train
+from jaxpix.configs import cifar_baseline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,8 @@ def _lines(workdir):
 def _params(workdir, config, step=None):
   """The flat parameter dict of a checkpoint."""
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints')
-  model = train.build_model(config, 10)
-  _, like = train.init_state(model, train.make_optimizer(config.train, 1), config.seed)
+  model = build.build_model(config, 10)
+  _, like = build.init_state(model, build.make_optimizer(config.train, 1), config.seed)
   state = ckpt.restore(like, step)
   ckpt.close()
   return {k: np.asarray(v) for k, v in checkpoint._flat(state['params']).items()}
@@ -62,6 +62,7 @@ def test_train_end_to_end(shared_data, tmp_path):
     model='cnn6',
     width=0.125,
     defence='none',
+    attention=False,
     dataset='cifar10',
     num_classes=10,
     total_steps=12,
@@ -70,7 +71,7 @@ def test_train_end_to_end(shared_data, tmp_path):
   ckpt.close()
   # Eval mode restores the same model and finds the same accuracy on the same
   # (first 200, the test variant's eval_subset) test images.
-  ev = evaluate.evaluate(_config(mode='eval', checkpoint=str(tmp_path)), str(tmp_path / 'ev'))
+  ev = evaluation.evaluate(_config(mode='eval', checkpoint=str(tmp_path)), str(tmp_path / 'ev'))
   assert ev['step'] == 12 and ev['test_images'] == 200
   assert ev['clean_accuracy'] == result['test_accuracy']
 
@@ -200,8 +201,8 @@ def test_bad_configs(shared_data, tmp_path):
     train.train_and_evaluate(_config(**{'train.schedule': 'linear'}), str(tmp_path))
   with pytest.raises(ValueError, match='unknown config variant'):
     cifar_baseline.get_config('gpu')
-  with pytest.raises(checkpoint.CheckpointError, match='does not exist'):
-    evaluate.evaluate(_config(mode='eval', checkpoint=str(tmp_path / 'none')), str(tmp_path))
+  with pytest.raises(checkpoint.CheckpointError, match='holds no checkpoint'):
+    evaluation.evaluate(_config(mode='eval', checkpoint=str(tmp_path / 'none')), str(tmp_path))
 
 
 def test_locked_config_rejects_typos():
@@ -224,7 +225,7 @@ def test_locked_config_rejects_typos():
 @pytest.mark.slow
 def test_imagenet_smoke_config_runs_the_224_path(shared_data, tmp_path):
   del shared_data
-  from configs import imagenet_baseline
+  from jaxpix.configs import imagenet_baseline
 
   cfg = imagenet_baseline.get_config('smoke')
   cfg.train.progress = False

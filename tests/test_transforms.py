@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import cifar_it
-from jaxpix import attack, data, defences, models, train
+from jaxpix import attack, build, data, defences, models
+from jaxpix.configs import cifar_it
 
-import models as toy
+import toy_models as toy
 
 
 @pytest.mark.parametrize('bits', [1, 3, 5, 8])
@@ -75,7 +75,7 @@ def test_bad_transform_settings():
 
 def test_it_model_and_the_attack_run_through_the_transformations():
   cfg = cifar_it.get_config('test')
-  model = train.build_model(cfg, 10)
+  model = build.build_model(cfg, 10)
   assert isinstance(model, defences.Transformed) and (model.bits, model.quality) == (5, 75)
   predict = models.as_predict(model)
   x = toy.cifar_like(3, 32, 32, seed=1)

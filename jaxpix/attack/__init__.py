@@ -3,18 +3,25 @@
 ``from jaxpix import attack``; then ``attack.one_pixel(predict, images, labels,
 key=jax.random.key(0))``. ``predict`` is any pure JAX function from float
 images in [0, 1] [B, H, W, C] to logits [B, K].
+
+Modules, each one job: ``attacks`` (the public attacks), ``checks`` (their
+input checks), ``search`` (what a search is: differential evolution, the
+exhaustive corner sweep), ``engine`` (how a search runs batched on devices),
+``perturb`` (how a candidate vector becomes an image) and ``linearised`` (the
+first-order adversary for training).
 """
 
 from jaxpix.attack.attacks import (
   AttackResult,
   FixedBudgetResult,
+  batched_probs,
   de_fixed_budget,
   extreme_colour,
   one_pixel,
 )
 from jaxpix.attack.linearised import FirstOrderResult, first_order, linearised_gain
 from jaxpix.attack.perturb import apply as apply_pixels
-from jaxpix.attack.perturb import decode
+from jaxpix.attack.perturb import apply_candidates, decode
 from jaxpix.attack.search import KERAS, PRESETS, SU, DEConfig
 
 __all__ = [
@@ -25,7 +32,9 @@ __all__ = [
   'DEConfig',
   'FirstOrderResult',
   'FixedBudgetResult',
+  'apply_candidates',
   'apply_pixels',
+  'batched_probs',
   'de_fixed_budget',
   'decode',
   'extreme_colour',

@@ -1,10 +1,13 @@
 """Public attacks: ``one_pixel`` (differential evolution), ``extreme_colour``
-(exhaustive search) and ``de_fixed_budget`` (the jittable core for training)."""
+(exhaustive search) and ``de_fixed_budget`` (the jittable core for training),
+plus ``batched_probs``, the model's probabilities on a host array in batches.
+
+Input checks live in ``checks.py``, the searches in ``search.py`` and the
+batched loop that runs them in ``engine.py``."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -12,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpix.attack import engine, perturb, search
+from jaxpix.attack import checks, engine, perturb, search
 from jaxpix.attack.engine import Fitness, Predict
 
 # Default forward batch per device: slots = this // popsize. The CPU forward
@@ -61,117 +64,6 @@ class AttackResult:
   @property
   def success_rate(self) -> float:
     return float(np.mean(self.success))
-
-
-# --------------------------------------------------------------------------- #
-# Input checks: every message names the argument and the fix.
-# --------------------------------------------------------------------------- #
-
-
-def _check_images(images) -> np.ndarray:
-  if not hasattr(images, 'shape') or not hasattr(images, 'dtype'):
-    raise TypeError(f'images must be an array [N, H, W, C], got {type(images).__name__}')
-  if images.ndim != 4:
-    raise ValueError(f'images must be 4-D [N, H, W, C], got shape {tuple(images.shape)}')
-  if not jnp.issubdtype(images.dtype, jnp.floating):
-    raise TypeError(
-      f'images must be float in [0, 1], got dtype {images.dtype}; '
-      'for uint8 data pass images.astype(np.float32) / 255'
-    )
-  x = np.asarray(images, np.float32)
-  if x.shape[0] == 0 or 0 in x.shape[1:]:
-    raise ValueError(f'images is empty: shape {x.shape}')
-  lo, hi = float(x.min()), float(x.max())
-  if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
-    raise ValueError(f'images must lie in [0, 1], got min {lo} and max {hi}')
-  off = float(np.max(np.abs(x * 255 - np.round(x * 255))))
-  if off > 1e-3:
-    raise ValueError(
-      'images must be 8-bit images scaled to [0, 1] (uint8 / 255) so that a one-pixel '
-      f'change stays a valid 8-bit image; values are up to {off:.3g} / 255 off that grid. '
-      'Quantise them first: images = np.round(images * 255) / 255'
-    )
-  return x
-
-
-def _check_labels(name, labels, n, num_classes) -> np.ndarray:
-  y = np.asarray(labels)
-  if y.shape != (n,):
-    raise ValueError(f'{name} must have shape [N] = ({n},), got {y.shape}')
-  if not np.issubdtype(y.dtype, np.integer):
-    raise TypeError(f'{name} must be integers, got dtype {y.dtype}')
-  if y.min() < 0 or y.max() >= num_classes:
-    raise ValueError(
-      f'{name} must lie in [0, {num_classes}) (the model has {num_classes} '
-      f'classes), got min {y.min()} and max {y.max()}'
-    )
-  return y.astype(np.int32)
-
-
-def _num_classes(predict, image_shape) -> int:
-  probe = jax.ShapeDtypeStruct((2,) + tuple(image_shape), jnp.float32)
-  try:
-    out = jax.eval_shape(predict, probe)
-  except Exception as e:  # noqa: BLE001 - re-raised with what was tried
-    raise ValueError(f'predict failed on a float32 batch of shape {probe.shape}: {e}') from e
-  shape = getattr(out, 'shape', None)
-  if shape is None or len(shape) != 2 or shape[0] != 2 or shape[1] < 2:
-    raise ValueError(
-      'predict must map images [B, H, W, C] to logits [B, num_classes]; '
-      f'on a batch of shape {probe.shape} it returned {shape}'
-    )
-  return int(shape[1])
-
-
-def _check_pixels(pixels, h, w):
-  if (
-    not isinstance(pixels, (int, np.integer))
-    or isinstance(pixels, bool)
-    or not (1 <= pixels <= h * w)
-  ):
-    raise ValueError(f'pixels must be an int in [1, H*W] = [1, {h * w}], got {pixels!r}')
-
-
-def _check_targets(targets, labels, n, k):
-  if targets is None:
-    return None
-  t = _check_labels('targets', targets, n, k)
-  same = np.flatnonzero(t == labels)
-  if len(same):
-    raise ValueError(
-      f'targets must differ from labels; they are equal for images {same[:10].tolist()}'
-      f'{" ..." if len(same) > 10 else ""}'
-    )
-  return t
-
-
-def _check_indices(indices, n):
-  if indices is None:
-    return np.arange(n, dtype=np.int32)
-  idx = np.asarray(indices)
-  if idx.shape != (n,) or not np.issubdtype(idx.dtype, np.integer):
-    raise ValueError(f'indices must be integers of shape ({n},), got {idx.dtype} {idx.shape}')
-  if len(np.unique(idx)) != n or idx.min() < 0:
-    raise ValueError('indices must be distinct non-negative global image indices')
-  return idx.astype(np.int32)
-
-
-def _de_config(strategy, popsize, maxiter) -> search.DEConfig:
-  if isinstance(strategy, str):
-    if strategy not in search.PRESETS:
-      raise ValueError(
-        f'strategy must be one of {sorted(search.PRESETS)} or a DEConfig, got {strategy!r}'
-      )
-    strategy = search.PRESETS[strategy]
-  if not isinstance(strategy, search.DEConfig):
-    raise TypeError(f'strategy must be a preset name or a DEConfig, got {type(strategy).__name__}')
-  repl = {k: v for k, v in (('popsize', popsize), ('maxiter', maxiter)) if v is not None}
-  return dataclasses.replace(strategy, **repl)
-
-
-def _check_mode(mode):
-  if mode not in perturb.MODES:
-    raise ValueError(f'mode must be one of {perturb.MODES}, got {mode!r}')
 
 
 # --------------------------------------------------------------------------- #
@@ -235,29 +127,27 @@ def one_pixel(
     >>> result = attack.one_pixel(predict, images, labels, key=jax.random.key(0))
     >>> result.success_rate
   """
-  cfg = _de_config(strategy, popsize, maxiter)
-  x = _check_images(images)
+  cfg = checks.de_config(strategy, popsize, maxiter)
+  x = checks.images(images)
   n, h, w, c = x.shape
-  _check_pixels(pixels, h, w)
-  _check_mode(mode)
-  srch = search.differential_evolution(cfg, pixels, h, w, c, mode)
+  checks.pixels(pixels, h, w)
+  checks.mode(mode)
   return _attack(
-    srch,
+    search.differential_evolution(cfg, pixels, h, w, c, mode),
     predict,
     x,
     labels,
-    targets,
-    key,
-    pixels,
-    mode,
-    l2_penalty,
-    stop_threshold,
-    True,
-    slots,
-    devices,
-    indices,
-    steps_per_call,
-    progress,
+    targets=targets,
+    key=key,
+    pixels=pixels,
+    mode=mode,
+    l2_penalty=l2_penalty,
+    stop_threshold=stop_threshold,
+    slots=slots,
+    devices=devices,
+    indices=indices,
+    steps_per_call=steps_per_call,
+    progress=progress,
   )
 
 
@@ -292,67 +182,61 @@ def extreme_colour(
   Returns:
     An :class:`AttackResult` (``positions`` [N, 1, 2], ``colors`` in {0, 255}).
   """
-  x = _check_images(images)
+  x = checks.images(images)
   n, h, w, c = x.shape
-  if not isinstance(chunk, int) or chunk < 1:
-    raise ValueError(f'chunk must be a positive int, got {chunk!r}')
-  srch = search.extreme_colour(h, w, c, chunk)
+  checks.positive_int('chunk', chunk)
   return _attack(
-    srch,
+    search.exhaustive_corners(h, w, c, chunk),
     predict,
     x,
     labels,
-    targets,
-    jax.random.key(0),
-    1,
-    'replace',
-    0.0,
-    None,
-    early_stop,
-    slots,
-    devices,
-    indices,
-    steps_per_call,
-    progress,
+    targets=targets,
+    key=jax.random.key(0),  # the sweep draws nothing
+    pixels=1,
+    mode='replace',
+    early_stop=early_stop,
+    slots=slots,
+    devices=devices,
+    indices=indices,
+    steps_per_call=steps_per_call,
+    progress=progress,
   )
 
 
 def _attack(
-  srch,
-  predict,
-  x,
+  srch: search.Search,
+  predict: Predict,
+  x: np.ndarray,
   labels,
+  *,
   targets,
-  key,
-  pixels,
-  mode,
-  l2_penalty,
-  stop_threshold,
-  early_stop,
-  slots,
+  key: jax.Array,
+  pixels: int,
+  mode: perturb.Mode,
+  l2_penalty: float = 0.0,
+  stop_threshold: float | None = None,
+  early_stop: bool = True,
+  slots: int | None,
   devices,
   indices,
-  steps_per_call,
-  progress,
+  steps_per_call: int,
+  progress: bool | Callable[[dict], None],
 ) -> AttackResult:
+  """Checks the remaining arguments (as in :func:`one_pixel`), then runs ``srch``
+  over the checked images ``x`` and gathers the result."""
   n, h, w, c = x.shape
-  k = _num_classes(predict, (h, w, c))
-  y = _check_labels('labels', labels, n, k)
-  t = _check_targets(targets, y, n, k)
-  idx = _check_indices(indices, n)
-  if not isinstance(key, jax.Array) or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    raise TypeError('key must be a typed key from jax.random.key(seed)')
-  if stop_threshold is not None and not 0 < stop_threshold < 1:
-    raise ValueError(f'stop_threshold must be None or in (0, 1), got {stop_threshold!r}')
-  if l2_penalty < 0:
-    raise ValueError(f'l2_penalty must be >= 0, got {l2_penalty!r}')
+  k = checks.num_classes(predict, (h, w, c))
+  y = checks.labels('labels', labels, n, k)
+  t = checks.targets(targets, y, n, k)
+  idx = checks.indices(indices, n)
+  checks.key(key)
+  checks.stop_threshold(stop_threshold)
+  checks.l2_penalty(l2_penalty)
   devices = list(jax.local_devices() if devices is None else devices)
   if slots is None:
     slots = max(1, _DEFAULT_BATCH // srch.num_candidates)
-  if not isinstance(slots, int) or slots < 1:
-    raise ValueError(f'slots must be a positive int, got {slots!r}')
-  if not isinstance(steps_per_call, int) or steps_per_call < 1:
-    raise ValueError(f'steps_per_call must be a positive int, got {steps_per_call!r}')
+  checks.positive_int('slots', slots)
+  checks.positive_int('steps_per_call', steps_per_call)
   fit = Fitness(
     targeted=t is not None,
     l2_penalty=float(l2_penalty),
@@ -380,8 +264,8 @@ def _attack(
   if isinstance(callback, _ProgressBar):
     callback.close()
   pos, val = jax.device_get(perturb.decode(jnp.asarray(rec['vec']), h, w, c, mode))
-  adv = _apply_all(x, rec['vec'], mode)
-  clean_label, clean_true = _clean(predict, x, y)
+  adv = perturb.apply_candidates(x, rec['vec'], mode)
+  clean = batched_probs(predict, x)  # [N, K]
   return AttackResult(
     adv_images=adv,
     success=rec['success'],
@@ -395,8 +279,8 @@ def _attack(
     fitness=rec['energy'],
     labels=y,
     targets=t,
-    clean_label=clean_label,
-    clean_true_prob=clean_true,
+    clean_label=clean.argmax(-1).astype(np.int32),
+    clean_true_prob=clean[np.arange(n), y],
   )
 
 
@@ -421,29 +305,33 @@ class _ProgressBar:
     self.bar.close()
 
 
-@functools.partial(jax.jit, static_argnames='mode')
-def _apply_batch(images, vecs, mode):
-  return jax.vmap(lambda im, v: perturb.apply_vectors(im, v[None], mode)[0])(images, vecs)
+# --------------------------------------------------------------------------- #
+# The model on the host, in batches
+# --------------------------------------------------------------------------- #
 
 
-def _apply_all(x, vecs, mode, batch=1024):
+def batched_probs(predict: Predict, images, batch: int = 1024) -> np.ndarray:
+  """The softmax probabilities of ``predict`` on numpy images, ``batch`` at a time.
+
+  One jitted ``softmax(predict(x))`` per call (it compiles for the full batch
+  and the tail), logits cast to float32 first.
+
+  Args:
+    predict: ``images [B, H, W, C] -> logits [B, K]``.
+    images: [N, H, W, C], sliced on the host.
+    batch: images per forward pass; bounds device memory.
+
+  Returns:
+    float32 [N, K] numpy.
+
+  Example:
+    >>> probs = attack.batched_probs(predict, images)
+    >>> accuracy = np.mean(probs.argmax(-1) == labels)
+  """
+  fn = jax.jit(lambda im: jax.nn.softmax(predict(im).astype(jnp.float32), axis=-1))
   return np.concatenate(
-    [
-      np.asarray(_apply_batch(x[i : i + batch], vecs[i : i + batch], mode))
-      for i in range(0, len(x), batch)
-    ]
+    [np.asarray(fn(images[i : i + batch])) for i in range(0, len(images), batch)]
   )
-
-
-@functools.lru_cache(maxsize=4)
-def _softmax_fn(predict):
-  return jax.jit(lambda im: jax.nn.softmax(predict(im).astype(jnp.float32), axis=-1))
-
-
-def _clean(predict, x, y, batch=1024):
-  fn = _softmax_fn(predict)
-  probs = np.concatenate([np.asarray(fn(x[i : i + batch])) for i in range(0, len(x), batch)])
-  return probs.argmax(-1).astype(np.int32), probs[np.arange(len(y)), y]
 
 
 # --------------------------------------------------------------------------- #
@@ -464,14 +352,14 @@ def de_fixed_budget(
   labels: jax.Array,
   key: jax.Array,
   *,
-  config: search.DEConfig,
+  de: search.DEConfig,
   pixels: int = 1,
   targets: jax.Array | None = None,
   mode: perturb.Mode = 'replace',
   l2_penalty: float = 0.0,
   indices: jax.Array | None = None,
 ) -> FixedBudgetResult:
-  """Differential evolution on a batch for exactly ``config.maxiter`` generations.
+  """Differential evolution on a batch for exactly ``de.maxiter`` generations.
 
   Pure and jittable (no host syncs, no input checks): a train step calls it on
   its mini-batch with the current parameters inside ``predict``. Every image
@@ -485,7 +373,7 @@ def de_fixed_budget(
     predict: ``images -> logits``, traced inside the caller's jit.
     images: [B, H, W, C] float in [0, 1]; labels: int [B].
     key: typed key; image b uses ``fold_in(key, indices[b])``.
-    config: a :class:`DEConfig` with a small budget (e.g. popsize 32, maxiter 5).
+    de: a :class:`DEConfig` with a small budget (e.g. popsize 32, maxiter 5).
     pixels, targets, mode, l2_penalty: as in :func:`one_pixel`.
     indices: per-image indices for the keys (default ``arange(B)``).
 
@@ -493,7 +381,7 @@ def de_fixed_budget(
     A :class:`FixedBudgetResult`.
   """
   b, h, w, c = images.shape
-  srch = search.differential_evolution(config, pixels, h, w, c, mode)
+  srch = search.differential_evolution(de, pixels, h, w, c, mode)
   fit = Fitness(targeted=targets is not None, l2_penalty=l2_penalty, mode=mode)
   labels = labels.astype(jnp.int32)
   idx = jnp.arange(b, dtype=jnp.int32) if indices is None else indices.astype(jnp.int32)
@@ -502,6 +390,5 @@ def de_fixed_budget(
   )
   st = jax.lax.fori_loop(0, srch.max_steps, lambda _, s: engine.step(srch, predict, fit, s)[0], st)
   best = st['best']
-  adv = jax.vmap(lambda im, v: perturb.apply_vectors(im, v[None], mode)[0])(images, best['vec'])
-  adv = jax.lax.stop_gradient(adv)
+  adv = jax.lax.stop_gradient(perturb.apply_each(images, best['vec'], mode))
   return FixedBudgetResult(adv, best['success'], st['queries'], best['energy'])

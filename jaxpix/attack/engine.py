@@ -68,7 +68,7 @@ class Fitness:
 _BEST_FIELDS = ('vec', 'energy', 'success', 'stop', 'true_prob', 'pred', 'pred_prob', 'target_prob')
 
 
-def evaluate(predict: Predict, images, cands, labels, targets, fit: Fitness):
+def score_candidates(predict: Predict, images, cands, labels, targets, fit: Fitness):
   """Scores candidates [S, P, D] on images [S, H, W, C]; returns dict of [S, P]."""
   s, p, _ = cands.shape
   adv = jax.vmap(perturb.apply_vectors, in_axes=(0, 0, None))(images, cands, fit.mode)
@@ -163,7 +163,7 @@ def step(search: Search, predict: Predict, fit: Fitness, st):
   """
   keys = jax.vmap(jax.random.fold_in)(st['key'], st['step'])
   cands, n_valid = jax.vmap(search.propose)(st['search'], keys, st['step'])
-  ev = evaluate(predict, st['image'], cands, st['label'], st['target'], fit)
+  ev = score_candidates(predict, st['image'], cands, st['label'], st['target'], fit)
   new_search = jax.vmap(search.update)(st['search'], cands, ev['energy'], st['step'])
   best = _merge_best(st['best'], ev)
   steps = st['step'] + 1

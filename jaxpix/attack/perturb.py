@@ -92,3 +92,35 @@ def apply_vectors(image: jax.Array, vecs: jax.Array, mode: Mode) -> jax.Array:
   h, w, c = image.shape
   pos, val = decode(vecs, h, w, c, mode)
   return jax.vmap(apply, in_axes=(None, 0, 0, None))(image, pos, val, mode)
+
+
+def apply_each(images: jax.Array, vecs: jax.Array, mode: Mode) -> jax.Array:
+  """Images [N, H, W, C] and one candidate each [N, D] -> perturbed images [N, H, W, C]."""
+  return jax.vmap(lambda im, v: apply_vectors(im, v[None], mode)[0])(images, vecs)
+
+
+_apply_each_jit = jax.jit(apply_each, static_argnames='mode')
+
+
+def apply_candidates(images, vecs, mode: Mode, batch: int = 1024) -> np.ndarray:
+  """The adversarial images of candidate vectors, on the host, ``batch`` at a time.
+
+  Args:
+    images: [N, H, W, C] float in [0, 1], 8-bit values.
+    vecs: [N, D] float, image i's candidate (e.g. ``AttackResult``'s best one,
+      or a ``vec`` written to an attack log).
+    mode: ``'replace'`` or ``'add'``, as the candidates were searched.
+    batch: images per compiled call; bounds device memory.
+
+  Returns:
+    [N, H, W, C] numpy, the dtype of ``images``: candidate i applied to image i.
+
+  Example:
+    >>> adv = attack.apply_candidates(images, vecs, 'replace')
+  """
+  return np.concatenate(
+    [
+      np.asarray(_apply_each_jit(images[i : i + batch], vecs[i : i + batch], mode))
+      for i in range(0, len(images), batch)
+    ]
+  )

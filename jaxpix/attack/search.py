@@ -230,7 +230,7 @@ def corners(channels: int) -> jax.Array:
 
 
 @functools.cache
-def extreme_colour(height: int, width: int, channels: int, chunk: int) -> Search:
+def exhaustive_corners(height: int, width: int, channels: int, chunk: int) -> Search:
   """Every position x every colour-cube corner, ``chunk`` candidates per step.
 
   Candidate number i is position i // 2^C (row-major) with corner i % 2^C. The

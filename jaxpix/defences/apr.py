@@ -63,7 +63,7 @@ class Attended(nnx.Module):
 # The training loss
 #
 # One term, (model in train mode, x [B, H, W, C] in [0, 1], labels, key) ->
-# (scalar, metrics) (see jaxpix.train.make_loss), because its parts share
+# (scalar, metrics) (see jaxpix.train.LossTerm), because its parts share
 # work: the input gradient, the adversarial images and one forward pass.
 #
 # The batch is read in blocks of BLOCK images; a share of it (adversarial
@@ -82,21 +82,6 @@ DOMAINS = ('normalised', 'pixels')
 
 def _ce(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-
-
-def _eval_predict(model: nnx.Module):
-  """The model as a pure predict for the attack: eval-mode batch norm (running
-  averages, so the candidates of one image do not form a batch with each
-  other), no gradient into the parameters, the caller's model untouched."""
-  graphdef, state = nnx.split(model)
-  state = jax.lax.stop_gradient(state)
-
-  def predict(images):
-    m = nnx.merge(graphdef, state, copy=True)
-    m.eval()
-    return m(images)
-
-  return predict
 
 
 def make_adversary(cfg):
@@ -124,7 +109,7 @@ def make_adversary(cfg):
 
     def adversary(predict, x, y, key, grads=None, logits=None):
       del grads, logits
-      r = attack.de_fixed_budget(predict, x, y, key, config=de, pixels=cfg.pixels, mode=cfg.mode)
+      r = attack.de_fixed_budget(predict, x, y, key, de=de, pixels=cfg.pixels, mode=cfg.mode)
       return r.adv_images, r.success
 
   else:
@@ -314,7 +299,7 @@ def apr_term(config):
     if d.adversarial:
       xa, ya = flat(xb[:, :adv_hi]), flat(yb[:, :adv_hi])
       x_adv, fooled = adversary(
-        _eval_predict(model),
+        models.as_predict(model),
         xa,
         ya,
         key,

@@ -5,12 +5,14 @@ pixels changed to extreme colours back to the clean image; at test time the
 classifier, unchanged, sees ``AE(x)``. Any classifier of the zoo works: it is
 loaded from its own checkpoint and enters the pipeline as a frozen ``predict``.
 
-Metrics of the paper's Table 4, as this module defines them (``table4``):
+Metrics of the paper's Table 4, as jaxpix defines them (eval mode,
+``jaxpix.evaluation.metrics.table4``), on ``eval.num_images`` test images that
+both the classifier and the pipeline classify correctly, so that every rate
+has the same denominator:
 
-- images: the test images the bare classifier classifies correctly;
 - ``asr_no_defence``: one-pixel attack success rate against the bare classifier;
 - ``asr_adaptive``: success rate of the attack re-run against the whole
-  pipeline (classifier o AE), on the images the pipeline classifies correctly;
+  pipeline (classifier o AE);
 - ``asr_transfer``: share of the images whose attack fooled the bare
   classifier and whose adversarial image still fools the pipeline (the
   paper's "ASR after reconstruction": its counts are fooled - undone, e.g.
@@ -18,18 +20,13 @@ Metrics of the paper's Table 4, as this module defines them (``table4``):
 - ``defence_rate``: among successful attacks on the bare classifier, the share
   whose adversarial image the pipeline classifies correctly (undone by the AE);
 - ``performance_loss``: clean accuracy of the bare classifier minus that of
-  the pipeline, on all evaluated test images.
-
-Eval mode (``jaxpix.evaluate``) reports the same metrics, resumably, on
-``eval.num_images`` images that both the classifier and the pipeline
-classify correctly, so that every rate there has the same denominator.
+  the pipeline, on all test images.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxpix.attack import perturb, search
@@ -111,41 +108,6 @@ def reconstruction_term(max_pixels: int):
   return term
 
 
-def table4(
-  bare_predict, pipeline_predict, images: np.ndarray, labels: np.ndarray, *, key, **attack_kwargs
-) -> dict:
-  """The Table 4 metrics (module docstring) on ``images`` with ``one_pixel``."""
-  from jaxpix import attack
-
-  def acc(predict, x):
-    return np.concatenate(
-      [np.asarray(jax.jit(predict)(x[i : i + 500])).argmax(-1) for i in range(0, len(x), 500)]
-    )
-
-  bare_pred, pipe_pred = acc(bare_predict, images), acc(pipeline_predict, images)
-  ok = np.flatnonzero(bare_pred == labels)
-  x, y = images[ok], labels[ok]
-  before = attack.one_pixel(bare_predict, x, y, key=key, indices=ok, **attack_kwargs)
-  both = pipe_pred[ok] == y
-  after = attack.one_pixel(
-    pipeline_predict, x[both], y[both], key=key, indices=ok[both], **attack_kwargs
-  )
-  fooled = before.success
-  transferred = (acc(pipeline_predict, before.adv_images) != y) & fooled
-  return dict(
-    images=len(images),
-    attacked=len(ok),
-    attacked_pipeline=int(both.sum()),
-    clean_accuracy=float(np.mean(bare_pred == labels)),
-    clean_accuracy_pipeline=float(np.mean(pipe_pred == labels)),
-    performance_loss=float(np.mean(bare_pred == labels) - np.mean(pipe_pred == labels)),
-    asr_no_defence=float(fooled.mean()),
-    asr_adaptive=float(after.success.mean()) if both.any() else float('nan'),
-    asr_transfer=float(transferred.mean()),
-    defence_rate=float(np.mean(~transferred[fooled])) if fooled.any() else float('nan'),
-  )
-
-
 def loss_terms(config):
   return [('recon', 1.0, reconstruction_term(config.defence.ae_max_pixels))]
 
@@ -156,5 +118,4 @@ __all__ = [
   'corrupt',
   'loss_terms',
   'reconstruction_term',
-  'table4',
 ]

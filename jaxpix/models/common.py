@@ -53,10 +53,14 @@ def as_predict(model: nnx.Module):
 
   The model's state is captured as arrays (split once), so the function can be
   jitted, vmapped and sharded like any JAX function; the model passed in is not
-  changed. Each call makes a new function, and the attack compiles once per
-  function: make it once and reuse it.
+  changed. Eval mode: batch norm uses its running averages, so the candidates
+  of one image do not form a batch with each other. No gradient flows into
+  the parameters (``stop_gradient``), so an attack inside a training step's
+  loss leaves them alone. Each call makes a new function, and the attack
+  compiles once per function: make it once and reuse it.
   """
   graphdef, state = nnx.split(model)
+  state = jax.lax.stop_gradient(state)
 
   def predict(images):
     m = nnx.merge(graphdef, state, copy=True)

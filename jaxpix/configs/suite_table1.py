@@ -9,7 +9,7 @@ IT, DD and APR, each trained, attacked and tabulated beside the paper.
 Variants: cpu, test (passed to every row's config); none = the paper's sizes.
 """
 
-from configs import common
+from jaxpix.configs import common
 
 
 def get_config(arg=None):
@@ -17,11 +17,11 @@ def get_config(arg=None):
   return common.suite(
     'apr_table1',
     (
-      'No Defence=cifar_baseline.py:{size}',
-      'AT=cifar_at.py:{size}',
-      'IT=cifar_it.py:{size}',
-      'DD=cifar_dd.py:{size}',
-      'APR=cifar_apr.py:{size}',
+      common.row('No Defence', 'cifar_baseline'),
+      common.row('AT', 'cifar_at'),
+      common.row('IT', 'cifar_it'),
+      common.row('DD', 'cifar_dd'),
+      common.row('APR', 'cifar_apr'),
     ),
     variants,
   )

@@ -9,7 +9,7 @@ and the attack on the bare classifier, on the pipeline, and transferred.
 Variants: cpu, test; none = full size.
 """
 
-from configs import common
+from jaxpix.configs import common
 
 
 def get_config(arg=None):
@@ -17,12 +17,12 @@ def get_config(arg=None):
   c = common.suite(
     'autoencoder',
     (
-      'LeNet=cifar_autoencoder.py:{size},lenet',
-      'Pure CNN=cifar_autoencoder.py:{size},pure_cnn',
-      'NiN=cifar_autoencoder.py:{size},nin',
-      'ResNet=cifar_autoencoder.py:{size},resnet32',
-      'DenseNet=cifar_autoencoder.py:{size},densenet_bc100',
-      'WideResNet=cifar_autoencoder.py:{size},wrn16_8',
+      common.row('LeNet', 'cifar_autoencoder', 'lenet'),
+      common.row('Pure CNN', 'cifar_autoencoder', 'pure_cnn'),
+      common.row('NiN', 'cifar_autoencoder', 'nin'),
+      common.row('ResNet', 'cifar_autoencoder', 'resnet32'),
+      common.row('DenseNet', 'cifar_autoencoder', 'densenet_bc100'),
+      common.row('WideResNet', 'cifar_autoencoder', 'wrn16_8'),
     ),
     variants,
   )

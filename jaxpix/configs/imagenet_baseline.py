@@ -14,7 +14,7 @@ per class, so the accuracy it reports is meaningless: it shows that the path
 works, nothing more.
 """
 
-from configs import common
+from jaxpix.configs import common
 
 
 def get_config(arg=None):

@@ -12,17 +12,17 @@ Variants: cpu, test (as configs/cifar_baseline.py), de (the paper-faithful
 training: DE on the whole batch in a separate adversarial pass), vgg16.
 """
 
-from configs import common
+from jaxpix.configs import common
 
 
 def get_config(arg=None):
   variants = common.parse_arg(arg, ('cpu', 'test', 'de', 'vgg16'))
   c = common.base('cifar10')
-  if 'vgg16' in variants:
-    c.model.name = 'vgg16'
   c.defence.name = 'at'
   c.defence.adversarial = True
   if 'de' in variants:
     common.paper_training(c)
   common.small(c, variants)
+  if 'vgg16' in variants:  # after small(): 'test,vgg16' tests VGG-16, not the test CNN
+    c.model.name = 'vgg16'
   return c

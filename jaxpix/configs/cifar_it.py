@@ -11,17 +11,16 @@ squeezing's CIFAR-10 choice (Xu et al. 2018) and 75 Guo et al.'s JPEG quality.
 Variants: cpu, test (as configs/cifar_baseline.py), bits_only, jpeg_only, vgg16.
 """
 
-from configs import common
+from jaxpix.configs import common
 
 
 def get_config(arg=None):
   variants = common.parse_arg(arg, ('cpu', 'test', 'bits_only', 'jpeg_only', 'vgg16'))
   c = common.base('cifar10')
-  if 'vgg16' in variants:
-    c.model.name = 'vgg16'
   c.defence.name = 'it'
   c.defence.bit_depth = 0 if 'jpeg_only' in variants else 5
   c.defence.jpeg_quality = 0 if 'bits_only' in variants else 75
-  c.defence.name = '_'.join(['it'] + sorted(variants & {'bits_only', 'jpeg_only'}))
   common.small(c, variants)
+  if 'vgg16' in variants:  # after small(): 'test,vgg16' tests VGG-16, not the test CNN
+    c.model.name = 'vgg16'
   return c

@@ -10,15 +10,15 @@ Papernot et al.'s CIFAR-10 setting (the APR paper gives none).
 Variants: cpu, test (as configs/cifar_baseline.py), vgg16.
 """
 
-from configs import common
+from jaxpix.configs import common
 
 
 def get_config(arg=None):
   variants = common.parse_arg(arg, ('cpu', 'test', 'vgg16'))
   c = common.base('cifar10')
-  if 'vgg16' in variants:
-    c.model.name = 'vgg16'
   c.defence.name = 'dd'
   c.defence.temperature = 100.0
   common.small(c, variants)
+  if 'vgg16' in variants:  # after small(): 'test,vgg16' tests VGG-16, not the test CNN
+    c.model.name = 'vgg16'
   return c

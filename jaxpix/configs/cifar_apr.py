@@ -27,7 +27,7 @@ Variants (comma-separated):
   vgg16          VGG-16 instead of ResNet-18.
 """
 
-from configs import common
+from jaxpix.configs import common
 
 VARIANTS = ('cpu', 'test', 'de', 'no_attention', 'no_adv', 'no_reg', 'vgg16')
 
@@ -35,14 +35,13 @@ VARIANTS = ('cpu', 'test', 'de', 'no_attention', 'no_adv', 'no_reg', 'vgg16')
 def get_config(arg=None):
   variants = common.parse_arg(arg, VARIANTS)
   c = common.base('cifar10')
-  if 'vgg16' in variants:
-    c.model.name = 'vgg16'
+  c.defence.name = 'apr'
   c.defence.attention = 'no_attention' not in variants
   c.defence.adversarial = 'no_adv' not in variants
   c.defence.beta = 0.0 if 'no_reg' in variants else 0.01
   if 'de' in variants:
     common.paper_training(c)
   common.small(c, variants)
-  # The ablations train different models: keep their checkpoints apart.
-  c.defence.name = '_'.join(['apr'] + sorted(variants & {'no_attention', 'no_adv', 'no_reg'}))
+  if 'vgg16' in variants:  # after small(): 'test,vgg16' tests VGG-16, not the test CNN
+    c.model.name = 'vgg16'
   return c

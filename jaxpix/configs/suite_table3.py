@@ -6,7 +6,7 @@ without each of its three parts.
 Variants: cpu, test; none = the paper's sizes.
 """
 
-from configs import common
+from jaxpix.configs import common
 
 
 def get_config(arg=None):
@@ -14,10 +14,10 @@ def get_config(arg=None):
   c = common.suite(
     'apr_table3',
     (
-      'Full APR=cifar_apr.py:{size}',
-      'w/o Pixel-wise Attention=cifar_apr.py:{size},no_attention',
-      'w/o Adversarial Training=cifar_apr.py:{size},no_adv',
-      'w/o Regularization=cifar_apr.py:{size},no_reg',
+      common.row('Full APR', 'cifar_apr'),
+      common.row('w/o Pixel-wise Attention', 'cifar_apr', 'no_attention'),
+      common.row('w/o Adversarial Training', 'cifar_apr', 'no_adv'),
+      common.row('w/o Regularization', 'cifar_apr', 'no_reg'),
     ),
     variants,
   )

@@ -16,13 +16,13 @@ Variants (comma-separated after the colon):
   vgg16  VGG-16 instead of ResNet-18 (the paper's second CIFAR model).
 """
 
-from configs import common
+from jaxpix.configs import common
 
 
 def get_config(arg=None):
   variants = common.parse_arg(arg, ('cpu', 'test', 'vgg16'))
   c = common.base('cifar10')
-  if 'vgg16' in variants:
-    c.model.name = 'vgg16'
   common.small(c, variants)
+  if 'vgg16' in variants:  # after small(): 'test,vgg16' tests VGG-16, not the test CNN
+    c.model.name = 'vgg16'
   return c

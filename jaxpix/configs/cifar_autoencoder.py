@@ -20,7 +20,7 @@ project's 2-core CPU trains and attacks them in minutes (measured 2026-11-23,
 pipeline forward images/s at width 32 -> 16 in front of LeNet: 879 -> 1,603).
 """
 
-from configs import common
+from jaxpix.configs import common
 
 ZOO = ('lenet', 'pure_cnn', 'nin', 'resnet32', 'densenet_bc100', 'wrn16_8')
 # ``cpu`` widths (full width is for accelerators). Training images/s of the

@@ -6,12 +6,18 @@ locks them, so an override with a misspelt field is an error.
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import ml_collections
 
-# ../shared/data relative to the repository root (this file is configs/common.py).
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+# The offline data: $JAXPIX_DATA if set, else ../shared/data beside the
+# repository (this file is jaxpix/configs/common.py). Either way a config's
+# data.dir can be overridden on the command line.
+SHARED_DATA = pathlib.Path(
+  os.environ.get('JAXPIX_DATA')
+  or pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
+)
 
 
 def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
@@ -38,6 +44,8 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.model.width = 1.0
 
   c.defence = ml_collections.ConfigDict()
+  # What trains and builds the model (jaxpix.build.DEFENCES): none | at | apr
+  # | it | dd | autoencoder. A dispatch key only; the fields below say how.
   c.defence.name = 'none'
   # APR / adversarial training (APR paper, section IV); all off = no defence.
   c.defence.attention = False  # pixel-wise attention f(A(x) * x)
@@ -114,6 +122,8 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # (Carlini & Wagner 2016) without changing any decision.
   c.eval.temperature = 1.0
   c.eval.progress = True
+  c.eval.step = 0  # the checkpoint's step to evaluate (0: the latest)
+  c.eval.batch_size = 500  # images per forward pass for clean accuracy
 
   c.train = ml_collections.ConfigDict()
   # The APR paper: Adam, lr 1e-3, weight decay 5e-4, batch 128, 200 epochs.
@@ -127,7 +137,7 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
-  c.train.resume_step = 0  # 0: resume from the latest checkpoint
+  c.train.resume_step = 0  # training resumes from this step's checkpoint (0: the latest)
   c.train.eval_every_epoch = True
   c.train.eval_batch_size = 500
   c.train.progress = True
@@ -163,6 +173,7 @@ def small(c: ml_collections.ConfigDict, variants: set[str]) -> None:
     c.train.log_every = 4
     c.train.checkpoint_every = 4
     c.train.eval_batch_size = 100
+    c.eval.batch_size = 100
     c.train.progress = False
 
 
@@ -176,16 +187,29 @@ def paper_training(c: ml_collections.ConfigDict) -> None:
   c.defence.penalty.fraction = 1.0
 
 
-def suite(table: str, rows: tuple[str, ...], variants: set[str]) -> ml_collections.ConfigDict:
-  """A suite config (mode=suite, see jaxpix/suite.py): ``rows`` are
-  ``'Row name=config.py:{size},...'`` with ``{size}`` the suite's own
-  cpu/test variant, passed on to every row."""
+def row(name: str, config: str, *variants: str, **overrides) -> ml_collections.ConfigDict:
+  """A suite row: ``name`` in the table, the config module ``config`` (in
+  jaxpix/configs) at ``variants`` plus the suite's own size, and field
+  overrides given as ``field__sub=value`` keywords (``defence__beta=0.0``)."""
+  r = ml_collections.ConfigDict()
+  r.name = name
+  r.config = config
+  r.variants = tuple(variants)
+  r.overrides = tuple((k.replace('__', '.'), v) for k, v in overrides.items())
+  return r
+
+
+def suite(
+  table: str, rows: tuple[ml_collections.ConfigDict, ...], variants: set[str]
+) -> ml_collections.ConfigDict:
+  """A suite config (mode=suite, see jaxpix/suite.py): ``rows`` from
+  :func:`row`; the suite's own cpu/test variant is passed on to every row."""
   c = ml_collections.ConfigDict()
   c.mode = 'suite'
   c.suite = ml_collections.ConfigDict()
-  c.suite.table = table  # layout and paper numbers: jaxpix.suite.TABLES
-  c.suite.size = ','.join(sorted(variants & {'cpu', 'test'}))
-  c.suite.rows = rows
+  c.suite.table = table  # layout and paper numbers: jaxpix.paper.TABLES
+  c.suite.size = tuple(sorted(variants & {'cpu', 'test'}))
+  c.suite.rows = tuple(rows)
   c.suite.seeds = (0,)  # e.g. --config.suite.seeds='(0, 1, 2)'
   c.suite.only = ''  # comma-separated row names to run (default: all)
   c.suite.set = ''  # overrides for every row, e.g. 'train.epochs=2,eval.num_images=50'

@@ -1,0 +1,128 @@
+"""What a config builds: the model behind its defence pipeline, the optimiser,
+the training state, and the metadata that identifies a checkpoint.
+
+Everything that turns a config into objects lives here, so that training,
+restoring, evaluation and the overhead measurement build the same thing.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from jaxpix import checkpoint, defences, models
+
+DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
+# What config.defence.name dispatches on (jaxpix.defences.loss_terms and
+# build_model): 'none' (plain cross-entropy), 'at' and 'apr' (the APR paper's
+# mixed loss, attention and penalty as config.defence says), 'it' (input
+# transformations), 'dd' (a distilled student; its teacher trains as
+# 'dd_teacher'), 'autoencoder' (before a frozen classifier).
+DEFENCES = ('none', 'at', 'apr', 'it', 'dd', 'dd_teacher', 'autoencoder')
+# The fields that make two checkpoints different models (refused on restore).
+IDENTITY = ('model', 'width', 'defence', 'attention', 'dataset', 'num_classes')
+
+
+def check_defence(config) -> None:
+  if config.defence.name not in DEFENCES:
+    raise ValueError(f'config.defence.name must be one of {DEFENCES}, got {config.defence.name!r}')
+
+
+def build_model(config, num_classes: int, classifier_predict=None) -> nnx.Module:
+  """The classifier of ``config.model``, behind the defence's input
+  transformations (IT) and pixel-wise attention (APR) where it has them; for
+  the autoencoder defence, the autoencoder before ``classifier_predict``."""
+  check_defence(config)
+  if config.defence.name == 'autoencoder':
+    if classifier_predict is None:
+      raise ValueError('the autoencoder defence needs its frozen classifier')
+    ae = defences.autoencoder.ConvAutoencoder(config.defence.ae_width, rngs=nnx.Rngs(config.seed))
+    return defences.autoencoder.Reconstructed(ae, classifier_predict)
+  model = models.create(
+    config.model.name,
+    num_classes=num_classes,
+    width=config.model.width,
+    dtype=DTYPES[config.dtype],
+    seed=config.seed,
+  )
+  if config.defence.bit_depth or config.defence.jpeg_quality:
+    model = defences.Transformed(model, config.defence.bit_depth, config.defence.jpeg_quality)
+  if config.defence.attention:
+    model = defences.Attended(
+      model, config.defence.attention_kernel, rngs=nnx.Rngs(config.seed + 1)
+    )
+  return model
+
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+  """Adam with coupled L2 weight decay, as PyTorch's ``Adam(weight_decay=...)``
+  which the APR paper used (lr 1e-3, wd 5e-4): the decay is added to the
+  gradient before the moment estimates, not decoupled as in AdamW."""
+  if cfg.schedule == 'constant':
+    lr = cfg.lr
+  elif cfg.schedule == 'cosine':
+    lr = optax.warmup_cosine_decay_schedule(
+      0.0, cfg.lr, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1)
+    )
+  else:
+    raise ValueError(f'config.train.schedule must be "constant" or "cosine", got {cfg.schedule!r}')
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(lr))
+
+
+def init_state(model: nnx.Module, tx, seed: int):
+  """(graphdef, the training state): a pytree of arrays (the key as raw key
+  data, for orbax)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  state = dict(
+    params=params,
+    rest=rest,
+    opt=tx.init(params),
+    step=jnp.zeros((), jnp.int32),
+    key=jax.random.key_data(jax.random.key(seed)),
+  )
+  return graphdef, state
+
+
+def frozen_config(config, role: str) -> ml_collections.ConfigDict:
+  """The config of a model this one builds on, trained with no defence of its
+  own: ``'teacher'`` (a distillation student's, trained at the temperature)
+  or ``'classifier'`` (the autoencoder's)."""
+  names = {'teacher': 'dd_teacher', 'classifier': 'none'}
+  if role not in names:
+    raise ValueError(f'role must be one of {sorted(names)}, got {role!r}')
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.defence.name = names[role]
+  c.defence.attention = False
+  c.defence.bit_depth = c.defence.jpeg_quality = 0
+  c.eval.step = 0
+  return c
+
+
+def meta(config, num_classes: int, total_steps: int | None = None) -> dict:
+  """What identifies a checkpoint's model (stored beside it, checked on restore)."""
+  return dict(
+    model=config.model.name,
+    width=config.model.width,
+    defence=config.defence.name,
+    attention=bool(config.defence.attention),
+    dataset=config.data.dataset,
+    num_classes=num_classes,
+    total_steps=total_steps,
+  )
+
+
+def check_meta(saved: dict, want: dict, directory) -> None:
+  """Refuses a checkpoint of another model (``IDENTITY`` fields). A field an
+  older checkpoint lacks is not compared."""
+  diff = [k for k in IDENTITY if k in saved and saved.get(k) != want[k]]
+  if diff:
+    raise checkpoint.CheckpointError(
+      f'checkpoint in {directory} was trained with '
+      + ', '.join(f'{k}={saved.get(k)!r}' for k in diff)
+      + ' but the config asks for '
+      + ', '.join(f'{k}={want[k]!r}' for k in diff)
+      + '; use a fresh workdir or the matching config'
+    )

@@ -1,0 +1,76 @@
+"""Experiment configs, in the package (as big_vision's): each module has a
+``get_config(arg)`` returning an ``ml_collections.ConfigDict``; ``arg`` is the
+comma-separated variants after the colon (``cifar_apr.py:cpu,de``).
+
+``run.py --config configs/cifar_apr.py:cpu`` reads the file (``configs/`` at
+the repository root is a link to this folder); code loads them by name with
+:func:`load`, which also works after a non-editable ``pip install``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import pathlib
+
+import ml_collections
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def names() -> list[str]:
+  """The configs shipped with jaxpix."""
+  return sorted(p.stem for p in HERE.glob('*.py') if p.stem not in ('__init__', 'common'))
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """``'cifar_apr:cpu,de'`` (or ``'cifar_apr.py:cpu,de'``, or a path to a
+  config file outside the package) -> its config."""
+  name, _, arg = spec.partition(':')
+  path = pathlib.Path(name)
+  if path.stem in names() and path.parent in (pathlib.Path('.'), pathlib.Path('configs')):
+    module = importlib.import_module(f'jaxpix.configs.{path.stem}')
+  else:
+    path = path if path.suffix else path.with_suffix('.py')
+    if not path.is_file():
+      raise FileNotFoundError(
+        f'config {name!r} is neither a jaxpix config ({", ".join(names())}) nor a file'
+      )
+    module_spec = importlib.util.spec_from_file_location(f'_jaxpix_config_{path.stem}', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
+  """Sets ``config.<field>`` (dotted) to ``value``; an unknown field is an
+  error, and an int given for a float field becomes a float."""
+  node = config
+  *path, last = field.split('.')
+  try:
+    for p in path:
+      node = node[p]
+    old = node[last]
+  except (KeyError, AttributeError):
+    raise ValueError(f'the config has no field {field!r}') from None
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  node[last] = value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: str) -> None:
+  """``'train.epochs=2,data.train_subset=10000'`` (a suite's ``suite.set``)
+  -> set those fields; values are Python literals, else kept as strings."""
+  for item in (s.strip() for s in overrides.split(',') if s.strip()):
+    key, eq, raw = item.partition('=')
+    if not eq:
+      raise ValueError(f'override {item!r} must read field=value, e.g. train.epochs=2')
+    try:
+      value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+      value = raw.strip()
+    try:
+      set_field(config, key.strip(), value)
+    except ValueError as e:
+      raise ValueError(f'override {item!r}: {e}') from None

@@ -1,0 +1,114 @@
+"""What runs leave on disk: append-only JSON-lines logs that survive a kill,
+strict JSON files written atomically, and the provenance stamped on results.
+
+Only process 0 writes (``writer``); every process reads.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+
+import jax
+import numpy as np
+
+
+def writer() -> bool:
+  return jax.process_index() == 0
+
+
+class JsonlLog:
+  """A JSON-lines file: ``lines`` (parsed) on open, ``append`` (flushed and
+  fsynced, so a kill loses at most the line being written) and ``rewrite``
+  (atomic).
+
+  A kill can tear only the last line: an unparsable last line is dropped
+  (call ``rewrite`` to drop it from the file too); an unparsable line before
+  it is an error, since then the file was damaged some other way.
+  """
+
+  def __init__(self, path: str | pathlib.Path):
+    self.path = pathlib.Path(path)
+    text = self.path.read_text().splitlines() if self.path.exists() else []
+    self.lines: list[dict] = []
+    for j, ln in enumerate(text):
+      try:
+        self.lines.append(json.loads(ln))
+      except json.JSONDecodeError:
+        if j != len(text) - 1:
+          raise ValueError(
+            f'{self.path} line {j + 1} is not JSON (and is not the last line, so a '
+            'kill did not tear it); delete the file, or the line, to go on'
+          ) from None
+
+  def rewrite(self, lines: list[dict]) -> None:
+    self.lines = list(lines)
+    if writer():
+      tmp = self.path.with_suffix(self.path.suffix + '.tmp')
+      tmp.write_text(''.join(json.dumps(r) + '\n' for r in self.lines))
+      os.replace(tmp, self.path)
+
+  def append(self, lines: list[dict]) -> None:
+    self.lines.extend(lines)
+    if writer():
+      with self.path.open('a') as f:
+        for r in lines:
+          f.write(json.dumps(r) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _finite(obj):
+  """NaN/inf -> None, so that a JSON file is strict JSON (null = undefined,
+  e.g. the mean confidence of successful attacks when none succeeded)."""
+  if isinstance(obj, float):
+    return obj if np.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: _finite(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite(v) for v in obj]
+  return obj
+
+
+def write_json(path: str | pathlib.Path, obj) -> None:
+  """Writes strict JSON atomically (a kill never leaves half a file)."""
+  path = pathlib.Path(path)
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  tmp.write_text(json.dumps(_finite(obj), indent=1, allow_nan=False) + '\n')
+  os.replace(tmp, path)
+
+
+def provenance() -> dict:
+  """Commit, device and versions, stamped on every results.json."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  try:
+    commit = subprocess.run(
+      ['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ['git', 'status', '--porcelain', '--untracked-files=no'],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.strip()
+    commit += '-dirty' if dirty else ''
+  except (OSError, subprocess.CalledProcessError):
+    commit = 'unknown'
+  d = jax.devices()
+  return dict(
+    commit=commit,
+    device=f'{len(d)} x {d[0].device_kind} ({d[0].platform})',
+    jax=jax.__version__,
+    date=datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
+  )
+
+
+def progress_bar(total: int, initial: int, desc: str, unit: str, enabled: bool):
+  """The one tqdm bar of training and evaluation."""
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled)

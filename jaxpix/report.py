@@ -1,0 +1,206 @@
+"""Reports: the markdown tables and the figures of an evaluation and of a suite.
+
+Pure functions of the results dicts (and, for figures, the images they were
+measured on); nothing here measures anything.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from jaxpix import paper, stats
+
+
+def evaluation_figures(
+  results: dict, out: pathlib.Path, gallery=None, attention=None, class_names=None
+) -> list:
+  """``asr_vs_budget.png``; with ``gallery`` = (AttackResult, its clean images,
+  how many) the adversarial gallery; with ``attention`` = (model, images,
+  labels) the attention maps; captions from ``class_names`` (else class
+  indices). Returns the file names."""
+  from jaxpix import figures
+
+  figures.asr_vs_budget(
+    {name: s['curve'] for name, s in results['attacks'].items()}, out / 'asr_vs_budget.png'
+  )
+  made = ['asr_vs_budget.png']
+  if gallery is not None:
+    res, images, n = gallery
+    figures.adversarial_gallery(res, images, out / 'gallery.png', n=n, class_names=class_names)
+    made.append('gallery.png')
+  if attention is not None:
+    figures.attention_maps(*attention, out / 'attention_maps.png', class_names=class_names)
+    made.append('attention_maps.png')
+  return made
+
+
+def _num(v, spec: str) -> str:
+  return 'n/a' if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def evaluation_markdown(results: dict) -> str:
+  """results.md: the evaluation's numbers, each with its 95% interval."""
+  cfg = results['config']
+  pct = lambda v: 'n/a' if v is None or not np.isfinite(v) else f'{100 * v:.2f}%'
+  ci = lambda lo_hi: f'[{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]'
+  lines = [
+    f'# Evaluation: {cfg["model"]["name"]} (width {cfg["model"]["width"]}), defence '
+    f'`{cfg["defence"]["name"]}`',
+    '',
+    f'Checkpoint `{results["checkpoint"]}` at step {results["step"]}; commit '
+    f'`{results["commit"]}`; device {results["device"]}; {results["date"]}.',
+    '',
+    f'Attack protocol: {results["num_images"]} correctly classified {results["test_split"]} '
+    f'images drawn with seed {results["eval_seed"]}; DE population {cfg["eval"]["popsize"]}, '
+    f'{cfg["eval"]["maxiter"]} generations, {cfg["eval"]["pixels"]} pixel(s), '
+    f'`{cfg["eval"]["mode"]}` mode, strategy `{cfg["eval"]["strategy"]}`. Intervals: Wilson '
+    '95% over images (one seed).',
+    '',
+  ]
+  if 'note' in results:
+    lines += [f'Note: {results["note"]}.', '']
+  notes = []
+  lines += [
+    '| Metric | Value | 95% CI |',
+    '|---|---|---|',
+    f'| Clean accuracy ({results["test_images"]} images) | '
+    f'{pct(results["clean_accuracy"])} | {ci(results["clean_accuracy_wilson95"])} |',
+  ]
+  for name, s in results['attacks'].items():
+    lines += [
+      f'| {name}: attack success rate ({s["successes"]}/{s["attacks"]}) | '
+      f'{pct(s["attack_success_rate"])} | {ci(s["asr_wilson95"])} |',
+      f'| {name}: robustness | {pct(s["robustness"])} | '
+      f'{ci([1 - s["asr_wilson95"][1], 1 - s["asr_wilson95"][0]])} |',
+      f'| {name}: mean queries (all / successful) | {_num(s["mean_queries"], ".0f")} / '
+      f'{_num(s["mean_queries_successful"], ".0f")} | |',
+      f'| {name}: mean confidence of successful adversarial images | '
+      f'{_num(s["mean_confidence_successful"], ".3f")} | |',
+    ]
+    if 'images_fooled_any_target' in s:
+      lines.append(
+        f'| {name}: images fooled towards at least one target | '
+        f'{pct(s["images_fooled_any_target"])} | {ci(s["any_target_wilson95"])} |'
+      )
+      notes.append(
+        f'{name}: the per-attack interval treats the targets of one image as '
+        'independent, so it is too narrow; the per-image one is not.'
+      )
+  if notes:
+    lines += [''] + notes
+  if 'autoencoder_table4' in results:
+    t = results['autoencoder_table4']
+    lines += ['', '| Table 4 metric | Value |', '|---|---|'] + [
+      f'| {k} | {pct(v)} |' for k, v in t.items() if k != 'counts'
+    ]
+  if results.get('figures'):
+    lines += [''] + [f'![{f}]({f})' for f in results['figures']]
+  return '\n'.join(lines) + '\n'
+
+
+def _rel(path: str, root: str) -> str:
+  p = pathlib.Path(path)
+  return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
+def _cell(s: dict | None) -> str:
+  return stats.fmt_percent(s) if s else 'n/a'
+
+
+def suite_markdown(res: dict, kind: str) -> str:
+  """The table as the paper lays it out, with the paper's numbers beside."""
+  rows = res['rows']
+  first = next(iter(rows.values()))
+  ps = first['per_seed'][0]
+  ev = ps['config']['eval']
+  kinds = sorted({m['interval'] for r in rows.values() for m in r['summary'].values()})
+  lines = [
+    f'# {res["title"]} (measured)',
+    '',
+    f'Size `{res["size"] or "full"}`, seeds {res["seeds"]}, overrides '
+    f'`{res["overrides"] or "none"}`; commit `{res["commit"]}`; device {res["device"]}; '
+    f'{res["date"]}; this run took {res["seconds_this_run"] / 60:.1f} min.',
+    '',
+    f'Attack: DE population {ev["popsize"]}, {ev["maxiter"]} generations, '
+    f'{ev["pixels"]} pixel(s), `{ev["mode"]}` mode, on up to {ev["num_images"]} correctly '
+    'classified test images per model. Cells: measured mean [95% interval: '
+    f'{"; ".join(kinds)}]; "paper" = the number the paper reports.',
+    '',
+  ]
+  metrics = paper.DEFENCE_METRICS if kind == 'defences' else paper.AE_METRICS
+  head = '| Row | ' + ' | '.join(f'{label} | paper' for _, label in metrics) + ' |'
+  lines += [head, '|---' * (1 + 2 * len(metrics)) + '|']
+  for name, r in rows.items():
+    p = r['paper']
+    cells = []
+    for j, (m, _) in enumerate(metrics):
+      pv = (
+        (p[j] if isinstance(p, list) else p.get({'asr_transfer': 'asr_after'}.get(m, m)))
+        if p
+        else None
+      )
+      cells += [_cell(r['summary'].get(m)), 'n/a' if pv is None else f'{100 * pv:.2f}%']
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  if kind == 'autoencoder':
+    lines += [
+      '',
+      'Our performance loss is the clean accuracy the reconstruction costs '
+      "(classifier minus pipeline, all test images); the paper's PL is a count "
+      'it does not define (e.g. 131/977 for Pure CNN), quoted as printed. Its "ASR '
+      'after reconstruction" is the transfer setting, quoted beside ours.',
+    ]
+  lines += [
+    '',
+    '| Row | config | seeds | attacked images per seed | train images/s | workdir |',
+    '|---|---|---|---|---|---|',
+  ]
+  for name, r in rows.items():
+    per = r['per_seed']
+    rate = [p.get('train_images_per_s') for p in per]
+    lines.append(
+      f'| {name} | `{r["spec"]}` | {[p["seed"] for p in per]} | '
+      f'{[p["num_images"] for p in per]} | '
+      f'{", ".join("n/a" if x is None else f"{x:.0f}" for x in rate)} | '
+      f'`{r["workdirs"][0]}` |'
+    )
+  if 'overhead' in res:
+    ref = next(iter(res['overhead'].values()))['reference']
+    lines += [
+      '',
+      f'## Overhead (one process, one device; relative to {ref})',
+      '',
+      '| Row | train s/epoch | training time | inference ms/image | inference time |',
+      '|---|---|---|---|---|',
+    ]
+    for name, o in res['overhead'].items():
+      label = f'{name} (teacher + student)' if o.get('teacher_seconds_per_step') else name
+      lines.append(
+        f'| {label} | {o["seconds_per_epoch"]:.1f} | {o["train_relative"]:.2f}x | '
+        f'{1e3 * o["seconds_per_image"]:.3f} | {o["inference_relative"]:.2f}x |'
+      )
+    lines += [
+      '',
+      "The APR paper's Table 4 (APR vs no defence): "
+      + '; '.join(
+        f'{model}: training time +{100 * t:.1f}%, inference time +{100 * i:.1f}%'
+        for model, (t, i) in paper.APR_TABLE4.items()
+      )
+      + '.',
+    ]
+  lines += [
+    '',
+    '![ASR against query budget](asr_vs_budget.png)',
+    '',
+    'Per row (seed of the first workdir): '
+    + '; '.join(
+      f'{name}: '
+      + ', '.join(
+        f'[{f}]({_rel(r["workdirs"][0], res["root"])}/eval/{f})'
+        for f in r['per_seed'][0].get('figures', [])
+      )
+      for name, r in rows.items()
+    ),
+  ]
+  return '\n'.join(lines) + '\n'

@@ -1,0 +1,55 @@
+"""The configs in the package: loading by name or path, variants, overrides."""
+
+import pytest
+
+from jaxpix import build, configs
+
+
+def test_every_config_loads_by_name_with_its_variants():
+  for name in configs.names():
+    c = configs.load(name)
+    if c.mode != 'suite':
+      assert c.defence.name in build.DEFENCES, name
+  a = configs.load('cifar_apr.py:cpu,no_reg')
+  b = configs.load('configs/cifar_apr.py:cpu,no_reg')  # run.py's spelling
+  assert a == b and a.defence.beta == 0.0 and a.model.width == 0.25
+  with pytest.raises(ValueError, match=r"unknown config variant\(s\) \['nope'\]"):
+    configs.load('cifar_apr:nope')
+  with pytest.raises(FileNotFoundError, match='neither a jaxpix config'):
+    configs.load('nope.py:cpu')
+
+
+def test_a_config_file_outside_the_package(tmp_path):
+  f = tmp_path / 'mine.py'
+  f.write_text(
+    'from jaxpix.configs import cifar_baseline\n\n\ndef get_config(arg=None):\n'
+    '  c = cifar_baseline.get_config(arg)\n  c.train.epochs = 3\n  return c\n'
+  )
+  assert configs.load(f'{f}:cpu').train.epochs == 3
+
+
+def test_test_variant_keeps_the_model_asked_for():
+  # ':test' shrinks the run; a model variant beside it is still that model.
+  assert configs.load('cifar_baseline:test').model.name == 'cnn6'
+  for name in ('cifar_baseline', 'cifar_apr', 'cifar_at', 'cifar_it', 'cifar_dd'):
+    assert configs.load(f'{name}:test,vgg16').model.name == 'vgg16', name
+  assert configs.load('cifar_autoencoder:test,lenet').model.name == 'lenet'
+
+
+def test_overrides():
+  cfg = configs.load('cifar_apr.py:cpu')
+  configs.apply_overrides(cfg, 'train.epochs=2, eval.num_images=50,train.lr=1')
+  assert (cfg.train.epochs, cfg.eval.num_images, cfg.train.lr) == (2, 50, 1.0)
+  assert isinstance(cfg.train.lr, float)
+  with pytest.raises(ValueError, match="no field 'train.epoch'"):
+    configs.apply_overrides(cfg, 'train.epoch=2')
+  with pytest.raises(ValueError, match='must read field=value'):
+    configs.apply_overrides(cfg, 'train.epochs')
+
+
+def test_defence_name_is_a_dispatch_key():
+  c = configs.load('cifar_apr:cpu,no_adv')
+  assert c.defence.name == 'apr' and not c.defence.adversarial
+  c.defence.name = 'apr_no_adv'
+  with pytest.raises(ValueError, match='config.defence.name must be one of'):
+    build.check_defence(c)

@@ -1,0 +1,219 @@
+"""Eval mode (jaxpix.evaluation): the attack protocol, resume, results files,
+and Table 4 against hand-counted values."""
+
+import json
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpix import attack, checkpoint, data, evaluation, restore
+from jaxpix.configs import cifar_baseline
+from jaxpix.evaluation import attack_log, metrics
+
+
+def _eval_config(trained, **eval_overrides):
+  c = cifar_baseline.get_config('test')
+  c.train.steps = 40
+  c.mode, c.checkpoint = 'eval', str(trained)
+  c.eval.mode, c.eval.popsize, c.eval.maxiter = 'replace', 16, 6
+  for k, v in eval_overrides.items():
+    c.eval[k] = v
+  return c
+
+
+@pytest.fixture
+def trained(tiny_checkpoint):
+  return tiny_checkpoint
+
+
+def _md_value(md, label):
+  m = re.search(r'\| ' + re.escape(label) + r'[^|]*\| ([0-9.]+)%', md)
+  return float(m.group(1))
+
+
+@pytest.mark.slow
+def test_eval_protocol_results_and_markdown(trained, tmp_path):
+  res = evaluation.evaluate(_eval_config(trained, targeted=True), str(tmp_path))
+  on_disk = json.loads((tmp_path / 'results.json').read_text())
+  assert on_disk['attacks']['de']['successes'] == res['attacks']['de']['successes']
+  # Only correctly classified images, drawn with the seed, as many as asked.
+  assert res['num_images'] == 12 == len(set(res['images']))
+  restored = restore.load_predict(_eval_config(trained), 10)
+  predict, step = restored.predict, restored.step
+  test = data.load_test(_eval_config(trained).data)
+  x = data.to_float(test.images)
+  pred = attack.batched_probs(predict, x, 100).argmax(-1)
+  assert np.all(pred[res['images']] == test.labels[res['images']]) and step == 40
+  assert res['clean_accuracy'] == pytest.approx(np.mean(pred == test.labels))
+  # The records are the attack's own results on those images with that key.
+  direct = attack.one_pixel(
+    predict,
+    x[res['images']],
+    test.labels[res['images']],
+    key=jax.random.key(0),
+    popsize=16,
+    maxiter=6,
+    indices=np.asarray(res['images']),
+  )
+  de = res['attacks']['de']
+  assert de['successes'] == int(direct.success.sum())
+  assert de['mean_queries'] == pytest.approx(direct.queries.mean())
+  assert de['robustness'] == pytest.approx(1 - de['attack_success_rate'])
+  assert de['curve']['asr'][-1] == pytest.approx(de['attack_success_rate'])
+  # Targeted: every other class of every image; "any target" is per image.
+  tg = res['attacks']['de_targeted']
+  assert tg['attacks'] == 12 * 9 and tg['images'] == 12
+  recs = [
+    json.loads(ln)
+    for ln in (tmp_path / 'attack_de_targeted.jsonl').read_text().splitlines()
+    if '"key"' in ln
+  ]
+  assert len(recs) == 108 and all(r['target'] != test.labels[r['index']] for r in recs)
+  assert sorted(r['key'] for r in recs) == sorted(
+    i * 10 + t for i in res['images'] for t in range(10) if t != test.labels[i]
+  )
+  # Key i * K + t: the same as attacking (image i, target t) directly.
+  i = res['images'][0]
+  mine = sorted((r for r in recs if r['index'] == i), key=lambda r: r['target'])
+  tgt = np.array([r['target'] for r in mine], np.int32)
+  direct_t = attack.one_pixel(
+    predict,
+    x[[i] * 9],
+    test.labels[[i] * 9],
+    targets=tgt,
+    key=jax.random.key(0),
+    popsize=16,
+    maxiter=6,
+    indices=i * 10 + tgt,
+  )
+  assert [r['success'] for r in mine] == direct_t.success.tolist()
+  assert [r['queries'] for r in mine] == direct_t.queries.tolist()
+  fooled_any = {r['index'] for r in recs if r['success']}
+  assert tg['images_fooled_any_target'] == len(fooled_any) / 12
+  # The markdown shows the numbers of results.json.
+  md = (tmp_path / 'results.md').read_text()
+  assert _md_value(md, 'Clean accuracy') == pytest.approx(
+    100 * on_disk['clean_accuracy'], abs=0.005
+  )
+  assert _md_value(md, 'de: attack success rate') == pytest.approx(
+    100 * de['attack_success_rate'], abs=0.005
+  )
+  for f in ('asr_vs_budget.png', 'gallery.png', 'attack_de.jsonl'):
+    assert (tmp_path / f).stat().st_size > 0
+  assert on_disk['commit'] and on_disk['device'] and on_disk['config']['eval']['popsize'] == 16
+
+
+@pytest.mark.slow
+def test_eval_temperature_softens_the_attacks_probabilities(trained, tmp_path):
+  cfg = _eval_config(trained, temperature=4.0, num_images=4)
+  res = evaluation.evaluate(cfg, str(tmp_path))
+  log = (tmp_path / 'attack_de.jsonl').read_text().splitlines()
+  assert json.loads(log[0])['protocol']['temperature'] == 4.0
+  recs = [json.loads(ln) for ln in log if '"key"' in ln]
+  predict = restore.load_predict(cfg, 10).predict
+  test = data.load_test(cfg.data)
+  x = data.to_float(test.images)
+  adv = metrics.adversarial_images(recs, x, 'replace')
+  logits = np.asarray(predict(adv))
+  y = test.labels[[r['index'] for r in recs]]
+  # The records hold softmax(logits / 4) of the adversarial image ...
+  soft = np.asarray(jax.nn.softmax(logits / 4.0))[np.arange(4), y]
+  assert [r['true_prob'] for r in recs] == pytest.approx(soft, abs=1e-5)
+  # ... which is not the deployed model's own probability, and the clean
+  # accuracy is the deployed model's, unchanged.
+  plain = np.asarray(jax.nn.softmax(logits))[np.arange(4), y]
+  assert not np.allclose(soft, plain, atol=1e-3)
+  assert (
+    res['clean_accuracy']
+    == evaluation.evaluate(_eval_config(trained, num_images=4), str(tmp_path / 'plain'))[
+      'clean_accuracy'
+    ]
+  )
+  with pytest.raises(ValueError, match='temperature must be > 0'):
+    evaluation.evaluate(_eval_config(trained, temperature=0.0), str(tmp_path / 'bad'))
+
+
+@pytest.mark.slow
+def test_eval_killed_midway_resumes_to_the_same_numbers(trained, tmp_path, monkeypatch):
+  full = evaluation.evaluate(_eval_config(trained), str(tmp_path / 'full'))
+  assert 0 < full['attacks']['de']['successes'] < 12  # a test that can tell a difference
+  # Kill after 5 images were written, leaving a torn half line behind.
+  real_append = attack_log.AttackLog.append
+
+  def dying_append(self, records):
+    real_append(self, records[:5])
+    with self.path.open('a') as f:
+      f.write('{"key": 3, "succ')
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(attack_log.AttackLog, 'append', dying_append)
+  with pytest.raises(KeyboardInterrupt):
+    evaluation.evaluate(_eval_config(trained), str(tmp_path / 'cut'))
+  monkeypatch.setattr(attack_log.AttackLog, 'append', real_append)
+  attacked = []
+  real_attack = attack.one_pixel
+  monkeypatch.setattr(
+    attack, 'one_pixel', lambda p, x, *a, **k: attacked.append(len(x)) or real_attack(p, x, *a, **k)
+  )
+  resumed = evaluation.evaluate(_eval_config(trained), str(tmp_path / 'cut'))
+  assert attacked == [12 - 5]  # only what was not saved
+  for k in ('successes', 'mean_queries', 'mean_confidence_successful', 'curve'):
+    assert resumed['attacks']['de'][k] == full['attacks']['de'][k], k
+  lines = [json.loads(ln) for ln in (tmp_path / 'cut' / 'attack_de.jsonl').read_text().splitlines()]
+  assert 'protocol' in lines[0] and sum('key' in ln for ln in lines) == 12
+  assert len(resumed['attacks']['de']['sessions']) == 2  # the killed run and this one
+  # Same command again: nothing left to attack.
+  attacked.clear()
+  evaluation.evaluate(_eval_config(trained), str(tmp_path / 'cut'))
+  assert attacked == []
+  # Another protocol does not mix into these results.
+  with pytest.raises(ValueError, match=r'popsize: saved 16, now 20'):
+    evaluation.evaluate(_eval_config(trained, popsize=20), str(tmp_path / 'cut'))
+
+
+@pytest.mark.slow
+def test_eval_bad_input(trained, tmp_path):
+  res = evaluation.evaluate(_eval_config(trained, num_images=10_000, gallery=0), str(tmp_path))
+  assert res['num_images'] == res['correctly_classified'] < 10_000
+  assert 'all attacked instead of the 10000 requested' in res['note']
+  wrong = _eval_config(trained)
+  wrong.model.width = 0.25
+  with pytest.raises(checkpoint.CheckpointError, match=r'width=0\.125.*width=0\.25'):
+    evaluation.evaluate(wrong, str(tmp_path / 'w'))
+  wrong = _eval_config(trained)
+  wrong.defence.name = 'it'
+  with pytest.raises(checkpoint.CheckpointError, match=r"defence='none'.*defence='it'"):
+    evaluation.evaluate(wrong, str(tmp_path / 'w'))
+  with pytest.raises(checkpoint.CheckpointError, match='holds no checkpoint'):
+    evaluation.evaluate(_eval_config(tmp_path / 'nowhere'), str(tmp_path / 'w'))
+  with pytest.raises(ValueError, match='num_images must be a positive int'):
+    evaluation.evaluate(_eval_config(trained, num_images=0), str(tmp_path / 'w'))
+
+
+def _rec(success, index=0):
+  return dict(success=success, index=index, queries=1)
+
+
+def test_table4_counts_by_hand():
+  # Bare classifier: 4 attacked, 3 fooled (0, 1, 3). Of those, the pipeline
+  # still misclassifies 0 and 3's adversarial images (transfer: 2/4), so it
+  # undoes 1 of 3. Image 2 was not fooled: its "transferred" flag must not
+  # count. Adaptive attack: 1 of 4.
+  bare = [_rec(True), _rec(True), _rec(False), _rec(True)]
+  adaptive = [_rec(False), _rec(True), _rec(False), _rec(False)]
+  transferred = np.array([True, False, True, True])
+  bare_correct = np.array([1, 1, 1, 1, 0], bool)
+  pipe_correct = np.array([1, 1, 0, 1, 0], bool)
+  t = metrics.table4(bare, adaptive, transferred, bare_correct, pipe_correct)
+  assert t['counts'] == dict(
+    asr_no_defence=[3, 4], asr_adaptive=[1, 4], asr_transfer=[2, 4], defence_rate=[1, 3]
+  )
+  assert (t['asr_no_defence'], t['asr_adaptive'], t['asr_transfer']) == (0.75, 0.25, 0.5)
+  assert t['defence_rate'] == pytest.approx(1 / 3)
+  assert (t['clean_accuracy_classifier'], t['clean_accuracy_pipeline']) == (0.8, 0.6)
+  assert t['performance_loss'] == pytest.approx(0.2)
+  # Nothing fooled: the defence rate is undefined, not 0 or 1.
+  none = metrics.table4([_rec(False)], [_rec(False)], np.array([True]), bare_correct, pipe_correct)
+  assert none['asr_transfer'] == 0 and np.isnan(none['defence_rate'])

@@ -1,0 +1,112 @@
+"""Suites (jaxpix.suite): rows x seeds trained, evaluated and tabulated; the
+overhead table."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxpix import attack, experiment, overhead, stats, suite
+from jaxpix.configs import common, suite_table1, suite_table3
+
+
+@pytest.mark.slow
+def test_suite_trains_evaluates_tabulates_and_reuses(shared_data, tmp_path, monkeypatch):
+  del shared_data
+  c = suite_table1.get_config('test')
+  c.suite.only, c.suite.seeds = 'No Defence,IT', (0, 1)
+  res = experiment.run(c, str(tmp_path))
+  rows = json.loads((tmp_path / 'results.json').read_text())['rows']
+  assert list(rows) == ['No Defence', 'IT']
+  for name, r in rows.items():
+    accs = [p['clean_accuracy'] for p in r['per_seed']]
+    s = r['summary']['clean_accuracy']
+    assert [p['seed'] for p in r['per_seed']] == [0, 1]
+    assert s['mean'] == pytest.approx(np.mean(accs)) and s['interval'].startswith('Student t')
+    assert r['paper'] == list(suite.paper.APR_TABLE1[name])
+    # Each seed's numbers are its eval's results.json.
+    ev = json.loads((tmp_path / suite.slug(name) / 'seed1' / 'eval' / 'results.json').read_text())
+    assert r['per_seed'][1]['attacks']['de']['successes'] == ev['attacks']['de']['successes']
+  md = (tmp_path / 'results.md').read_text()
+  cell = stats.fmt_percent(rows['IT']['summary']['asr'])
+  assert (
+    f'| IT | {stats.fmt_percent(rows["IT"]["summary"]["clean_accuracy"])} | 89.10% | '
+    f'{cell} | 38.76% |' in md
+  )
+  oh = res['overhead']
+  assert list(oh) == ['No Defence', 'IT'] and oh['IT']['reference'] == 'No Defence'
+  assert oh['IT']['inference_relative'] == pytest.approx(
+    oh['IT']['seconds_per_image'] / oh['No Defence']['seconds_per_image']
+  )
+  assert 'relative to No Defence' in md
+  assert (tmp_path / 'asr_vs_budget.png').stat().st_size > 0
+  # Again: checkpoints and attack results are reused, the numbers unchanged.
+  monkeypatch.setattr(attack, 'one_pixel', lambda *a, **k: pytest.fail('attacked again'))
+  c.suite.overhead = False
+  again = experiment.run(c, str(tmp_path))
+  assert again['rows']['IT']['summary'] == res['rows']['IT']['summary']
+
+
+def test_overhead_counts_the_distillation_teacher(monkeypatch):
+  step_s = {'none': 1.0, 'dd': 1.5, 'dd_teacher': 2.0}
+  monkeypatch.setattr(
+    overhead,
+    'train_step_time',
+    lambda cfg, steps: dict(seconds_per_step=step_s[cfg.defence.name], batch=64),
+  )
+  monkeypatch.setattr(overhead, 'inference_time', lambda cfg: dict(seconds_per_image=2e-3))
+  monkeypatch.setattr(overhead.data, 'load', lambda dcfg: (np.zeros(640), None, None))
+  c = suite_table1.get_config('test')
+  rows = [c.suite.rows[0], *suite.select_rows(c.suite.rows, 'DD')]
+  oh = overhead.table([(r.name, suite.row_config(r, c.suite, 0)) for r in rows], steps=3)
+  assert list(oh) == ['No Defence', 'DD']
+  # 640 images at batch 64: 10 steps an epoch; DD's epoch = teacher's + student's.
+  assert oh['DD']['seconds_per_step'] == 3.5 and oh['DD']['teacher_seconds_per_step'] == 2.0
+  assert oh['DD']['seconds_per_epoch'] == pytest.approx(35.0)
+  assert oh['DD']['train_relative'] == pytest.approx(3.5)
+  assert oh['No Defence']['teacher_seconds_per_step'] is None
+  assert oh['DD']['inference_relative'] == pytest.approx(1.0)
+
+
+def test_suite_rows_configs_and_overrides():
+  c = suite_table3.get_config('cpu')
+  assert [r.name for r in suite.select_rows(c.suite.rows, 'Full APR, w/o Regularization')] == [
+    'Full APR',
+    'w/o Regularization',
+  ]
+  with pytest.raises(ValueError, match=r"unknown rows \['C'\]"):
+    suite.select_rows(c.suite.rows, 'C')
+  # A row's config: its module at its variants plus the suite's size, its
+  # overrides, then the suite's; the seed sets both seeds.
+  row = common.row('X', 'cifar_apr', 'no_reg', defence__penalty__method='exact')
+  c.suite.set = 'train.epochs=2'
+  cfg = suite.row_config(row, c.suite, 3)
+  assert (cfg.model.width, cfg.defence.beta, cfg.defence.penalty.method) == (0.25, 0.0, 'exact')
+  assert (cfg.train.epochs, cfg.seed, cfg.eval.seed) == (2, 3, 3)
+  assert suite.spec_of(row) == "cifar_apr:no_reg defence.penalty.method='exact'"
+  curve = suite.mean_curve(
+    [dict(budget=[10, 30], asr=[0.2, 0.4]), dict(budget=[20, 30], asr=[0.1, 0.3])]
+  )
+  assert curve == dict(budget=[10, 20, 30], asr=pytest.approx([0.1, 0.15, 0.35]))
+
+
+@pytest.mark.slow
+def test_one_seed_autoencoder_suite_uses_wilson_and_reads_back(shared_data, tmp_path):
+  del shared_data
+  from jaxpix.configs import suite_autoencoder
+
+  c = suite_autoencoder.get_config('test')
+  c.suite.only = 'LeNet'
+  c.suite.set = 'train.steps=20,eval.num_images=8'
+  res = experiment.run(c, str(tmp_path))
+  row = json.loads((tmp_path / 'results.json').read_text())['rows']['LeNet']
+  t = row['per_seed'][0]['autoencoder_table4']
+  for m in ('asr_no_defence', 'asr_adaptive', 'asr_transfer'):
+    k, n = t['counts'][m]
+    assert row['summary'][m]['interval'] == f'Wilson 95% over {n} images'
+    assert row['summary'][m]['mean'] == pytest.approx(k / n)
+  assert row['summary']['performance_loss']['interval'] == 'none (one value)'
+  assert row['paper'] == suite.paper.AE_TABLE4['LeNet']
+  md = (tmp_path / 'results.md').read_text()
+  assert f'| LeNet | {stats.fmt_percent(row["summary"]["asr_no_defence"])} | 61.20% |' in md
+  assert res['rows']['LeNet']['spec'] == 'cifar_autoencoder:lenet'
