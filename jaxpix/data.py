@@ -360,11 +360,11 @@ def augment(key, images_u8, pad: int = 4, flip: bool = True):
 
 
 def levels(images_u8):
-  """uint8 images -> float32 [0, 1] on device, bit-identical to ``to_float``."""
+  """uint8 images -> float32 [0, 1] on device, bit-identical to ``to_float``:
+  the attack's table of the 256 levels (``jaxpix.attack.perturb.LEVELS``), not
+  a division, which XLA would round differently for some levels."""
   import jax.numpy as jnp
 
-  return jnp.asarray(_LEVELS)[images_u8.astype(jnp.int32)]
+  from jaxpix.attack import perturb
 
-
-# uint8 / 255 exactly (see jaxpix.attack.perturb): a table, not a division.
-_LEVELS = np.arange(256, dtype=np.float32) / np.float32(255)
+  return jnp.asarray(perturb.LEVELS)[images_u8.astype(jnp.int32)]

@@ -110,3 +110,33 @@ def test_one_seed_autoencoder_suite_uses_wilson_and_reads_back(shared_data, tmp_
   md = (tmp_path / 'results.md').read_text()
   assert f'| LeNet | {stats.fmt_percent(row["summary"]["asr_no_defence"])} | 61.20% |' in md
   assert res['rows']['LeNet']['spec'] == 'cifar_autoencoder:lenet'
+
+
+@pytest.mark.slow
+def test_a_suite_runs_from_the_package_alone(shared_data, tmp_path):
+  """As after a non-editable ``pip install .``: only the package's files, in
+  another folder, imported from elsewhere (no repository, no configs/ link)."""
+  import pathlib
+  import shutil
+  import subprocess
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  site = tmp_path / 'site'
+  shutil.copytree(root / 'jaxpix', site / 'jaxpix', ignore=shutil.ignore_patterns('__pycache__'))
+  script = (
+    'import jaxpix\n'
+    f'assert jaxpix.__file__.startswith({str(site)!r}), jaxpix.__file__\n'
+    'from jaxpix import configs, experiment\n'
+    "c = configs.load('suite_table1:test')\n"
+    "c.suite.only, c.suite.overhead = 'No Defence', False\n"
+    "c.suite.set = 'train.steps=4,eval.num_images=2,eval.popsize=4,eval.maxiter=1'\n"
+    "experiment.run(c, 'out')\n"
+  )
+  env = dict(PYTHONPATH=str(site), JAXPIX_DATA=str(shared_data), PATH='/usr/bin:/bin')
+  r = subprocess.run(
+    [sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = json.loads((tmp_path / 'out' / 'results.json').read_text())['rows']
+  assert list(rows) == ['No Defence'] and rows['No Defence']['per_seed'][0]['num_images'] == 2

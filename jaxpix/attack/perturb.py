@@ -27,7 +27,7 @@ Mode = Literal['replace', 'add']
 # uint8 / 255 as numpy computes it (correctly rounded). XLA turns "/ 255" into a
 # multiply by the reciprocal, which is 1 ulp off for some levels; a table keeps
 # every written pixel bit-identical to uint8 / 255.
-_LEVELS = np.arange(256, dtype=np.float32) / np.float32(255)
+LEVELS = np.arange(256, dtype=np.float32) / np.float32(255)
 MODES = ('replace', 'add')
 
 
@@ -81,7 +81,7 @@ def apply(image: jax.Array, positions: jax.Array, values: jax.Array, mode: Mode)
     else:
       # Deltas act on the 8-bit value; images are validated to lie on that grid.
       level = jnp.clip(jnp.round(img[r, c] * 255).astype(jnp.int32) + v, 0, 255)
-    return jnp.where(mask, jnp.asarray(_LEVELS)[level].astype(img.dtype), img), None
+    return jnp.where(mask, jnp.asarray(LEVELS)[level].astype(img.dtype), img), None
 
   out, _ = jax.lax.scan(one, image, (positions, values))
   return out

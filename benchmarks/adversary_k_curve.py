@@ -1,0 +1,110 @@
+"""How the first-order training adversary's strength grows with its
+verification budget ``k``, against DE 8 x 2, on the models that
+``benchmarks/adversary_comparison.py`` trained.
+
+    python benchmarks/adversary_k_curve.py --workdir workdir/adv_cmp \
+        --json benchmarks/results/adversary_k_curve_cpu.json
+
+For each row's trained model: the accuracy of ``--images`` training images
+(the first of epoch 0's order, unaugmented) clean and after each adversary,
+in train mode (batch statistics, as the training step sees them) and in eval
+mode; paired, the same images and keys for every adversary. The adversaries
+attack in eval mode, as in training. A curve that flattens with ``k`` says the
+linearised ranking, not the number of verifications, limits the adversary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for benchmarks/
+from benchmarks.adversary_comparison import ROWS, _config, _folder  # noqa: E402
+from jaxpix import attack, data, restore  # noqa: E402
+
+KS = (1, 2, 4, 8, 16, 32)
+
+
+def _first_order(predict, x, y, key, **kw):
+  del key  # deterministic
+  return attack.first_order(predict, x, y, mode='add', **kw)
+
+
+def curve(label, spec, args) -> dict:
+  cfg = _config(spec, argparse.Namespace(train_subset=0, epochs=1, warmup_steps=100))
+  tr, _, _ = data.load(cfg.data)
+  cfg.checkpoint = str(_folder(pathlib.Path(args.workdir), label))
+  graphdef, state, _ = restore.load_state(cfg, tr.num_classes)
+
+  def mode_predict(train_mode):
+    def predict(x):
+      m = nnx.merge(graphdef, state['params'], state['rest'], copy=True)
+      m.train() if train_mode else m.eval()
+      return m(x)
+
+    return predict
+
+  train_p, eval_p = mode_predict(True), mode_predict(False)
+  de = attack.DEConfig(popsize=8, maxiter=2)
+  adversaries = {
+    'de_8x2': lambda x, y, key: attack.de_fixed_budget(eval_p, x, y, key, de=de, mode='add'),
+    **{f'first_order_k{k}': functools.partial(_first_order, eval_p, k=k) for k in KS},
+    'first_order_k16_radius0': functools.partial(_first_order, eval_p, k=16, radius=0),
+  }
+
+  @jax.jit
+  def run(xu8, y, key):
+    x = data.levels(xu8)
+    out = {}
+    for name, adv in {'clean': None, **adversaries}.items():
+      a = x if adv is None else adv(x, y, key).adv_images
+      out[f'{name}_train'] = jnp.sum(jnp.argmax(train_p(a), -1) == y)
+      out[f'{name}_eval'] = jnp.sum(jnp.argmax(eval_p(a), -1) == y)
+    return out
+
+  order = data.epoch_order(len(tr), cfg.seed, 0)
+  totals, t0 = {}, time.perf_counter()
+  n = (args.images // 128) * 128
+  for i in range(0, n, 128):
+    idx = order[i : i + 128]
+    acc = run(jnp.asarray(tr.images[idx]), jnp.asarray(tr.labels[idx]), jax.random.key(i))
+    for k, v in acc.items():
+      totals[k] = totals.get(k, 0) + int(v)
+  acc = {k: v / n for k, v in totals.items()}
+  drops = {
+    f'{name}_{m}': acc[f'clean_{m}'] - acc[f'{name}_{m}']
+    for name in adversaries
+    for m in ('train', 'eval')
+  }
+  return dict(label=label, images=n, seconds=time.perf_counter() - t0, accuracy=acc, drop=drops)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--workdir', default='workdir/adv_cmp')
+  ap.add_argument('--images', type=int, default=512)
+  ap.add_argument(
+    '--rows', nargs='+', default=['No defence', 'APR, first-order, FD penalty (default)']
+  )
+  ap.add_argument('--json', default='')
+  args = ap.parse_args(argv)
+  specs = dict(ROWS)
+  rows = []
+  for label in args.rows:
+    r = curve(label, specs[label], args)
+    print(json.dumps(r), flush=True)
+    rows.append(r)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(dict(ks=KS, rows=rows), indent=1) + '\n')
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
