@@ -26,6 +26,45 @@ DEFENCES = ('none', 'at', 'apr', 'it', 'dd', 'dd_teacher', 'autoencoder')
 IDENTITY = ('model', 'width', 'defence', 'attention', 'dataset', 'num_classes')
 
 
+def _check_ints(config, fields: dict[str, int]) -> None:
+  """Each dotted field an int >= its minimum, else an error naming it."""
+  for field, least in fields.items():
+    node = config
+    for part in field.split('.'):
+      node = node[part]
+    if isinstance(node, bool) or not isinstance(node, int) or node < least:
+      raise ValueError(f'config.{field} must be an int >= {least}, got {node!r}')
+
+
+def check_train_config(config) -> None:
+  """The numbers training reads, checked before anything runs."""
+  _check_ints(
+    config,
+    {
+      'train.batch_size': 1,
+      'train.steps': 0,
+      'train.epochs': 0 if config.train.steps else 1,
+      'train.log_every': 1,
+      'train.checkpoint_every': 1,
+      'train.keep_checkpoints': 1,
+      'train.eval_batch_size': 1,
+      'train.warmup_steps': 0,
+      'train.resume_step': 0,
+      'data.train_subset': 0,
+      'data.eval_subset': 0,
+      'data.validation_size': 0,
+    },
+  )
+  if not config.train.lr > 0 or not config.train.weight_decay >= 0:
+    raise ValueError(
+      f'config.train.lr must be > 0 and weight_decay >= 0, got {config.train.lr!r} and '
+      f'{config.train.weight_decay!r}'
+    )
+  if config.dtype not in DTYPES:
+    raise ValueError(f'config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}')
+  check_defence(config)
+
+
 def check_defence(config) -> None:
   if config.defence.name not in DEFENCES:
     raise ValueError(f'config.defence.name must be one of {DEFENCES}, got {config.defence.name!r}')

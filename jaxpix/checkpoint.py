@@ -41,11 +41,24 @@ class Checkpointer:
     self.directory = pathlib.Path(directory).absolute()
     # Orbax logs every save at INFO/WARNING; progress is reported by the caller.
     logging.getLogger('absl').setLevel(logging.ERROR)
+    # A kill mid-save leaves a temporary folder: removed here. A kill between
+    # writing a new checkpoint and deleting the oldest leaves one too many:
+    # pruned here, oldest first.
     self._mngr = ocp.CheckpointManager(
       self.directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True
+      ),
       item_names=('state', 'meta'),
     )
+    for s in self.steps()[: max(len(self.steps()) - keep, 0)]:
+      self._mngr.delete(s)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
   def steps(self) -> list[int]:
     return sorted(self._mngr.all_steps())
@@ -75,7 +88,10 @@ class Checkpointer:
     try:
       return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     except Exception as e:  # noqa: BLE001 - orbax raises many kinds; re-raised with the path
-      raise CheckpointError(self._explain(step, f'its metadata cannot be read: {e}')) from e
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise CheckpointError(
+        self._explain(step, f'its metadata cannot be read (orbax: {first})')
+      ) from None
 
   def restore(self, like, step: int | None = None):
     """Restores ``step`` (default: the latest) into the structure of ``like``.
@@ -94,7 +110,14 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
       )['state']
     except Exception as e:  # noqa: BLE001
-      raise CheckpointError(self._explain(step, f'it does not match this config: {e}')) from e
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise CheckpointError(
+        self._explain(
+          step,
+          'it cannot be read: corrupted or incomplete, or written for another model '
+          f'(orbax: {first})',
+        )
+      ) from None
     treedef = jax.tree.structure(like)
     return jax.tree.unflatten(treedef, [got[k] for k in flat_like])
 

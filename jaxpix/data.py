@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -93,8 +94,12 @@ def load_npz(dataset: str, split: str, directory: str | pathlib.Path) -> Split:
       with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files if k in ('images', 'labels')}
         names = f.files
-    except (OSError, ValueError) as e:
-      raise ValueError(f'{path} is not a readable .npz file of plain arrays: {e}') from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      # A truncated file or a flipped byte (zip CRC) lands here too.
+      raise ValueError(
+        f'{path} is not a readable .npz file of plain arrays ({type(e).__name__}: {e}); it may '
+        'be truncated or corrupted: copy it again'
+      ) from None
     if len(arrays) != 2:
       raise ValueError(f'{path} must hold arrays "images" and "labels", it has {names}')
     x, y = arrays['images'], arrays['labels']

@@ -6,10 +6,13 @@ Only process 0 writes (``writer``); every process reads.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import pathlib
+import socket
 import subprocess
 
 import jax
@@ -112,3 +115,37 @@ def progress_bar(total: int, initial: int, desc: str, unit: str, enabled: bool):
   from tqdm.auto import tqdm
 
   return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | pathlib.Path):
+  """Holds ``<workdir>/.lock`` (an exclusive advisory lock, released when the
+  process ends however it ends) while the body runs: a second run on the same
+  workdir is refused, naming the one that holds it, instead of interleaving
+  its logs and checkpoints with the first."""
+  if not writer():
+    yield
+    return
+  path = pathlib.Path(workdir) / '.lock'
+  f = path.open('a+')
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or 'another process'
+    f.close()
+    raise RuntimeError(
+      f'{workdir} is in use by {holder}; wait for that run to end, or use another --workdir'
+    ) from None
+  f.seek(0)
+  f.truncate()
+  f.write(
+    f'pid {os.getpid()} on {socket.gethostname()} since '
+    f'{datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}\n'
+  )
+  f.flush()
+  try:
+    yield
+  finally:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()

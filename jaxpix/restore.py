@@ -57,35 +57,37 @@ def load_state(config, num_classes: int, classifier=None):
   beside the checkpoint).
   """
   directory = checkpoint_dir(config.checkpoint)
-  ckpt = checkpoint.Checkpointer(directory)
-  step = config.eval.step or None
-  build.check_meta(ckpt.meta(step), build.meta(config, num_classes), ckpt.directory)
   if config.defence.name == 'autoencoder' and classifier is None:
-    classifier = load_classifier(config, num_classes)
+    classifier = load_classifier(config, num_classes).predict
   model = build.build_model(config, num_classes, classifier)
   tx = build.make_optimizer(config.train, 1)
   graphdef, like = build.init_state(model, tx, config.seed)
   like = jax.device_put(like, mesh.replicated(mesh.make_mesh()))
-  state = ckpt.restore(like, step)
-  ckpt.close()
+  with checkpoint.Checkpointer(directory) as ckpt:
+    step = config.eval.step or None
+    build.check_meta(ckpt.meta(step), build.meta(config, num_classes), ckpt.directory)
+    state = ckpt.restore(like, step)
   return graphdef, state, int(state['step'])
 
 
-def load_classifier(config, num_classes: int):
-  """The autoencoder defence's frozen classifier ``predict`` (beside the checkpoint)."""
+def load_classifier(config, num_classes: int) -> Restored:
+  """The autoencoder defence's frozen classifier (beside the checkpoint)."""
   workdir = checkpoint_dir(config.checkpoint).parent  # the training workdir
   c = build.frozen_config(config, 'classifier')
   c.checkpoint = str(classifier_dir(config, workdir))
-  return load_predict(c, num_classes).predict
+  return load_predict(c, num_classes)
 
 
 class Restored:
   """A restored model: ``predict`` (pure, eval mode), ``model`` (nnx),
-  ``step``, and for the autoencoder defence the bare ``classifier``'s predict."""
+  ``step``; for the autoencoder defence the bare classifier too
+  (``classifier``: its predict, ``classifier_model``)."""
 
-  def __init__(self, model: nnx.Module, step: int, classifier=None):
-    self.model, self.step, self.classifier = model, step, classifier
+  def __init__(self, model: nnx.Module, step: int, classifier: Restored | None = None):
+    self.model, self.step = model, step
     self.predict = models.as_predict(model)
+    self.classifier = classifier.predict if classifier else None
+    self.classifier_model = classifier.model if classifier else None
 
 
 def load_predict(config, num_classes: int) -> Restored:
@@ -93,7 +95,9 @@ def load_predict(config, num_classes: int) -> Restored:
   classifier = (
     load_classifier(config, num_classes) if config.defence.name == 'autoencoder' else None
   )
-  graphdef, state, step = load_state(config, num_classes, classifier)
+  graphdef, state, step = load_state(
+    config, num_classes, classifier.predict if classifier else None
+  )
   return Restored(nnx.merge(graphdef, state['params'], state['rest']), step, classifier)
 
 

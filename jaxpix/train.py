@@ -10,6 +10,7 @@ what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxpix import build, checkpoint, data, defences, mesh, records, restore
+from jaxpix import build, checkpoint, configs, data, defences, mesh, records, restore
 
 # A loss term: (model in train mode, images [B, H, W, C] in [0, 1], labels [B],
 # key) -> (scalar, metrics). Defences add terms (adversarial examples, the
@@ -135,6 +136,30 @@ def frozen_predict(config, role: str, workdir, num_classes: int, devices=None):
 # The loop
 # --------------------------------------------------------------------------- #
 
+# Config fields a resumed run may change: how long it runs and how it reports,
+# where files are, the other modes' settings. Any other change would make the
+# checkpoint's model a mix of two trainings: refused unless the user passes
+# train.allow_changes=True (config_history.jsonl keeps every run's config).
+RESUMABLE_CHANGES = (
+  'mode',
+  'checkpoint',
+  'eval',
+  'suite',
+  'data.dir',
+  'data.source',
+  'data.eval_subset',
+  'train.steps',
+  'train.epochs',
+  'train.progress',
+  'train.log_every',
+  'train.checkpoint_every',
+  'train.keep_checkpoints',
+  'train.resume_step',
+  'train.eval_every_epoch',
+  'train.eval_batch_size',
+  'train.allow_changes',
+)
+
 
 class _Plan:
   """The schedule: batch size, steps per epoch, total steps."""
@@ -164,6 +189,17 @@ def _resume(ckpt, state, config, want: dict, total: int):
     return state, 0
   saved = ckpt.meta(tcfg.resume_step or None)
   build.check_meta(saved, want, ckpt.directory)
+  changed = configs.differences(saved.get('config', want['config']), want['config'])
+  if changed and not tcfg.allow_changes:
+    raise ValueError(
+      f'the checkpoint in {ckpt.directory} was trained with another config ('
+      + '; '.join(changed)
+      + '): resuming would train one model with two settings. Use another --workdir, or '
+      "pass --config.train.allow_changes=True to go on deliberately (every run's config "
+      'is kept in config_history.jsonl)'
+    )
+  if changed:
+    logging.warning('resuming with a changed config (allowed): %s', '; '.join(changed))
   state = ckpt.restore(state, tcfg.resume_step or None)
   start = int(state['step'])
   if start > total:
@@ -206,10 +242,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   Returns:
     The final metrics (also the last line of ``workdir/metrics.jsonl``).
   """
+  build.check_train_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  with records.workdir_lock(workdir):
+    return _train(config, workdir, devices)
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the loop and its closing need of one training run."""
+
+  config: ml_collections.ConfigDict
+  plan: _Plan
+  train: data.Split
+  evaluation: data.Split
+  eval_name: str
+  mesh: jax.sharding.Mesh
+  graphdef: object
+  train_step: Callable
+  eval_step: Callable
+  workdir: pathlib.Path
+
+  def accuracy(self, state) -> float:
+    tcfg = self.config.train
+    return accuracy(self.mesh, self.eval_step, state, self.evaluation, tcfg.eval_batch_size)
+
+
+def _train(config, workdir: pathlib.Path, devices) -> dict:
   tcfg = config.train
-  build.check_defence(config)
   # --- data, schedule
   train, evaluation, eval_name = data.load(config.data)
   m = mesh.make_mesh(devices)
@@ -225,16 +286,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   graphdef, state = build.init_state(build.build_model(config, k, classifier), tx, config.seed)
   state = jax.device_put(state, mesh.replicated(m))
   terms = defences.loss_terms(config, teacher)
-  train_step = compile_train_step(m, graphdef, tx, terms, config.data.augment)
-  eval_step = jax.jit(make_eval_step(graphdef), out_shardings=mesh.replicated(m))
-  # --- checkpoint: resume where a previous run stopped
-  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', keep=tcfg.keep_checkpoints)
-  meta = build.meta(config, k, plan.total)
-  state, start = _resume(ckpt, state, config, meta, plan.total)
-  if records.writer():
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
-  log = metrics_log(workdir / 'metrics.jsonl', keep_until=start)
-  # --- loop
+  run = _Run(
+    config,
+    plan,
+    train,
+    evaluation,
+    eval_name,
+    m,
+    graphdef,
+    compile_train_step(m, graphdef, tx, terms, config.data.augment),
+    jax.jit(make_eval_step(graphdef), out_shardings=mesh.replicated(m)),
+    workdir,
+  )
+  # --- checkpoint: resume where a previous run stopped; the loop
+  meta = dict(build.meta(config, k, plan.total), config=configs.flatten(config, RESUMABLE_CHANGES))
+  with checkpoint.Checkpointer(workdir / 'checkpoints', keep=tcfg.keep_checkpoints) as ckpt:
+    state, start = _resume(ckpt, state, config, meta, plan.total)
+    if records.writer():
+      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+    records.JsonlLog(workdir / 'config_history.jsonl').append(
+      [dict(start_step=start, **records.provenance(), config=config.to_dict())]
+    )
+    log = metrics_log(workdir / 'metrics.jsonl', keep_until=start)
+    state, last_eval = _loop(run, state, start, log, ckpt, meta)
+  # --- final accuracy, attention maps
+  return _finish(run, state, last_eval, log)
+
+
+def _loop(run: _Run, state, start: int, log, ckpt, meta):
+  """Steps ``start`` to the end: logging, epoch evaluations, checkpoints."""
+  config, plan, train, m = run.config, run.plan, run.train, run.mesh
+  tcfg = config.train
   bar = records.progress_bar(plan.total, start, 'train', 'step', tcfg.progress)
   window, t0, seen = [], time.perf_counter(), 0
   order, order_epoch = None, -1
@@ -244,7 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     if epoch != order_epoch:
       order, order_epoch = data.epoch_order(len(train), config.seed, epoch), epoch
     idx = order[i * plan.batch : (i + 1) * plan.batch]
-    state, metrics = train_step(state, *mesh.global_batch(m, train.images[idx], train.labels[idx]))
+    batch = mesh.global_batch(m, train.images[idx], train.labels[idx])
+    state, metrics = run.train_step(state, *batch)
     window.append(metrics)
     seen += plan.batch
     done = step + 1
@@ -258,36 +341,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       bar.set_postfix(loss=f'{avg["loss"]:.3f}', acc=f'{avg["accuracy"]:.3f}', img_s=f'{rate:.0f}')
       window, t0, seen = [], time.perf_counter(), 0
     if done % plan.steps_per_epoch == 0 and tcfg.eval_every_epoch:
-      last_eval = (done, accuracy(m, eval_step, state, evaluation, tcfg.eval_batch_size))
-      log.append([{'step': done, 'epoch': plan.epoch(done), f'{eval_name}_accuracy': last_eval[1]}])
+      last_eval = (done, run.accuracy(state))
+      log.append(
+        [{'step': done, 'epoch': plan.epoch(done), f'{run.eval_name}_accuracy': last_eval[1]}]
+      )
       t0, seen = time.perf_counter(), 0  # images/s measures training only
     if done % tcfg.checkpoint_every == 0 or done == plan.total:
       ckpt.save(done, state, meta)
     bar.update(1)
   bar.close()
-  ckpt.close()
-  # --- final accuracy, attention maps
-  final = (
-    last_eval[1]
-    if last_eval[0] == plan.total
-    else accuracy(m, eval_step, state, evaluation, tcfg.eval_batch_size)
-  )
+  return state, last_eval
+
+
+def _finish(run: _Run, state, last_eval, log) -> dict:
+  """The closing record (final accuracy) and, with attention, its maps."""
+  config, plan = run.config, run.plan
+  final = last_eval[1] if last_eval[0] == plan.total else run.accuracy(state)
   result = {
     'step': plan.total,
     'epoch': plan.epoch(plan.total),
-    f'{eval_name}_accuracy': final,
+    f'{run.eval_name}_accuracy': final,
     'final': True,
   }
   if config.defence.attention and records.writer():
     from jaxpix import figures
 
-    trained = nnx.merge(graphdef, state['params'], state['rest'])
+    trained = nnx.merge(run.graphdef, state['params'], state['rest'])
     trained.eval()
     figures.attention_maps(
       trained,
-      data.to_float(evaluation.images[:500]),
-      evaluation.labels[:500],
-      workdir / 'attention_maps.png',
+      data.to_float(run.evaluation.images[:500]),
+      run.evaluation.labels[:500],
+      run.workdir / 'attention_maps.png',
       class_names=data.class_names(config.data.dataset, config.data.dir),
     )
   log.append([result])

@@ -244,6 +244,8 @@ def _attack(
     early_stop=early_stop,
     mode=mode,
   )
+  clean = checks.outputs(batched_logits(predict, x), idx)  # [N, K]
+  clean = np.asarray(jax.nn.softmax(clean, axis=-1))
   dim = pixels * (2 + c)
   callback = _ProgressBar(n) if progress is True else (progress or None)
   rec = engine.run(
@@ -265,7 +267,6 @@ def _attack(
     callback.close()
   pos, val = jax.device_get(perturb.decode(jnp.asarray(rec['vec']), h, w, c, mode))
   adv = perturb.apply_candidates(x, rec['vec'], mode)
-  clean = batched_probs(predict, x)  # [N, K]
   return AttackResult(
     adv_images=adv,
     success=rec['success'],
@@ -310,11 +311,17 @@ class _ProgressBar:
 # --------------------------------------------------------------------------- #
 
 
+def batched_logits(predict: Predict, images, batch: int = 1024) -> np.ndarray:
+  """``predict``'s float32 logits on numpy images, ``batch`` at a time (one
+  jitted function per call; it compiles for the full batch and the tail)."""
+  fn = jax.jit(lambda im: predict(im).astype(jnp.float32))
+  return np.concatenate(
+    [np.asarray(fn(images[i : i + batch])) for i in range(0, len(images), batch)]
+  )
+
+
 def batched_probs(predict: Predict, images, batch: int = 1024) -> np.ndarray:
   """The softmax probabilities of ``predict`` on numpy images, ``batch`` at a time.
-
-  One jitted ``softmax(predict(x))`` per call (it compiles for the full batch
-  and the tail), logits cast to float32 first.
 
   Args:
     predict: ``images [B, H, W, C] -> logits [B, K]``.
@@ -328,10 +335,7 @@ def batched_probs(predict: Predict, images, batch: int = 1024) -> np.ndarray:
     >>> probs = attack.batched_probs(predict, images)
     >>> accuracy = np.mean(probs.argmax(-1) == labels)
   """
-  fn = jax.jit(lambda im: jax.nn.softmax(predict(im).astype(jnp.float32), axis=-1))
-  return np.concatenate(
-    [np.asarray(fn(images[i : i + batch])) for i in range(0, len(images), batch)]
-  )
+  return np.asarray(jax.nn.softmax(batched_logits(predict, images, batch), axis=-1))
 
 
 # --------------------------------------------------------------------------- #
@@ -361,7 +365,9 @@ def de_fixed_budget(
 ) -> FixedBudgetResult:
   """Differential evolution on a batch for exactly ``de.maxiter`` generations.
 
-  Pure and jittable (no host syncs, no input checks): a train step calls it on
+  Pure and jittable (no host syncs; only what shapes and dtypes show is
+  checked, at trace time: values, such as labels in range, are not): a train
+  step calls it on
   its mini-batch with the current parameters inside ``predict``. Every image
   of the batch is one slot; an image stops updating once fooled (its forward
   passes are still spent, as shapes are fixed), so it costs
@@ -380,6 +386,7 @@ def de_fixed_budget(
   Returns:
     A :class:`FixedBudgetResult`.
   """
+  checks.traced_batch(images, labels, targets, indices)
   b, h, w, c = images.shape
   srch = search.differential_evolution(de, pixels, h, w, c, mode)
   fit = Fitness(targeted=targets is not None, l2_penalty=l2_penalty, mode=mode)

@@ -2,7 +2,8 @@
 that names the argument and the fix, and returns the value in the form the
 engine wants (numpy, int32 labels, a resolved :class:`DEConfig`).
 
-Host-side only: ``de_fixed_budget`` runs inside a trace and checks nothing.
+Host-side, except ``traced_batch``: ``de_fixed_budget`` runs inside a trace, where
+only shapes and dtypes can be checked.
 """
 
 from __future__ import annotations
@@ -148,3 +149,45 @@ def positive_int(name: str, value) -> None:
   """``value`` is an int >= 1; ``name`` is for the message."""
   if not isinstance(value, int) or value < 1:
     raise ValueError(f'{name} must be a positive int, got {value!r}')
+
+
+def outputs(logits: np.ndarray, indices: np.ndarray) -> np.ndarray:
+  """The clean logits [N, K] of the attacked images, checked: finite (else an
+  attack's "success" would mean nothing), and not probabilities (softmax of
+  probabilities squashes them, and every reported probability is wrong).
+  ``indices``: the images' indices, for the message."""
+  bad = ~np.all(np.isfinite(logits), axis=-1)
+  if bad.any():
+    raise ValueError(
+      f'predict returned NaN or infinite logits for {int(bad.sum())} of {len(logits)} images '
+      f'(indices {indices[bad][:10].tolist()}{" ..." if bad.sum() > 10 else ""}): the '
+      'attack cannot tell whether they are fooled; check the model (its weights, or an '
+      'input pipeline that divides by zero)'
+    )
+  if (
+    len(logits) > 1
+    and logits.shape[-1] > 1
+    and np.all(logits >= 0)
+    and np.allclose(logits.sum(-1), 1.0, atol=1e-3)
+  ):
+    raise ValueError(
+      'predict seems to return probabilities (every row is non-negative and sums to 1), '
+      'but the attack expects logits: the softmax it applies would squash them. Pass '
+      'logits, e.g. predict=lambda x: jnp.log(model_probs(x))'
+    )
+  return logits
+
+
+def traced_batch(images, labels, targets, indices) -> None:
+  """What can be checked of a traced batch (shapes, dtypes) at trace time."""
+  if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
+    raise TypeError(
+      f'images must be float [B, H, W, C] in [0, 1], got {images.dtype} with shape '
+      f'{tuple(images.shape)}; convert uint8 with images / 255'
+    )
+  b = images.shape[0]
+  for name, a in (('labels', labels), ('targets', targets), ('indices', indices)):
+    if a is None:
+      continue
+    if not jnp.issubdtype(a.dtype, jnp.integer) or tuple(a.shape) != (b,):
+      raise TypeError(f'{name} must be ints of shape ({b},), got {a.dtype} {tuple(a.shape)}')

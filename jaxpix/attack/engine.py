@@ -87,6 +87,11 @@ def score_candidates(predict: Predict, images, cands, labels, targets, fit: Fitn
   if fit.l2_penalty:
     d = adv - images[:, None]
     energy = energy + fit.l2_penalty * jnp.sqrt(jnp.sum(d * d, axis=(2, 3, 4)))
+  # A candidate on which the model outputs NaN or +-inf says nothing about the
+  # model's decision: never a success, never the best candidate.
+  finite = jnp.all(jnp.isfinite(logits), axis=-1)
+  success &= finite
+  energy = jnp.where(finite, energy, jnp.inf)
   stop = success
   if fit.stop_threshold is not None:
     stop &= (tgt_p >= fit.stop_threshold) if fit.targeted else (true_p <= fit.stop_threshold)

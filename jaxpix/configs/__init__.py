@@ -74,3 +74,36 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: str) -> None:
       set_field(config, key.strip(), value)
     except ValueError as e:
       raise ValueError(f'override {item!r}: {e}') from None
+
+
+def flatten(config, ignore: tuple[str, ...] = ()) -> dict:
+  """``{'model.width': 0.25, 'defence.adv.k': 4, ...}``: every leaf field of
+  ``config`` by its dotted name, except those under a prefix in ``ignore``
+  (``'train'`` drops the whole block, ``'data.dir'`` one field). Tuples
+  become lists, as JSON reads them back."""
+  out = {}
+
+  def walk(node, prefix):
+    for key in sorted(node.keys()):
+      name = f'{prefix}{key}'
+      if any(name == i or name.startswith(i + '.') for i in ignore):
+        continue
+      value = node[key]
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, name + '.')
+      else:
+        out[name] = list(value) if isinstance(value, tuple) else value
+
+  walk(config, '')
+  return out
+
+
+def differences(saved: dict, now: dict) -> list[str]:
+  """``'field: saved X, now Y'`` for every field that differs between two
+  :func:`flatten` dicts (a field only one has counts)."""
+  missing = object()
+  return [
+    f'{k}: saved {saved.get(k, "(absent)")!r}, now {now.get(k, "(absent)")!r}'
+    for k in sorted(set(saved) | set(now))
+    if saved.get(k, missing) != now.get(k, missing)
+  ]

@@ -138,6 +138,9 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.resume_step = 0  # training resumes from this step's checkpoint (0: the latest)
+  # Resuming with a config that changes what is trained (anything but the run
+  # length, logging and paths) is refused unless this is set (jaxpix.train).
+  c.train.allow_changes = False
   c.train.eval_every_epoch = True
   c.train.eval_batch_size = 500
   c.train.progress = True

@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-from jaxpix import records
+from jaxpix import configs, records
 
 
 class AttackLog:
@@ -27,12 +27,11 @@ class AttackLog:
     self.sessions: list[dict] = []
     if lines:
       saved = lines[0].get('protocol') or {}
-      if saved != protocol:
-        diff = sorted(k for k in set(saved) | set(protocol) if saved.get(k) != protocol.get(k))
+      diff = configs.differences(saved, protocol)
+      if diff:
         raise ValueError(
-          f'{path} holds results of another protocol ('
-          + ', '.join(f'{k}: saved {saved.get(k)!r}, now {protocol.get(k)!r}' for k in diff)
-          + '); use another --workdir, or delete the file to attack again'
+          f'{path} holds results of another protocol ({"; ".join(diff)}): resuming would '
+          'mix them; use another --workdir, or delete the file to attack again'
         )
       self.sessions = [r['session'] for r in lines[1:] if 'session' in r]
       self.records = {r['key']: r for r in lines[1:] if 'key' in r}

@@ -8,18 +8,17 @@ import hashlib
 
 import numpy as np
 
-from jaxpix import build
+from jaxpix import configs
 from jaxpix.attack import perturb
 
 
 def check_eval_config(ecfg) -> None:
   if not isinstance(ecfg.num_images, int) or ecfg.num_images < 1:
     raise ValueError(f'config.eval.num_images must be a positive int, got {ecfg.num_images!r}')
-  if ecfg.popsize < 4 or ecfg.maxiter < 0:
-    raise ValueError(
-      'config.eval.popsize must be >= 4 and config.eval.maxiter >= 0, got '
-      f'{ecfg.popsize} and {ecfg.maxiter}'
-    )
+  for field, least in (('popsize', 4), ('maxiter', 0), ('pixels', 1), ('step', 0)):
+    v = ecfg[field]
+    if isinstance(v, bool) or not isinstance(v, int) or v < least:
+      raise ValueError(f'config.eval.{field} must be an int >= {least}, got {v!r}')
   if ecfg.mode not in perturb.MODES:
     raise ValueError(f'config.eval.mode must be one of {perturb.MODES}, got {ecfg.mode!r}')
   if not ecfg.temperature > 0:
@@ -75,28 +74,55 @@ def attack_specs(ecfg, predict, classifier, image_shape) -> list[AttackSpec]:
   return specs
 
 
-def protocol(config, spec: AttackSpec, num_classes: int, step: int, params_sha1: str, chosen):
-  """What an attack log's records depend on; a resumed run must match it."""
-  ecfg = config.eval
-  p = dict(
-    build.meta(config, num_classes),
-    step=step,
-    params_sha1=params_sha1,
+# Config fields that cannot change what an attack finds on an image, given the
+# checkpoint's parameters (hashed) and the attacked images (their content is
+# hashed): where files are, how the run reports, which attacks run (each has
+# its own log), how training ran. Every other field is part of the protocol,
+# so a field added to the configs later is compared without anyone listing it.
+NOT_IN_PROTOCOL = (
+  'mode',
+  'checkpoint',
+  'seed',  # initialisation and training order: the parameters are hashed
+  'train',
+  'suite',
+  'data.dir',
+  'data.source',
+  'data.train_split',
+  'data.validation_size',
+  'data.split_seed',
+  'data.train_subset',
+  'data.augment',
+  'defence.classifier',  # the classifier's parameters are hashed instead
+  'defence.teacher',
+  'eval.progress',
+  'eval.gallery',
+  'eval.batch_size',
+  'eval.num_images',  # with eval.seed, picks the images: hashed instead
+  'eval.step',  # the step is recorded
+  'eval.targeted',
+  'eval.extreme_colour',
+)
+
+
+def images_digest(images: np.ndarray, labels: np.ndarray, chosen) -> str:
+  """sha1 of the chosen images' indices, pixels and labels."""
+  h = hashlib.sha1(np.asarray(chosen, np.int64).tobytes())
+  h.update(np.ascontiguousarray(images[chosen]).tobytes())
+  h.update(np.asarray(labels[chosen], np.int64).tobytes())
+  return h.hexdigest()[:16]
+
+
+def protocol(config, spec: AttackSpec, step: int, params_sha1: dict, images_sha1: str) -> dict:
+  """What an attack log's records depend on; a resumed run must match it.
+
+  Every config field but ``NOT_IN_PROTOCOL`` (by its dotted name), the attack,
+  the checkpoint's step and parameter hashes (``params_sha1``: model, and the
+  autoencoder's classifier), and the attacked images' hash.
+  """
+  return dict(
     attack=spec.name,
-    seed=ecfg.seed,
-    images=len(chosen),
-    images_sha1=hashlib.sha1(np.asarray(chosen, np.int64).tobytes()).hexdigest()[:16],
-    test_split=config.data.eval_split,
-    eval_subset=config.data.eval_subset,
+    step=step,
+    **{f'params_sha1.{k}': v for k, v in params_sha1.items()},
+    images_sha1=images_sha1,
+    **configs.flatten(config, NOT_IN_PROTOCOL),
   )
-  if ecfg.temperature != 1 and spec.name != 'de_classifier':
-    p['temperature'] = float(ecfg.temperature)  # absent at 1: older logs still match
-  if spec.kind == 'de':
-    p.update(
-      popsize=ecfg.popsize,
-      maxiter=ecfg.maxiter,
-      pixels=ecfg.pixels,
-      strategy=ecfg.strategy,
-      mode=ecfg.mode,
-    )
-  return p

@@ -102,11 +102,16 @@ class _Bar:
 def evaluate(config, workdir: str) -> dict:
   """Runs the evaluation described in :mod:`jaxpix.evaluation`; returns
   results.json's dict."""
-  t_start = time.perf_counter()
-  ecfg = config.eval
-  proto.check_eval_config(ecfg)
+  proto.check_eval_config(config.eval)
   out = pathlib.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
+  with records.workdir_lock(out):
+    return _evaluate(config, out)
+
+
+def _evaluate(config, out: pathlib.Path) -> dict:
+  t_start = time.perf_counter()
+  ecfg = config.eval
   test = data.load_test(config.data)
   k = test.num_classes
   restored = restore.load_predict(config, k)
@@ -151,10 +156,13 @@ def evaluate(config, workdir: str) -> dict:
       f'only {len(chosen)} correctly classified test images: all attacked '
       f'instead of the {ecfg.num_images} requested'
     )
-  digest = restore.params_digest(restored.model)
+  digest = dict(model=restore.params_digest(restored.model))
+  if restored.classifier_model is not None:
+    digest['classifier'] = restore.params_digest(restored.classifier_model)
+  images_sha1 = proto.images_digest(test.images, test.labels, chosen)
   recs = {}
   for spec in specs:
-    p = proto.protocol(config, spec, k, restored.step, digest, chosen)
+    p = proto.protocol(config, spec, restored.step, digest, images_sha1)
     log = attack_log.AttackLog(out / f'attack_{spec.name}.jsonl', p, session)
     t0 = time.perf_counter()
     recs[spec.name] = run_attack(spec, log, x, test.labels, chosen, k, ecfg)
