@@ -14,10 +14,31 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+
+def _quiet_closed_loop_noise() -> None:
+  """When orbax fails to read a checkpoint, tensorstore's pending callbacks
+  try to reach orbax's closed event loop from other threads, and each prints
+  a "RuntimeError: Event loop is closed" traceback (as an unraisable
+  exception) over the real error. Those, and only those, are dropped once a
+  Checkpointer exists; any other unraisable exception is reported as before."""
+  previous = sys.unraisablehook
+  if getattr(previous, '_jaxpix_quiet', False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  hook._jaxpix_quiet = True
+  sys.unraisablehook = hook
 
 
 def _flat(tree) -> dict[str, Any]:
@@ -40,6 +61,7 @@ class Checkpointer:
   def __init__(self, directory: str | pathlib.Path, keep: int = 3):
     self.directory = pathlib.Path(directory).absolute()
     # Orbax logs every save at INFO/WARNING; progress is reported by the caller.
+    _quiet_closed_loop_noise()
     logging.getLogger('absl').setLevel(logging.ERROR)
     # A kill mid-save leaves a temporary folder: removed here. A kill between
     # writing a new checkpoint and deleting the oldest leaves one too many:
