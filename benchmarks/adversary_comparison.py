@@ -29,6 +29,7 @@ command can be repeated after an interruption.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
@@ -143,6 +144,18 @@ def attack_row(label, spec, args, root) -> dict:
   return rec
 
 
+def mode_predicts(graphdef, state, train_mode: bool):
+  """The restored model as a predict in train mode (batch statistics, as the
+  training step sees it) or eval mode."""
+
+  def predict(x):
+    m = nnx.merge(graphdef, state['params'], state['rest'], copy=True)
+    m.train() if train_mode else m.eval()
+    return m(x)
+
+  return predict
+
+
 def strength_row(label, spec, args, root) -> dict:
   """Both training adversaries against the same trained model, paired: the
   train-mode accuracy of ``--strength-images`` training images (their first
@@ -158,14 +171,7 @@ def strength_row(label, spec, args, root) -> dict:
   tr, _, _ = data.load(cfg.data)
   cfg.checkpoint = str(out)
   graphdef, state, _ = restore.load_state(cfg, tr.num_classes)
-
-  def mode_predict(train_mode):
-    def predict(x):
-      m = nnx.merge(graphdef, state['params'], state['rest'], copy=True)
-      m.train() if train_mode else m.eval()
-      return m(x)
-
-    return predict
+  mode_predict = functools.partial(mode_predicts, graphdef, state)
 
   de = attack.DEConfig(popsize=8, maxiter=2)
   adversaries = {

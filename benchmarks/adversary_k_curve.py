@@ -24,10 +24,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for benchmarks/
-from benchmarks.adversary_comparison import ROWS, _config, _folder  # noqa: E402
+from benchmarks.adversary_comparison import ROWS, _config, _folder, mode_predicts  # noqa: E402
 from jaxpix import attack, data, restore  # noqa: E402
 
 KS = (1, 2, 4, 8, 16, 32)
@@ -43,16 +42,7 @@ def curve(label, spec, args) -> dict:
   tr, _, _ = data.load(cfg.data)
   cfg.checkpoint = str(_folder(pathlib.Path(args.workdir), label))
   graphdef, state, _ = restore.load_state(cfg, tr.num_classes)
-
-  def mode_predict(train_mode):
-    def predict(x):
-      m = nnx.merge(graphdef, state['params'], state['rest'], copy=True)
-      m.train() if train_mode else m.eval()
-      return m(x)
-
-    return predict
-
-  train_p, eval_p = mode_predict(True), mode_predict(False)
+  train_p, eval_p = mode_predicts(graphdef, state, True), mode_predicts(graphdef, state, False)
   de = attack.DEConfig(popsize=8, maxiter=2)
   adversaries = {
     'de_8x2': lambda x, y, key: attack.de_fixed_budget(eval_p, x, y, key, de=de, mode='add'),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpix import attack, checkpoint, data, evaluation, records, train
+from jaxpix import attack, checkpoint, configs, data, evaluation, records, train
 from jaxpix.configs import cifar_baseline, cifar_it
 
 import toy_models as toy
@@ -118,11 +118,7 @@ def test_de_fixed_budget_checks_shapes_and_dtypes_at_trace_time(images, labels, 
 )
 def test_bad_training_numbers_are_refused_before_anything_runs(tmp_path, field, value, words):
   c = cifar_baseline.get_config('test')
-  node = c
-  *path, last = field.split('.')
-  for p in path:
-    node = node[p]
-  node[last] = value
+  configs.set_field(c, field, value)
   with pytest.raises(ValueError, match=words):
     train.train_and_evaluate(c, str(tmp_path / 'w'))
   assert not (tmp_path / 'w' / 'checkpoints').exists()
@@ -228,11 +224,7 @@ def test_training_resumed_with_another_setting_is_refused_and_the_history_kept(
   for field, value in (('defence.jpeg_quality', 90), ('dtype', 'bfloat16')):
     changed = cifar_it.get_config('test')
     changed.train.steps = 12
-    node = changed
-    *path, last = field.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
+    configs.set_field(changed, field, value)
     with pytest.raises(ValueError, match=rf'{field}: saved .*, now .*allow_changes=True'):
       train.train_and_evaluate(changed, str(tmp_path))
   # A longer run is not a change of what is trained; asked for explicitly, a
@@ -253,11 +245,7 @@ def test_eval_resumed_with_another_setting_is_refused(tiny_checkpoint, tmp_path,
     c.mode, c.checkpoint = 'eval', str(tiny_checkpoint)
     c.eval.popsize, c.eval.maxiter, c.eval.num_images, c.eval.gallery = 8, 1, 4, 0
     for k, v in fields.items():
-      node = c
-      *path, last = k.split('.')
-      for p in path:
-        node = node[p]
-      node[last] = v
+      configs.set_field(c, k, v)
     return c
 
   evaluation.evaluate(cfg(), str(tmp_path))

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpix import build, checkpoint, evaluation, train
+from jaxpix import build, checkpoint, configs, evaluation, train
 from jaxpix.configs import cifar_baseline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -21,11 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _config(**overrides):
   c = cifar_baseline.get_config('test')
   for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
+    configs.set_field(c, k, v)
   return c
 
 

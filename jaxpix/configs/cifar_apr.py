@@ -42,6 +42,4 @@ def get_config(arg=None):
   if 'de' in variants:
     common.paper_training(c)
   common.small(c, variants)
-  if 'vgg16' in variants:  # after small(): 'test,vgg16' tests VGG-16, not the test CNN
-    c.model.name = 'vgg16'
   return c

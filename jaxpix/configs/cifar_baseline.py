@@ -23,6 +23,4 @@ def get_config(arg=None):
   variants = common.parse_arg(arg, ('cpu', 'test', 'vgg16'))
   c = common.base('cifar10')
   common.small(c, variants)
-  if 'vgg16' in variants:  # after small(): 'test,vgg16' tests VGG-16, not the test CNN
-    c.model.name = 'vgg16'
   return c

@@ -19,6 +19,4 @@ def get_config(arg=None):
   c.defence.name = 'dd'
   c.defence.temperature = 100.0
   common.small(c, variants)
-  if 'vgg16' in variants:  # after small(): 'test,vgg16' tests VGG-16, not the test CNN
-    c.model.name = 'vgg16'
   return c

@@ -21,6 +21,4 @@ def get_config(arg=None):
   c.defence.bit_depth = 0 if 'jpeg_only' in variants else 5
   c.defence.jpeg_quality = 0 if 'bits_only' in variants else 75
   common.small(c, variants)
-  if 'vgg16' in variants:  # after small(): 'test,vgg16' tests VGG-16, not the test CNN
-    c.model.name = 'vgg16'
   return c
