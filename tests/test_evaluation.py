@@ -110,7 +110,7 @@ def test_eval_temperature_softens_the_attacks_probabilities(trained, tmp_path):
   cfg = _eval_config(trained, temperature=4.0, num_images=4)
   res = evaluation.evaluate(cfg, str(tmp_path))
   log = (tmp_path / 'attack_de.jsonl').read_text().splitlines()
-  assert json.loads(log[0])['protocol']['temperature'] == 4.0
+  assert json.loads(log[0])['protocol']['eval.temperature'] == 4.0
   recs = [json.loads(ln) for ln in log if '"key"' in ln]
   predict = restore.load_predict(cfg, 10).predict
   test = data.load_test(cfg.data)
