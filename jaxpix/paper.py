@@ -49,7 +49,12 @@ DEFENCE_METRICS = (
   ('clean_accuracy', 'Clean Accuracy'),
   ('asr', 'Attack Success Rate'),
   ('robustness', 'Robustness'),
+  # Not in the papers: correct and not fooled, over a fixed image set
+  # (eval.image_set = 'fixed'), comparable across rows (RobustBench's).
+  ('robust_accuracy', 'Robust accuracy (fixed images)'),
 )
+# The rows every other row is tested against (besides the first, no defence).
+APR_ROWS = ('APR', 'Full APR')
 AE_METRICS = (
   ('asr_no_defence', 'ASR, no defence'),
   ('asr_adaptive', 'ASR after reconstruction (attacking the pipeline)'),

@@ -76,11 +76,33 @@ def _finite(obj):
   return obj
 
 
+# The repository (when jaxpix runs from a clone): absolute paths under its
+# parent folder are written relative to it in results files, so that a
+# committed file does not carry the machine's layout.
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def portable(obj, root: pathlib.Path = REPO):
+  """``obj`` with every string that is an absolute path under ``root``'s
+  parent rewritten relative to ``root`` (``/x/shared/data`` -> ``../shared/data``)."""
+  if isinstance(obj, str) and obj.startswith('/'):
+    p = pathlib.Path(obj)
+    if p.is_relative_to(root.parent):
+      return os.path.relpath(p, root)
+    return obj
+  if isinstance(obj, dict):
+    return {k: portable(v, root) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [portable(v, root) for v in obj]
+  return obj
+
+
 def write_json(path: str | pathlib.Path, obj) -> None:
-  """Writes strict JSON atomically (a kill never leaves half a file)."""
+  """Writes strict JSON atomically (a kill never leaves half a file), paths
+  under the repository's parent folder relative to the repository."""
   path = pathlib.Path(path)
   tmp = path.with_suffix(path.suffix + '.tmp')
-  tmp.write_text(json.dumps(_finite(obj), indent=1, allow_nan=False) + '\n')
+  tmp.write_text(json.dumps(portable(_finite(obj)), indent=1, allow_nan=False) + '\n')
   os.replace(tmp, path)
 
 

@@ -68,6 +68,12 @@ def evaluation_markdown(results: dict) -> str:
     f'| Clean accuracy ({results["test_images"]} images) | '
     f'{pct(results["clean_accuracy"])} | {ci(results["clean_accuracy_wilson95"])} |',
   ]
+  if 'robust_accuracy' in results:
+    lines.append(
+      f'| Robust accuracy: correct and not fooled by de, over the '
+      f'{len(results["fixed_images"])} fixed images | {pct(results["robust_accuracy"])} | '
+      f'{ci(results["robust_accuracy_wilson95"])} |'
+    )
   for name, s in results['attacks'].items():
     lines += [
       f'| {name}: attack success rate ({s["successes"]}/{s["attacks"]}) | '
@@ -130,14 +136,20 @@ def suite_markdown(res: dict, kind: str) -> str:
     '',
   ]
   metrics = paper.DEFENCE_METRICS if kind == 'defences' else paper.AE_METRICS
+  # A metric no row has (robust accuracy without a fixed image set) is left out.
+  metrics = [(m, label) for m, label in metrics if any(m in r['summary'] for r in rows.values())]
   head = '| Row | ' + ' | '.join(f'{label} | paper' for _, label in metrics) + ' |'
   lines += [head, '|---' * (1 + 2 * len(metrics)) + '|']
   for name, r in rows.items():
     p = r['paper']
     cells = []
-    for j, (m, _) in enumerate(metrics):
+    for m, _ in metrics:
       pv = (
-        (p[j] if isinstance(p, list) else p.get({'asr_transfer': 'asr_after'}.get(m, m)))
+        (
+          dict(zip([k for k, _ in paper.DEFENCE_METRICS], p, strict=False)).get(m)
+          if isinstance(p, list)
+          else p.get({'asr_transfer': 'asr_after'}.get(m, m))
+        )
         if p
         else None
       )
@@ -151,6 +163,22 @@ def suite_markdown(res: dict, kind: str) -> str:
       'it does not define (e.g. 131/977 for Pure CNN), quoted as printed. Its "ASR '
       'after reconstruction" is the transfer setting, quoted beside ours.',
     ]
+  tests = [(name, ref, t) for name, r in rows.items() for ref, t in r.get('mcnemar', {}).items()]
+  if tests:
+    lines += [
+      '',
+      'Paired tests: every row was attacked on the same fixed test images. Exact McNemar '
+      'test of the per-image robust outcomes (correct and not fooled), per seed: images '
+      'robust only under the row / only under the reference, and the two-sided p-value.',
+      '',
+      '| Row | against | seed | robust only here | robust only there | p |',
+      '|---|---|---|---|---|---|',
+    ]
+    for name, ref, ts in tests:
+      for t in ts:
+        lines.append(
+          f'| {name} | {ref} | {t["seed"]} | {t["only_a"]} | {t["only_b"]} | {t["p"]:.3g} |'
+        )
   lines += [
     '',
     '| Row | config | seeds | attacked images per seed | train images/s | workdir |',

@@ -83,3 +83,19 @@ def fmt_percent(s: dict, digits: int = 1) -> str:
   if ok(s.get('low')) and ok(s.get('high')):
     m += f' [{100 * s["low"]:.{digits}f}, {100 * s["high"]:.{digits}f}]'
   return m
+
+
+def mcnemar(a, b) -> dict:
+  """Exact McNemar test of paired binary outcomes (e.g. robust or not, per
+  image, for two defences on the same images): ``only_a`` and ``only_b``
+  count the discordant pairs; ``p`` is the two-sided exact binomial p-value
+  of ``only_a`` among them at 1/2 (1 when there are none)."""
+  from scipy import stats as st
+
+  a, b = np.asarray(a, bool), np.asarray(b, bool)
+  if a.shape != b.shape:
+    raise ValueError(f'paired outcomes must have the same shape, got {a.shape} and {b.shape}')
+  only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+  n = only_a + only_b
+  p = 1.0 if n == 0 else min(1.0, 2 * float(st.binom.cdf(min(only_a, only_b), n, 0.5)))
+  return dict(only_a=only_a, only_b=only_b, n=int(a.size), p=p)

@@ -100,11 +100,15 @@ def _values(kind: str, res: dict) -> dict[str, tuple[float, tuple[int, int] | No
   if kind == 'defences':
     de = res['attacks']['de']
     n, k = de['attacks'], de['successes']
-    return dict(
+    out = dict(
       clean_accuracy=(res['clean_accuracy'], (res['correctly_classified'], res['test_images'])),
       asr=(de['attack_success_rate'], (k, n)),
       robustness=(de['robustness'], (n - k, n)),
     )
+    if 'robust_accuracy' in res:  # eval.image_set = 'fixed': paired across rows
+      robust, fixed = len(res['robust_images']), len(res['fixed_images'])
+      out['robust_accuracy'] = (res['robust_accuracy'], (robust, fixed))
+    return out
   t = res['autoencoder_table4']
   out = {
     m: (t[m], tuple(t['counts'][m]) if m in t['counts'] else None)
@@ -124,6 +128,30 @@ def summarise_rows(kind: str, per_row: dict[str, list[dict]]) -> dict:
       counts = [x[m][1] for x in vals] if vals[0][m][1] else None
       rows[name][m] = stats.summarise(v, counts, None if m == 'performance_loss' else (0, 1))
   return rows
+
+
+def paired_tests(per_row: dict[str, list[dict]], against: list[str]) -> dict:
+  """Exact McNemar tests of every row's per-image robust outcomes against
+  each row in ``against`` that exists, seed by seed, where the rows were
+  attacked on the same fixed image set (eval.image_set = 'fixed')."""
+  out = {}
+  for ref in against:
+    if ref not in per_row:
+      continue
+    for name, results in per_row.items():
+      if name == ref:
+        continue
+      tests = []
+      for a, b in zip(results, per_row[ref], strict=True):
+        if 'fixed_images' not in a or a.get('fixed_images') != b.get('fixed_images'):
+          continue
+        fixed = a['fixed_images']
+        ra, rb = set(a['robust_images']), set(b['robust_images'])
+        t = stats.mcnemar([i in ra for i in fixed], [i in rb for i in fixed])
+        tests.append(dict(seed=a['seed'], **t))
+      if tests:
+        out.setdefault(name, {})[ref] = tests
+  return out
 
 
 def mean_curve(curves: list[dict]) -> dict:
@@ -158,6 +186,9 @@ def run(config, workdir: str) -> dict:
       res = run_one(row, scfg, seed, root / slug(row.name) / f'seed{seed}')
       per_row.setdefault(row.name, []).append(res)
   summary = summarise_rows(table['kind'], per_row)
+  paired = (
+    paired_tests(per_row, [reference.name, *paper.APR_ROWS]) if table['kind'] == 'defences' else {}
+  )
   curves = {
     name: mean_curve([r['attacks']['de']['curve'] for r in rs]) for name, rs in per_row.items()
   }
@@ -176,6 +207,7 @@ def run(config, workdir: str) -> dict:
         paper=table['paper'].get(row.name),
         workdirs=[str(root / slug(row.name) / f'seed{s}') for s in seeds],
         per_seed=[_per_seed(r) for r in per_row[row.name]],
+        mcnemar=paired.get(row.name, {}),
       )
       for row in rows
     },
@@ -221,6 +253,8 @@ def _per_seed(res: dict) -> dict:
     'train_images_per_s',
     'seconds_this_run',
     'autoencoder_table4',
+    'robust_accuracy',
+    'robust_accuracy_wilson95',
     'note',
     'config',
     'figures',

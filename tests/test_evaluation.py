@@ -217,3 +217,25 @@ def test_table4_counts_by_hand():
   # Nothing fooled: the defence rate is undefined, not 0 or 1.
   none = metrics.table4([_rec(False)], [_rec(False)], np.array([True]), bare_correct, pipe_correct)
   assert none['asr_transfer'] == 0 and np.isnan(none['defence_rate'])
+
+
+@pytest.mark.slow
+def test_fixed_image_set_is_chosen_before_the_model_and_pairs(trained, tmp_path):
+  cfg = _eval_config(trained, image_set='fixed', num_images=20, targeted=True, targeted_images=3)
+  res = evaluation.evaluate(cfg, str(tmp_path))
+  fixed = res['fixed_images']
+  # Drawn from all 200 test images with the seed, whatever the model.
+  assert fixed == sorted(np.random.default_rng(0).choice(200, 20, replace=False).tolist())
+  test = data.load_test(cfg.data)
+  pred = attack.batched_probs(restore.load_predict(cfg, 10).predict, data.to_float(test.images))
+  correct = pred.argmax(-1) == test.labels
+  assert res['images'] == [i for i in fixed if correct[i]]  # its correct ones are attacked
+  fooled = {
+    json.loads(ln)['index']
+    for ln in (tmp_path / 'attack_de.jsonl').read_text().splitlines()
+    if '"success": true' in ln
+  }
+  assert res['robust_images'] == [i for i in fixed if correct[i] and i not in fooled]
+  assert res['robust_accuracy'] == len(res['robust_images']) / 20
+  assert res['attacks']['de_targeted']['images'] == 3  # eval.targeted_images
+  assert 'Robust accuracy' in (tmp_path / 'results.md').read_text()

@@ -28,3 +28,21 @@ def test_write_json_is_strict(tmp_path):
   assert json.loads((tmp_path / 'r.json').read_text()) == {'x': None, 'y': [1.0, None]}
   p = records.provenance()
   assert p['commit'] and p['device'] and p['jax']
+
+
+def test_results_files_hold_paths_relative_to_the_repository(tmp_path):
+  root = records.REPO
+  obj = {
+    'dir': str(root.parent / 'shared' / 'data' / 'cifar10'),
+    'ck': [str(root / 'workdir' / 'x')],
+    'elsewhere': '/definitely/not/under/it' if not root.is_relative_to('/definitely') else 'x',
+    'n': 3,
+  }
+  records.write_json(tmp_path / 'r.json', obj)
+  got = json.loads((tmp_path / 'r.json').read_text())
+  assert got == {
+    'dir': '../shared/data/cifar10',
+    'ck': ['workdir/x'],
+    'elsewhere': obj['elsewhere'],
+    'n': 3,
+  }

@@ -40,3 +40,16 @@ def test_summarise_picks_the_interval_and_says_which():
   clipped = stats.summarise([0.9, 1.0], bounds=(0, 1))
   assert clipped['high'] == 1.0 and 'clipped' in clipped['interval']
   assert stats.fmt_percent(one) == '80.0% [49.0, 94.3]'
+
+
+def test_mcnemar_exact_hand_values():
+  # Discordant pairs: 2 robust only under a, 0 only under b -> p = 2 * (1/2)^2.
+  t = stats.mcnemar([1, 1, 1, 0], [0, 0, 1, 0])
+  assert (t['only_a'], t['only_b'], t['n']) == (2, 0, 4) and t['p'] == pytest.approx(0.5)
+  # 8 vs 1 of 9 discordant: p = 2 * (1 + 9) / 512.
+  a = [1] * 8 + [0] + [1] * 5
+  b = [0] * 8 + [1] + [1] * 5
+  assert stats.mcnemar(a, b)['p'] == pytest.approx(20 / 512)
+  assert stats.mcnemar([1, 0], [1, 0])['p'] == 1.0  # no discordant pair
+  with pytest.raises(ValueError, match='same shape'):
+    stats.mcnemar([1, 0], [1])

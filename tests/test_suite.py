@@ -140,3 +140,26 @@ def test_a_suite_runs_from_the_package_alone(shared_data, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   rows = json.loads((tmp_path / 'out' / 'results.json').read_text())['rows']
   assert list(rows) == ['No Defence'] and rows['No Defence']['per_seed'][0]['num_images'] == 2
+
+
+@pytest.mark.slow
+def test_rows_on_a_fixed_image_set_are_paired_and_tested(shared_data, tmp_path):
+  del shared_data
+  c = suite_table1.get_config('test')
+  c.suite.only, c.suite.overhead = 'No Defence,IT', False
+  c.suite.set = 'eval.image_set=fixed,eval.num_images=16,eval.maxiter=2'
+  res = experiment.run(c, str(tmp_path))
+  ev = {
+    name: json.loads((tmp_path / suite.slug(name) / 'seed0' / 'eval' / 'results.json').read_text())
+    for name in ('No Defence', 'IT')
+  }
+  assert ev['IT']['fixed_images'] == ev['No Defence']['fixed_images']
+  fixed = ev['IT']['fixed_images']
+  a, b = set(ev['IT']['robust_images']), set(ev['No Defence']['robust_images'])
+  want = stats.mcnemar([i in a for i in fixed], [i in b for i in fixed])
+  (t,) = res['rows']['IT']['mcnemar']['No Defence']
+  assert t == dict(seed=0, **want)
+  s = res['rows']['IT']['summary']['robust_accuracy']
+  assert s['mean'] == len(a) / 16 and s['interval'] == 'Wilson 95% over 16 images'
+  md = (tmp_path / 'results.md').read_text()
+  assert f'| IT | No Defence | 0 | {t["only_a"]} | {t["only_b"]} |' in md

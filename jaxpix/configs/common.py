@@ -103,7 +103,13 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
 
   # Evaluation of a checkpoint (mode=eval): the papers' attack protocol.
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_images = 500  # correctly classified test images attacked, drawn with eval.seed
+  # Which images: 'correct' (the papers' protocol) = num_images drawn with
+  # eval.seed among the correctly classified test images; 'fixed' = num_images
+  # drawn with eval.seed among all test images, before any model sees them, so
+  # that every model of a table is attacked on the same images (its correctly
+  # classified ones) and robust accuracy over the set pairs across models.
+  c.eval.image_set = 'correct'
+  c.eval.num_images = 500
   c.eval.seed = 0  # which images, and the attack's key
   c.eval.popsize = 400  # the APR paper (and Su et al.): population 400, 100 generations
   c.eval.maxiter = 100
@@ -113,6 +119,7 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # clipped to valid pixels ('replace' = Su et al.'s colour replacement).
   c.eval.mode = 'add'
   c.eval.targeted = False  # also attack towards every other class (Su et al.)
+  c.eval.targeted_images = 0  # > 0: the targeted attack on the first that many only
   c.eval.extreme_colour = False  # also the exhaustive extreme-colour search
   c.eval.gallery = 8  # adversarial examples in gallery.png (0 = none)
   # The attack's fitness reads softmax(logits / temperature). 1 = the deployed
@@ -203,6 +210,18 @@ def row(name: str, config: str, *variants: str, **overrides) -> ml_collections.C
   r.variants = tuple(variants)
   r.overrides = tuple((k.replace('__', '.'), v) for k, v in overrides.items())
   return r
+
+
+def paired_eval(variants: set[str]) -> dict:
+  """Row overrides for a table whose rows are compared with each other: every
+  row attacked on the same fixed test images (eval.image_set = 'fixed'),
+  500 of them (the test variant 16), at population 400 x 30 generations on
+  the CPU (the full 100 on accelerators)."""
+  if 'test' in variants:
+    return dict(eval__image_set='fixed', eval__num_images=16)
+  return dict(
+    eval__image_set='fixed', eval__num_images=500, eval__maxiter=30 if 'cpu' in variants else 100
+  )
 
 
 def suite(

@@ -11,8 +11,16 @@ import numpy as np
 from jaxpix import configs
 from jaxpix.attack import perturb
 
+IMAGE_SETS = ('correct', 'fixed')
+
 
 def check_eval_config(ecfg) -> None:
+  if ecfg.image_set not in IMAGE_SETS:
+    raise ValueError(f'config.eval.image_set must be one of {IMAGE_SETS}, got {ecfg.image_set!r}')
+  if not isinstance(ecfg.targeted_images, int) or ecfg.targeted_images < 0:
+    raise ValueError(
+      f'config.eval.targeted_images must be an int >= 0 (0: all), got {ecfg.targeted_images!r}'
+    )
   if not isinstance(ecfg.num_images, int) or ecfg.num_images < 1:
     raise ValueError(f'config.eval.num_images must be a positive int, got {ecfg.num_images!r}')
   for field, least in (('popsize', 4), ('maxiter', 0), ('pixels', 1), ('step', 0)):
@@ -27,6 +35,15 @@ def check_eval_config(ecfg) -> None:
     )
   if not isinstance(ecfg.batch_size, int) or ecfg.batch_size < 1:
     raise ValueError(f'config.eval.batch_size must be a positive int, got {ecfg.batch_size!r}')
+
+
+def choose(ecfg, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+  """(the images to attack, the fixed set or None) for ``config.eval``;
+  ``ok``: bool over the test images, classified correctly."""
+  if ecfg.image_set == 'fixed':
+    fixed = select_images(np.arange(len(ok)), ecfg.num_images, ecfg.seed)
+    return fixed[ok[fixed]], fixed
+  return select_images(np.flatnonzero(ok), ecfg.num_images, ecfg.seed), None
 
 
 def select_images(correct: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -100,6 +117,7 @@ NOT_IN_PROTOCOL = (
   'eval.num_images',  # with eval.seed, picks the images: hashed instead
   'eval.step',  # the step is recorded
   'eval.targeted',
+  'eval.targeted_images',  # recorded for the targeted attack only
   'eval.extreme_colour',
 )
 
@@ -119,7 +137,9 @@ def protocol(config, spec: AttackSpec, step: int, params_sha1: dict, images_sha1
   the checkpoint's step and parameter hashes (``params_sha1``: model, and the
   autoencoder's classifier), and the attacked images' hash.
   """
+  extra = {'eval.targeted_images': config.eval.targeted_images} if spec.targeted else {}
   return dict(
+    **extra,
     attack=spec.name,
     step=step,
     **{f'params_sha1.{k}': v for k, v in params_sha1.items()},

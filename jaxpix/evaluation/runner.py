@@ -123,8 +123,8 @@ def _evaluate(config, out: pathlib.Path) -> dict:
   if classifier is not None:  # the same images for the bare and the defended attack
     bare_correct = attack.batched_probs(classifier, x, ecfg.batch_size).argmax(-1) == test.labels
     ok &= bare_correct
-  chosen = proto.select_images(np.flatnonzero(ok), ecfg.num_images, ecfg.seed)
-  if len(chosen) < ecfg.num_images:
+  chosen, fixed = proto.choose(ecfg, ok)
+  if fixed is None and len(chosen) < ecfg.num_images:
     logging.warning(
       'config.eval.num_images=%d but only %d test images are classified correctly;'
       ' attacking all %d',
@@ -151,7 +151,9 @@ def _evaluate(config, out: pathlib.Path) -> dict:
     images=chosen.tolist(),
     attacks={},
   )
-  if len(chosen) < ecfg.num_images:
+  if fixed is not None:
+    results['fixed_images'] = fixed.tolist()
+  elif len(chosen) < ecfg.num_images:
     results['note'] = (
       f'only {len(chosen)} correctly classified test images: all attacked '
       f'instead of the {ecfg.num_images} requested'
@@ -165,7 +167,8 @@ def _evaluate(config, out: pathlib.Path) -> dict:
     p = proto.protocol(config, spec, restored.step, digest, images_sha1)
     log = attack_log.AttackLog(out / f'attack_{spec.name}.jsonl', p, session)
     t0 = time.perf_counter()
-    recs[spec.name] = run_attack(spec, log, x, test.labels, chosen, k, ecfg)
+    some = chosen[: ecfg.targeted_images] if spec.targeted and ecfg.targeted_images else chosen
+    recs[spec.name] = run_attack(spec, log, x, test.labels, some, k, ecfg)
     summary = metrics.summarise_attack(recs[spec.name], spec.max_budget, spec.targeted)
     summary['seconds_this_run'] = time.perf_counter() - t0
     # The runs that wrote these records (a resumed evaluation has several).
@@ -175,6 +178,14 @@ def _evaluate(config, out: pathlib.Path) -> dict:
         '%s: records come from runs on different commits or devices: %s', log.path, log.sessions
       )
     results['attacks'][spec.name] = summary
+  if fixed is not None:  # robust = correct and not fooled, over the fixed set
+    fooled = {r['index'] for r in recs['de'] if r['success']}
+    robust = [int(i) for i in fixed if ok[i] and int(i) not in fooled]
+    results.update(
+      robust_images=robust,
+      robust_accuracy=len(robust) / len(fixed),
+      robust_accuracy_wilson95=list(stats.wilson(len(robust), len(fixed))),
+    )
   if classifier is not None:
     bare = recs['de_classifier']
     adv = metrics.adversarial_images(bare, x, ecfg.mode)
