@@ -11,6 +11,8 @@ in train mode (batch statistics, as the training step sees them) and in eval
 mode; paired, the same images and keys for every adversary. The adversaries
 attack in eval mode, as in training. A curve that flattens with ``k`` says the
 linearised ranking, not the number of verifications, limits the adversary.
+On the first ``--oracle-images`` of them, the exhaustive extreme-colour search
+(8,192 evaluations per CIFAR image) says what one pixel can do at all.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for benchmarks/
 from benchmarks.adversary_comparison import ROWS, _config, _folder, mode_predicts  # noqa: E402
@@ -51,30 +54,53 @@ def curve(label, spec, args) -> dict:
   }
 
   @jax.jit
-  def run(xu8, y, key):
+  def run(xu8, y, key):  # per image: still correct after each adversary
     x = data.levels(xu8)
     out = {}
     for name, adv in {'clean': None, **adversaries}.items():
       a = x if adv is None else adv(x, y, key).adv_images
-      out[f'{name}_train'] = jnp.sum(jnp.argmax(train_p(a), -1) == y)
-      out[f'{name}_eval'] = jnp.sum(jnp.argmax(eval_p(a), -1) == y)
+      out[f'{name}_train'] = jnp.argmax(train_p(a), -1) == y
+      out[f'{name}_eval'] = jnp.argmax(eval_p(a), -1) == y
     return out
 
   order = data.epoch_order(len(tr), cfg.seed, 0)
-  totals, t0 = {}, time.perf_counter()
+  t0 = time.perf_counter()
   n = (args.images // 128) * 128
+  per = {}
   for i in range(0, n, 128):
     idx = order[i : i + 128]
-    acc = run(jnp.asarray(tr.images[idx]), jnp.asarray(tr.labels[idx]), jax.random.key(i))
-    for k, v in acc.items():
-      totals[k] = totals.get(k, 0) + int(v)
-  acc = {k: v / n for k, v in totals.items()}
+    out = run(jnp.asarray(tr.images[idx]), jnp.asarray(tr.labels[idx]), jax.random.key(i))
+    for k, v in out.items():
+      per.setdefault(k, []).append(np.asarray(v))
+  per = {k: np.concatenate(v) for k, v in per.items()}
+  acc = {k: float(v.mean()) for k, v in per.items()}
   drops = {
     f'{name}_{m}': acc[f'clean_{m}'] - acc[f'{name}_{m}']
     for name in adversaries
     for m in ('train', 'eval')
   }
-  return dict(label=label, images=n, seconds=time.perf_counter() - t0, accuracy=acc, drop=drops)
+  extra = {}
+  if args.oracle_images:
+    # The exhaustive extreme-colour search (every pixel x the 8 RGB corners,
+    # eval mode) on the first images: what one pixel can do at all, to size
+    # the adversaries against.
+    m = args.oracle_images
+    x, y = data.to_float(tr.images[order[:m]]), tr.labels[order[:m]]
+    ok = per['clean_eval'][:m]
+    r = attack.extreme_colour(eval_p, x[ok], y[ok])
+    oracle = ok.copy()
+    oracle[np.flatnonzero(ok)] = ~r.success
+    extra['oracle'] = dict(
+      images=m,
+      clean_eval=float(ok.mean()),
+      drop_eval={
+        'extreme_colour_exhaustive': float(ok.mean() - oracle.mean()),
+        **{name: float(ok.mean() - per[f'{name}_eval'][:m].mean()) for name in adversaries},
+      },
+    )
+  return dict(
+    label=label, images=n, seconds=time.perf_counter() - t0, accuracy=acc, drop=drops, **extra
+  )
 
 
 def main(argv=None):
@@ -85,6 +111,7 @@ def main(argv=None):
     '--rows', nargs='+', default=['No defence', 'APR, first-order, FD penalty (default)']
   )
   ap.add_argument('--json', default='')
+  ap.add_argument('--oracle-images', type=int, default=128)
   args = ap.parse_args(argv)
   specs = dict(ROWS)
   rows = []
