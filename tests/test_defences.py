@@ -102,6 +102,7 @@ def test_de_variant_is_the_papers_training():
   assert cifar_at.get_config().defence.adv.method == 'first_order'
 
 
+@pytest.mark.slow
 def test_attention_map_and_attended_output():
   base = models.create('cnn6', num_classes=10, width=0.125)
   m = defences.Attended(base, kernel_size=5, rngs=nnx.Rngs(0))
@@ -193,6 +194,7 @@ def test_finite_difference_penalty_gradient_agrees_with_double_backprop(domain):
     assert err < tol, (h, err)
 
 
+@pytest.mark.slow
 def test_finite_difference_penalty_in_the_mixed_batch_agrees_with_double_backprop():
   """With adversarial images in positions 0-1 of each block the penalty sits
   in positions 2-3: the estimator must pair each shifted image with its own
@@ -523,6 +525,7 @@ def test_named_pretrained_model_without_checkpoint_is_a_clear_error(shared_data,
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_figures_are_written_as_png(tmp_path):
   from PIL import Image
 

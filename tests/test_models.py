@@ -77,6 +77,7 @@ def test_imagenet_forward(name):
   assert y.shape == (1, 1000) and np.all(np.isfinite(np.asarray(y)))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   m = models.create('cnn6', num_classes=10, width=0.25, dtype=jnp.bfloat16)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(m, nnx.Param)))

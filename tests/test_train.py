@@ -240,6 +240,7 @@ def test_imagenet_smoke_config_runs_the_224_path(shared_data, tmp_path):
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_trains(shared_data, tmp_path):
   del shared_data
   result = train.train_and_evaluate(_config(dtype='bfloat16', **{'train.steps': 8}), str(tmp_path))
