@@ -306,6 +306,7 @@ def test_l2_penalised_fitness_value():
   np.testing.assert_allclose(r.true_prob, probs[:, 8], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_stop_threshold_keeps_searching_until_confident():
   predict = toy.corner_classes()
   x = toy.gray_images(4, 6, 6)

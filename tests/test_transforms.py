@@ -73,6 +73,7 @@ def test_bad_transform_settings():
     defences.jpeg(jnp.zeros((1, 8, 8, 1)), 75)
 
 
+@pytest.mark.slow
 def test_it_model_and_the_attack_run_through_the_transformations():
   cfg = cifar_it.get_config('test')
   model = build.build_model(cfg, 10)
