@@ -54,27 +54,31 @@ class Checkpointer:
   """Saves and restores training states under ``directory``.
 
   Args:
-    directory: where the step folders go (created if missing).
-    keep: how many of the latest checkpoints to keep.
+    directory: where the step folders go.
+    keep: the trainer's handle (it holds the workdir's lock): how many of the
+      latest checkpoints to keep; the folder is created if missing, a save
+      killed midway (orbax's temporary folder) is removed, and checkpoints
+      over ``keep`` (a kill between writing one and deleting the oldest) are
+      pruned, oldest first. ``None``: a reader's handle, which changes nothing
+      on disk (a reader may look at a run that is still training).
   """
 
-  def __init__(self, directory: str | pathlib.Path, keep: int = 3):
+  def __init__(self, directory: str | pathlib.Path, keep: int | None = None):
     self.directory = pathlib.Path(directory).absolute()
     # Orbax logs every save at INFO/WARNING; progress is reported by the caller.
     _quiet_closed_loop_noise()
     logging.getLogger('absl').setLevel(logging.ERROR)
-    # A kill mid-save leaves a temporary folder: removed here. A kill between
-    # writing a new checkpoint and deleting the oldest leaves one too many:
-    # pruned here, oldest first.
+    writer = keep is not None
     self._mngr = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True
+        max_to_keep=keep, create=writer, cleanup_tmp_directories=writer, read_only=not writer
       ),
       item_names=('state', 'meta'),
     )
-    for s in self.steps()[: max(len(self.steps()) - keep, 0)]:
-      self._mngr.delete(s)
+    if writer:
+      for s in self.steps()[: max(len(self.steps()) - keep, 0)]:
+        self._mngr.delete(s)
 
   def __enter__(self):
     return self

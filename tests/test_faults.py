@@ -202,7 +202,13 @@ def test_checkpoints_over_the_limit_are_pruned_on_open(tmp_path):
   with checkpoint.Checkpointer(tmp_path, keep=5) as ckpt:
     for s in (1, 2, 3, 4, 5):
       ckpt.save(s, state, {'step': s})
-  (tmp_path / '6.orbax-checkpoint-tmp-123').mkdir()  # a save killed midway
+  (tmp_path / '6.orbax-checkpoint-tmp-123').mkdir()  # a save killed, or still running
+  # A reader (eval mode on a run that may still be training) changes nothing.
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.steps() == [1, 2, 3, 4, 5]
+    assert float(ckpt.restore(state)['w'][2]) == 2.0
+  assert (tmp_path / '6.orbax-checkpoint-tmp-123').is_dir()
+  # The trainer (it holds the workdir's lock) cleans up.
   with checkpoint.Checkpointer(tmp_path, keep=3) as ckpt:
     assert ckpt.steps() == [3, 4, 5]
   assert sorted(p.name for p in tmp_path.iterdir()) == ['3', '4', '5']
