@@ -139,7 +139,8 @@ def test_a_suite_runs_from_the_package_alone(shared_data, tmp_path):
   )
   assert r.returncode == 0, r.stderr[-3000:]
   rows = json.loads((tmp_path / 'out' / 'results.json').read_text())['rows']
-  assert list(rows) == ['No Defence'] and rows['No Defence']['per_seed'][0]['num_images'] == 2
+  assert list(rows) == ['No Defence']
+  assert rows['No Defence']['per_seed'][0]['num_images_requested'] == 2
 
 
 @pytest.mark.slow
