@@ -22,12 +22,19 @@ _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Experiment config file.', lock_config=True
 )
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
+_CACHE = flags.DEFINE_string(
+  'compilation_cache',
+  str(experiment.DEFAULT_CACHE),
+  "JAX's persistent compilation cache, shared by runs ('' = off).",
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _CACHE.value:
+    experiment.enable_compilation_cache(_CACHE.value)
   result = experiment.run(_CONFIG.value, _WORKDIR.value)
   table = pathlib.Path(_WORKDIR.value) / 'results.md'
   if _CONFIG.value.mode in ('eval', 'suite') and table.exists():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxpix import attack
+from jaxpix.attack import attacks as attacks_mod
 from jaxpix.attack import engine, perturb, search
 
 import toy_models as toy
@@ -471,3 +472,49 @@ def test_apply_candidates_matches_apply_vectors_per_image(mode):
     assert len(_changed_pixels(adv[i], x[i])) <= 2
   assert np.mean(adv != x) > 0
   _assert_valid_uint8(adv)
+
+
+def test_params_are_an_argument_of_the_compiled_attack():
+  # predict(params, images): the same function with two parameter sets.
+  h = w = 6
+  x = toy.cifar_like(5, h, w, seed=4)
+  rng = np.random.default_rng(0)
+  p1, p2 = ({'w': jnp.asarray(rng.normal(size=(h, w, 3, 4)).astype(np.float32))} for _ in range(2))
+
+  def fn(params, images):  # a per-example reduction: batch-independent, bitwise
+    return jnp.sum(images[..., None] * params['w'], axis=(1, 2, 3))
+
+  y = np.zeros(5, np.int32)
+  kw = dict(key=jax.random.key(1), popsize=8, maxiter=3, devices=jax.devices()[:1])
+  # The same numbers as the closure over the same parameters.
+  a = attack.one_pixel(fn, x, y, params=p1, **kw)
+  b = attack.one_pixel(lambda im: fn(p1, im), x, y, **kw)
+  np.testing.assert_array_equal(a.success, b.success)
+  np.testing.assert_array_equal(a.queries, b.queries)
+  np.testing.assert_allclose(a.true_prob, b.true_prob, rtol=1e-6)
+  # New parameters of the same shapes: nothing compiles again.
+  before = (engine._compiled.cache_info().misses, attacks_mod._logits_fn.cache_info().misses)
+  c = attack.one_pixel(fn, x, y, params=p2, **kw)
+  after = (engine._compiled.cache_info().misses, attacks_mod._logits_fn.cache_info().misses)
+  assert after == before
+  d = attack.one_pixel(lambda im: fn(p2, im), x, y, **kw)
+  np.testing.assert_allclose(c.true_prob, d.true_prob, rtol=1e-6)
+  assert not np.allclose(a.clean_true_prob, c.clean_true_prob)  # the parameters did change
+
+
+def test_two_checkpoints_of_one_architecture_share_the_compiled_attack():
+  from jaxpix import models as zoo
+
+  one, two = (zoo.create('cnn6', num_classes=10, width=0.125, seed=s) for s in (1, 2))
+  (f1, p1), (f2, p2) = zoo.as_params_predict(one), zoo.as_params_predict(two)
+  assert f1 is f2  # one function per architecture
+  x = toy.cifar_like(3, 16, 16, seed=2)
+  y = np.zeros(3, np.int32)
+  kw = dict(key=jax.random.key(3), popsize=8, maxiter=1, devices=jax.devices()[:1])
+  r1 = attack.one_pixel(f1, x, y, params=p1, **kw)
+  misses = engine._compiled.cache_info().misses
+  r2 = attack.one_pixel(f2, x, y, params=p2, **kw)
+  assert engine._compiled.cache_info().misses == misses
+  ref = attack.one_pixel(zoo.as_predict(two), x, y, **kw)
+  np.testing.assert_allclose(r2.true_prob, ref.true_prob, rtol=1e-5)
+  assert not np.allclose(r1.clean_true_prob, r2.clean_true_prob)

@@ -250,3 +250,33 @@ def test_bfloat16_compute_trains(shared_data, tmp_path):
   # Parameters are kept (and checkpointed) in float32.
   params = _params(tmp_path, _config(dtype='bfloat16'))
   assert all(v.dtype == np.float32 for v in params.values())
+
+
+@pytest.mark.slow
+def test_run_py_keeps_compiled_programs_across_processes(shared_data, tmp_path):
+  del shared_data
+  cache = tmp_path / 'xla'
+
+  def run(workdir):
+    return subprocess.run(
+      [
+        sys.executable,
+        'run.py',
+        '--config',
+        'configs/cifar_baseline.py:test',
+        '--config.train.steps=4',
+        f'--compilation_cache={cache}',
+        f'--workdir={tmp_path / workdir}',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+    )
+
+  r = run('a')
+  assert r.returncode == 0, r.stderr[-2000:]
+  stored = sorted(p.name for p in cache.iterdir())
+  assert stored  # the train step (compiles for over a second) is stored
+  r = run('b')  # a second process: the same programs, read back, none added
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert sorted(p.name for p in cache.iterdir()) == stored

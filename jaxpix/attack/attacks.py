@@ -8,6 +8,7 @@ batched loop that runs them in ``engine.py``."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -90,12 +91,14 @@ def one_pixel(
   indices=None,
   steps_per_call: int = 10,
   progress: bool | Callable[[dict], None] = False,
+  params=None,
 ) -> AttackResult:
   """The one-pixel (k-pixel) attack by differential evolution, batched.
 
   Args:
     predict: pure function ``images [B, H, W, C] in [0, 1] -> logits [B, K]``;
-      put any defence (input transformation, autoencoder) inside it.
+      put any defence (input transformation, autoencoder) inside it. With
+      ``params``, ``predict(params, images)`` instead.
     images: float [N, H, W, C], 8-bit values scaled to [0, 1].
     labels: int [N], the true classes.
     key: a ``jax.random.key``; image i uses ``fold_in(key, indices[i])``.
@@ -119,6 +122,14 @@ def one_pixel(
       evaluations/s), or a function called with a dict of numpy arrays for
       the images finished after each compiled call (``gidx``, ``success``,
       ``queries``, ...), e.g. to write results as they finish.
+    params: the model's parameters (any pytree), passed to
+      ``predict(params, images)`` as an argument of the compiled attack: a
+      second call with the same ``predict`` and new parameters of the same
+      shapes (another checkpoint, a training step's weights) compiles
+      nothing. Without it, ``predict`` is a closure: the attack compiles once
+      per ``predict`` object, with whatever it captured baked in as
+      constants, so a fresh ``lambda x: model(params, x)`` per call compiles
+      every call. For an NNX model, ``jaxpix.models.as_params_predict``.
 
   Returns:
     An :class:`AttackResult`.
@@ -126,6 +137,8 @@ def one_pixel(
   Example:
     >>> result = attack.one_pixel(predict, images, labels, key=jax.random.key(0))
     >>> result.success_rate
+    >>> fn, params = models.as_params_predict(model)  # compile once per architecture
+    >>> result = attack.one_pixel(fn, images, labels, key=key, params=params)
   """
   cfg = checks.de_config(strategy, popsize, maxiter)
   x = checks.images(images)
@@ -148,6 +161,7 @@ def one_pixel(
     indices=indices,
     steps_per_call=steps_per_call,
     progress=progress,
+    params=params,
   )
 
 
@@ -164,6 +178,7 @@ def extreme_colour(
   indices=None,
   steps_per_call: int = 16,
   progress: bool | Callable[[dict], None] = False,
+  params=None,
 ) -> AttackResult:
   """Exhaustive one-pixel search over every position x every colour-cube corner.
 
@@ -174,8 +189,8 @@ def extreme_colour(
   probability any of them reached.
 
   Args:
-    predict, images, labels, targets, slots, devices, indices, progress: as in
-      :func:`one_pixel`.
+    predict, images, labels, targets, slots, devices, indices, progress, params:
+      as in :func:`one_pixel`.
     early_stop: stop an image at the first chunk that fools the model.
     chunk: candidates per image per step (a divisor of H * W * 8 wastes nothing).
 
@@ -200,6 +215,7 @@ def extreme_colour(
     indices=indices,
     steps_per_call=steps_per_call,
     progress=progress,
+    params=params,
   )
 
 
@@ -221,11 +237,13 @@ def _attack(
   indices,
   steps_per_call: int,
   progress: bool | Callable[[dict], None],
+  params=None,
 ) -> AttackResult:
   """Checks the remaining arguments (as in :func:`one_pixel`), then runs ``srch``
   over the checked images ``x`` and gathers the result."""
   n, h, w, c = x.shape
-  k = checks.num_classes(predict, (h, w, c))
+  fn, params = _with_params(predict, params)
+  k = checks.num_classes(functools.partial(fn, params), (h, w, c))
   y = checks.labels('labels', labels, n, k)
   t = checks.targets(targets, y, n, k)
   idx = checks.indices(indices, n)
@@ -244,13 +262,14 @@ def _attack(
     early_stop=early_stop,
     mode=mode,
   )
-  clean = checks.outputs(batched_logits(predict, x), idx)  # [N, K]
+  clean = checks.outputs(batched_logits(fn, x, params=params), idx)  # [N, K]
   clean = np.asarray(jax.nn.softmax(clean, axis=-1))
   dim = pixels * (2 + c)
   callback = _ProgressBar(n) if progress is True else (progress or None)
   rec = engine.run(
     srch,
-    predict,
+    fn,
+    params,
     fit,
     x,
     y,
@@ -311,22 +330,45 @@ class _ProgressBar:
 # --------------------------------------------------------------------------- #
 
 
-def batched_logits(predict: Predict, images, batch: int = 1024) -> np.ndarray:
+def _with_params(predict, params):
+  """(``fn(params, images)``, params): the form the engine compiles. A closure
+  ``images -> logits`` (no ``params``) gets one wrapper per object, so that
+  the compiled attack is reused when the same closure comes again."""
+  if params is not None:
+    return predict, params
+  return _closure(predict), ()
+
+
+@functools.lru_cache(maxsize=16)
+def _closure(predict):
+  return lambda _, images: predict(images)
+
+
+@functools.lru_cache(maxsize=16)
+def _logits_fn(fn):
+  return jax.jit(lambda params, images: fn(params, images).astype(jnp.float32))
+
+
+def batched_logits(predict: Predict, images, batch: int = 1024, *, params=None) -> np.ndarray:
   """``predict``'s float32 logits on numpy images, ``batch`` at a time (one
-  jitted function per call; it compiles for the full batch and the tail)."""
-  fn = jax.jit(lambda im: predict(im).astype(jnp.float32))
+  compilation per ``predict`` object and batch shape; with ``params``,
+  ``predict(params, images)``, the parameters an argument)."""
+  fn, params = _with_params(predict, params)
+  run = _logits_fn(fn)
   return np.concatenate(
-    [np.asarray(fn(images[i : i + batch])) for i in range(0, len(images), batch)]
+    [np.asarray(run(params, images[i : i + batch])) for i in range(0, len(images), batch)]
   )
 
 
-def batched_probs(predict: Predict, images, batch: int = 1024) -> np.ndarray:
+def batched_probs(predict: Predict, images, batch: int = 1024, *, params=None) -> np.ndarray:
   """The softmax probabilities of ``predict`` on numpy images, ``batch`` at a time.
 
   Args:
-    predict: ``images [B, H, W, C] -> logits [B, K]``.
+    predict: ``images [B, H, W, C] -> logits [B, K]`` (with ``params``:
+      ``predict(params, images)``).
     images: [N, H, W, C], sliced on the host.
     batch: images per forward pass; bounds device memory.
+    params: as in :func:`one_pixel`.
 
   Returns:
     float32 [N, K] numpy.
@@ -335,7 +377,8 @@ def batched_probs(predict: Predict, images, batch: int = 1024) -> np.ndarray:
     >>> probs = attack.batched_probs(predict, images)
     >>> accuracy = np.mean(probs.argmax(-1) == labels)
   """
-  return np.asarray(jax.nn.softmax(batched_logits(predict, images, batch), axis=-1))
+  logits = batched_logits(predict, images, batch, params=params)
+  return np.asarray(jax.nn.softmax(logits, axis=-1))
 
 
 # --------------------------------------------------------------------------- #

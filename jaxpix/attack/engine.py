@@ -196,10 +196,13 @@ _OUT_FIELDS = _BEST_FIELDS + ('gidx', 'queries')
 
 
 def _device_loop(
-  search, predict, fit, steps_per_call, dim, st, queue, queue_len, queue_pos, more, key
+  search, predict, fit, steps_per_call, dim, st, queue, queue_len, queue_pos, more, key, params
 ):
   """Runs one device's slots until its queue needs refilling, all are done, or
-  ``steps_per_call`` steps have passed. Shapes are per device."""
+  ``steps_per_call`` steps have passed. Shapes are per device. ``predict`` is
+  ``(params, images) -> logits``; ``params`` is an argument of the compiled
+  program, so new parameters of the same shapes reuse it."""
+  model = functools.partial(predict, params)
   s = st['active'].shape[0]
   q = queue['label'].shape[0]
   cap = q + s  # at most S in-flight plus Q loaded images can finish per call
@@ -235,7 +238,7 @@ def _device_loop(
     fresh['active'] = load
     st = jax.tree.map(lambda a, b: _where(load, a, b), fresh, st)
     qpos = qpos + jnp.sum(load)
-    st, finished = step(search, predict, fit, st)
+    st, finished = step(search, model, fit, st)
     rec = dict(st['best'], gidx=st['gidx'], queries=st['queries'])
     at = jnp.where(finished, n_out + jnp.cumsum(finished) - 1, cap)
     out = {k: out[k].at[at].set(rec[k], mode='drop') for k in out}
@@ -245,22 +248,25 @@ def _device_loop(
   return st, qpos[None], out, n_out[None]
 
 
-# Keyed on the predict function itself (its captured parameters stay alive while
-# cached): reuse one predict object to reuse the compilation; a small cache
-# bounds what stale parameter sets can pin.
-@functools.lru_cache(maxsize=4)
+# Keyed on the predict function (``(params, images) -> logits``), not on the
+# parameters, which are an argument: one compilation serves every parameter set
+# of the same shapes. A closure ``images -> logits`` is wrapped once per
+# object (attacks.py), so it compiles once per closure, its captured arrays
+# baked in as constants; the small cache bounds what those can pin.
+@functools.lru_cache(maxsize=8)
 def _compiled(search, predict, fit, steps_per_call, dim, mesh):
   fn = functools.partial(_device_loop, search, predict, fit, steps_per_call, dim)
   d = P('data')
   fn = jax.shard_map(
-    fn, mesh=mesh, in_specs=(d, d, d, d, d, P()), out_specs=(d, d, d, d), check_vma=False
+    fn, mesh=mesh, in_specs=(d, d, d, d, d, P(), P()), out_specs=(d, d, d, d), check_vma=False
   )
   return jax.jit(fn, donate_argnums=(0,))
 
 
 def run(
   search: Search,
-  predict: Predict,
+  predict,
+  params,
   fit: Fitness,
   images: np.ndarray,
   labels: np.ndarray,
@@ -275,6 +281,9 @@ def run(
   progress: Callable[[dict], None] | None = None,
 ):
   """Attacks every image; returns per-image numpy arrays of the best records.
+
+  ``predict(params, images) -> logits``; ``params`` (any pytree, replicated
+  on every device) is an argument of the compiled loop.
 
   Images are split into contiguous blocks, one per device; each device runs
   its own slots over its block. ``progress`` (optional) is called with the
@@ -311,6 +320,7 @@ def run(
   st = jax.tree.map(lambda a: put(jnp.copy(a)), st)
   fn = _compiled(search, predict, fit, steps_per_call, dim, mesh)
   keyed = jax.device_put(key, NamedSharding(mesh, P()))
+  params = jax.device_put(params, NamedSharding(mesh, P()))
 
   results = {k: None for k in _OUT_FIELDS}
   done = 0
@@ -328,7 +338,7 @@ def run(
     more = nxt < end
     flat = {k: v.reshape((nd * q,) + v.shape[2:]) for k, v in queue.items()}
     st, qpos_dev, out, n_out = fn(
-      st, jax.tree.map(put, flat), put(qlen), put(qpos), put(more), keyed
+      st, jax.tree.map(put, flat), put(qlen), put(qpos), put(more), keyed, params
     )
     qpos = np.array(qpos_dev, np.int32)
     out, n_out = jax.device_get((out, n_out))

@@ -16,6 +16,7 @@ from jaxpix.models.common import (
   CIFAR10_STD,
   IMAGENET_MEAN,
   IMAGENET_STD,
+  as_params_predict,
   as_predict,
 )
 from jaxpix.models.densenet import DenseNetBC
@@ -67,6 +68,7 @@ __all__ = [
   'VGG16',
   'VGG19',
   'WideResNet16_8',
+  'as_params_predict',
   'as_predict',
   'create',
 ]

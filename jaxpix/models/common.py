@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -63,6 +65,31 @@ def as_predict(model: nnx.Module):
   state = jax.lax.stop_gradient(state)
 
   def predict(images):
+    m = nnx.merge(graphdef, state, copy=True)
+    m.eval()
+    return m(images)
+
+  return predict
+
+
+def as_params_predict(model: nnx.Module):
+  """``(predict, params)`` of a model in eval mode, for the attack's
+  ``params=``: ``predict(params, images) -> logits`` is one function per
+  architecture (``graphdef``), ``params`` its state. Another checkpoint of the
+  same architecture gives the same ``predict``, so the compiled attack is
+  reused with the new parameters.
+
+  Example:
+    >>> fn, params = models.as_params_predict(model)
+    >>> attack.one_pixel(fn, images, labels, key=key, params=params)
+  """
+  graphdef, state = nnx.split(model)
+  return _params_predict(graphdef), jax.lax.stop_gradient(state)
+
+
+@functools.lru_cache(maxsize=16)
+def _params_predict(graphdef):
+  def predict(state, images):
     m = nnx.merge(graphdef, state, copy=True)
     m.eval()
     return m(images)
