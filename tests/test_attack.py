@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from jaxpix import attack
-from jaxpix.attack import attacks as attacks_mod
-from jaxpix.attack import engine, perturb, search
+from jaxpix.attack import engine, forward, perturb, search
 
 import toy_models as toy
 
@@ -493,9 +492,9 @@ def test_params_are_an_argument_of_the_compiled_attack():
   np.testing.assert_array_equal(a.queries, b.queries)
   np.testing.assert_allclose(a.true_prob, b.true_prob, rtol=1e-6)
   # New parameters of the same shapes: nothing compiles again.
-  before = (engine._compiled.cache_info().misses, attacks_mod._logits_fn.cache_info().misses)
+  before = (engine._compiled.cache_info().misses, forward._logits_fn.cache_info().misses)
   c = attack.one_pixel(fn, x, y, params=p2, **kw)
-  after = (engine._compiled.cache_info().misses, attacks_mod._logits_fn.cache_info().misses)
+  after = (engine._compiled.cache_info().misses, forward._logits_fn.cache_info().misses)
   assert after == before
   d = attack.one_pixel(lambda im: fn(p2, im), x, y, **kw)
   np.testing.assert_allclose(c.true_prob, d.true_prob, rtol=1e-6)

@@ -7,18 +7,19 @@ images in [0, 1] [B, H, W, C] to logits [B, K].
 Modules, each one job: ``attacks`` (the public attacks), ``checks`` (their
 input checks), ``search`` (what a search is: differential evolution, the
 exhaustive corner sweep), ``engine`` (how a search runs batched on devices),
-``perturb`` (how a candidate vector becomes an image) and ``linearised`` (the
-first-order adversary for training).
+``perturb`` (how a candidate vector becomes an image), ``forward`` (the
+user's model called in batches, with or without ``params``) and
+``linearised`` (the first-order adversary for training).
 """
 
 from jaxpix.attack.attacks import (
   AttackResult,
   FixedBudgetResult,
-  batched_probs,
   de_fixed_budget,
   extreme_colour,
   one_pixel,
 )
+from jaxpix.attack.forward import batched_logits, batched_probs
 from jaxpix.attack.linearised import FirstOrderResult, first_order, linearised_gain
 from jaxpix.attack.perturb import apply as apply_pixels
 from jaxpix.attack.perturb import apply_candidates, decode
@@ -34,6 +35,7 @@ __all__ = [
   'FixedBudgetResult',
   'apply_candidates',
   'apply_pixels',
+  'batched_logits',
   'batched_probs',
   'de_fixed_budget',
   'decode',

@@ -1,9 +1,9 @@
 """Public attacks: ``one_pixel`` (differential evolution), ``extreme_colour``
-(exhaustive search) and ``de_fixed_budget`` (the jittable core for training),
-plus ``batched_probs``, the model's probabilities on a host array in batches.
+(exhaustive search) and ``de_fixed_budget`` (the jittable core for training).
 
-Input checks live in ``checks.py``, the searches in ``search.py`` and the
-batched loop that runs them in ``engine.py``."""
+Input checks live in ``checks.py``, the searches in ``search.py``, the
+batched loop that runs them in ``engine.py`` and the model's forward passes on
+host arrays in ``forward.py``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpix.attack import checks, engine, perturb, search
+from jaxpix.attack import checks, engine, forward, perturb, search
 from jaxpix.attack.engine import Fitness, Predict
 
 # Default forward batch per device: slots = this // popsize. The CPU forward
@@ -242,7 +242,7 @@ def _attack(
   """Checks the remaining arguments (as in :func:`one_pixel`), then runs ``srch``
   over the checked images ``x`` and gathers the result."""
   n, h, w, c = x.shape
-  fn, params = _with_params(predict, params)
+  fn, params = forward.with_params(predict, params)
   k = checks.num_classes(functools.partial(fn, params), (h, w, c))
   y = checks.labels('labels', labels, n, k)
   t = checks.targets(targets, y, n, k)
@@ -262,7 +262,7 @@ def _attack(
     early_stop=early_stop,
     mode=mode,
   )
-  clean = checks.outputs(batched_logits(fn, x, params=params), idx)  # [N, K]
+  clean = checks.outputs(forward.batched_logits(fn, x, params=params), idx)  # [N, K]
   clean = np.asarray(jax.nn.softmax(clean, axis=-1))
   dim = pixels * (2 + c)
   callback = _ProgressBar(n) if progress is True else (progress or None)
@@ -323,62 +323,6 @@ class _ProgressBar:
 
   def close(self):
     self.bar.close()
-
-
-# --------------------------------------------------------------------------- #
-# The model on the host, in batches
-# --------------------------------------------------------------------------- #
-
-
-def _with_params(predict, params):
-  """(``fn(params, images)``, params): the form the engine compiles. A closure
-  ``images -> logits`` (no ``params``) gets one wrapper per object, so that
-  the compiled attack is reused when the same closure comes again."""
-  if params is not None:
-    return predict, params
-  return _closure(predict), ()
-
-
-@functools.lru_cache(maxsize=16)
-def _closure(predict):
-  return lambda _, images: predict(images)
-
-
-@functools.lru_cache(maxsize=16)
-def _logits_fn(fn):
-  return jax.jit(lambda params, images: fn(params, images).astype(jnp.float32))
-
-
-def batched_logits(predict: Predict, images, batch: int = 1024, *, params=None) -> np.ndarray:
-  """``predict``'s float32 logits on numpy images, ``batch`` at a time (one
-  compilation per ``predict`` object and batch shape; with ``params``,
-  ``predict(params, images)``, the parameters an argument)."""
-  fn, params = _with_params(predict, params)
-  run = _logits_fn(fn)
-  return np.concatenate(
-    [np.asarray(run(params, images[i : i + batch])) for i in range(0, len(images), batch)]
-  )
-
-
-def batched_probs(predict: Predict, images, batch: int = 1024, *, params=None) -> np.ndarray:
-  """The softmax probabilities of ``predict`` on numpy images, ``batch`` at a time.
-
-  Args:
-    predict: ``images [B, H, W, C] -> logits [B, K]`` (with ``params``:
-      ``predict(params, images)``).
-    images: [N, H, W, C], sliced on the host.
-    batch: images per forward pass; bounds device memory.
-    params: as in :func:`one_pixel`.
-
-  Returns:
-    float32 [N, K] numpy.
-
-  Example:
-    >>> probs = attack.batched_probs(predict, images)
-    >>> accuracy = np.mean(probs.argmax(-1) == labels)
-  """
-  logits = batched_logits(predict, images, batch, params=params)
-  return np.asarray(jax.nn.softmax(logits, axis=-1))
 
 
 # --------------------------------------------------------------------------- #
