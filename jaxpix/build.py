@@ -136,7 +136,7 @@ def frozen_config(config, role: str) -> ml_collections.ConfigDict:
   c.defence.name = names[role]
   c.defence.attention = False
   c.defence.bit_depth = c.defence.jpeg_quality = 0
-  c.eval.step = 0
+  c.train.resume_step = c.eval.step = 0  # its own latest, whatever this run resumes from
   return c
 
 

@@ -53,3 +53,12 @@ def test_defence_name_is_a_dispatch_key():
   c.defence.name = 'apr_no_adv'
   with pytest.raises(ValueError, match='config.defence.name must be one of'):
     build.check_defence(c)
+
+
+def test_a_frozen_model_resumes_from_its_own_latest_checkpoint():
+  # The student resuming from its step 8 says nothing of its teacher's steps.
+  c = configs.load('cifar_dd:test')
+  c.train.resume_step, c.eval.step = 8, 4
+  t = build.frozen_config(c, 'teacher')
+  assert (t.train.resume_step, t.eval.step, t.defence.name) == (0, 0, 'dd_teacher')
+  assert c.train.resume_step == 8  # the run's own config is untouched

@@ -29,17 +29,17 @@ def load(spec: str) -> ml_collections.ConfigDict:
   config file outside the package) -> its config."""
   name, _, arg = spec.partition(':')
   path = pathlib.Path(name)
-  if path.stem in names() and path.parent in (pathlib.Path('.'), pathlib.Path('configs')):
-    module = importlib.import_module(f'jaxpix.configs.{path.stem}')
-  else:
-    path = path if path.suffix else path.with_suffix('.py')
-    if not path.is_file():
-      raise FileNotFoundError(
-        f'config {name!r} is neither a jaxpix config ({", ".join(names())}) nor a file'
-      )
+  path = path if path.suffix else path.with_suffix('.py')
+  if path.is_file() and path.resolve().parent != HERE:  # a file of the user's
     module_spec = importlib.util.spec_from_file_location(f'_jaxpix_config_{path.stem}', path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+  elif path.stem in names():  # ours, by name or through the configs/ link
+    module = importlib.import_module(f'jaxpix.configs.{path.stem}')
+  else:
+    raise FileNotFoundError(
+      f'config {name!r} is neither a jaxpix config ({", ".join(names())}) nor a file'
+    )
   return module.get_config(arg or None)
 
 
