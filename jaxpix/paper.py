@@ -26,8 +26,8 @@ APR_TABLE4 = {'ResNet-18': (0.273, 0.086), 'VGG-16': (0.315, 0.092)}
 
 # The autoencoder paper's Table 4 (1,000 attacks per model): attack success
 # rate without defence, after reconstruction, defence rate and performance
-# loss, as printed (its PL denominators are 1,000 - the post-defence successes,
-# e.g. 131/977 for Pure CNN; it does not define PL further).
+# loss, as printed. jaxpix/defences/autoencoder.py derives their definitions
+# from these counts.
 AE_TABLE4 = {
   'LeNet': dict(asr_no_defence=0.612, asr_after=0.217, defence_rate=0.645, performance_loss=0.192),
   'Pure CNN': dict(
@@ -61,6 +61,7 @@ AE_METRICS = (
   ('asr_transfer', 'ASR after reconstruction (transfer)'),
   ('defence_rate', 'Defence rate'),
   ('performance_loss', 'Performance loss'),
+  ('clean_accuracy_cost', 'Clean accuracy cost (not in the paper)'),
 )
 TABLES = {
   'apr_table1': dict(

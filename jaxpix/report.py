@@ -158,10 +158,13 @@ def suite_markdown(res: dict, kind: str) -> str:
   if kind == 'autoencoder':
     lines += [
       '',
-      'Our performance loss is the clean accuracy the reconstruction costs '
-      "(classifier minus pipeline, all test images); the paper's PL is a count "
-      'it does not define (e.g. 131/977 for Pure CNN), quoted as printed. Its "ASR '
-      'after reconstruction" is the transfer setting, quoted beside ours.',
+      'Definitions (jaxpix/defences/autoencoder.py, derived from the paper\'s counts): '
+      'N attacked images, every chosen test image the bare classifier gets right; '
+      'ASR after reconstruction (transfer) = fooled and still misclassified by the '
+      'pipeline / N; defence rate = fooled and then classified correctly / fooled; '
+      'performance loss = misclassified by the pipeline though not fooled / (N - '
+      'ASR-after-reconstruction count). Attacking the pipeline (adaptive) and the clean '
+      'accuracy cost are not in the paper.',
     ]
   tests = [(name, ref, t) for name, r in rows.items() for ref, t in r.get('mcnemar', {}).items()]
   if tests:

@@ -126,7 +126,7 @@ def summarise_rows(kind: str, per_row: dict[str, list[dict]]) -> dict:
     for m in vals[0]:
       v = [x[m][0] if x[m][0] is not None else float('nan') for x in vals]
       counts = [x[m][1] for x in vals] if vals[0][m][1] else None
-      rows[name][m] = stats.summarise(v, counts, None if m == 'performance_loss' else (0, 1))
+      rows[name][m] = stats.summarise(v, counts, None if m == 'clean_accuracy_cost' else (0, 1))
   return rows
 
 

@@ -197,26 +197,48 @@ def _rec(success, index=0):
 
 
 def test_table4_counts_by_hand():
-  # Bare classifier: 4 attacked, 3 fooled (0, 1, 3). Of those, the pipeline
-  # still misclassifies 0 and 3's adversarial images (transfer: 2/4), so it
-  # undoes 1 of 3. Image 2 was not fooled: its "transferred" flag must not
-  # count. Adaptive attack: 1 of 4.
-  bare = [_rec(True), _rec(True), _rec(False), _rec(True)]
-  adaptive = [_rec(False), _rec(True), _rec(False), _rec(False)]
-  transferred = np.array([True, False, True, True])
-  bare_correct = np.array([1, 1, 1, 1, 0], bool)
-  pipe_correct = np.array([1, 1, 0, 1, 0], bool)
-  t = metrics.table4(bare, adaptive, transferred, bare_correct, pipe_correct)
+  # Five images the bare classifier gets right. The bare attack fools 0, 1
+  # and 3; the pipeline still misclassifies the attacked images of 0 and 3
+  # (so it undoes 1 of 3) and that of 2, which was not fooled: a loss of the
+  # reconstruction, not of the attack. The pipeline already gets image 4
+  # wrong on the clean image: no adaptive attack there, a defence failure.
+  bare = [_rec(True), _rec(True), _rec(False), _rec(True), _rec(False)]
+  transferred = np.array([True, False, True, True, False])
+  pipe_correct = np.array([1, 1, 1, 1, 0], bool)
+  adaptive = [_rec(False), _rec(True), _rec(False), _rec(False)]  # images 0-3
+  bare_all = np.array([1, 1, 1, 1, 1, 0], bool)
+  pipe_all = np.array([1, 1, 1, 1, 0, 0], bool)
+  t = metrics.table4(bare, adaptive, transferred, pipe_correct, bare_all, pipe_all)
   assert t['counts'] == dict(
-    asr_no_defence=[3, 4], asr_adaptive=[1, 4], asr_transfer=[2, 4], defence_rate=[1, 3]
+    asr_no_defence=[3, 5],
+    asr_adaptive=[2, 5],
+    asr_transfer=[2, 5],
+    defence_rate=[1, 3],
+    performance_loss=[1, 3],  # image 2, among the 5 - 2 not still fooled
   )
-  assert (t['asr_no_defence'], t['asr_adaptive'], t['asr_transfer']) == (0.75, 0.25, 0.5)
+  assert (t['asr_no_defence'], t['asr_adaptive'], t['asr_transfer']) == (0.6, 0.4, 0.4)
   assert t['defence_rate'] == pytest.approx(1 / 3)
-  assert (t['clean_accuracy_classifier'], t['clean_accuracy_pipeline']) == (0.8, 0.6)
-  assert t['performance_loss'] == pytest.approx(0.2)
+  assert t['performance_loss'] == pytest.approx(1 / 3)
+  assert t['clean_accuracy_classifier'] == pytest.approx(5 / 6)
+  assert t['clean_accuracy_cost'] == pytest.approx(1 / 6)
+  # The paper's own counts (Pure CNN: 162 fooled, 139 undone, PL 131/977) fit.
+  n, f, undone, lost = 1000, 162, 139, 131
+  bare = [_rec(i < f) for i in range(n)]
+  wrong = np.array([undone <= i < f or f <= i < f + lost for i in range(n)])
+  ones = np.ones(n, bool)
+  t = metrics.table4(bare, [_rec(False)] * n, wrong, ones, ones, ones)
+  c = t['counts']
+  assert (c['asr_transfer'], c['defence_rate'], c['performance_loss']) == (
+    [23, 1000],
+    [139, 162],
+    [131, 977],
+  )
   # Nothing fooled: the defence rate is undefined, not 0 or 1.
-  none = metrics.table4([_rec(False)], [_rec(False)], np.array([True]), bare_correct, pipe_correct)
+  one = np.array([True])
+  none = metrics.table4([_rec(False)], [_rec(False)], np.array([False]), one, one, one)
   assert none['asr_transfer'] == 0 and np.isnan(none['defence_rate'])
+  with pytest.raises(ValueError, match='adaptive attack runs on the images'):
+    metrics.table4([_rec(False)], [], np.array([False]), one, one, one)
 
 
 @pytest.mark.slow

@@ -5,22 +5,36 @@ pixels changed to extreme colours back to the clean image; at test time the
 classifier, unchanged, sees ``AE(x)``. Any classifier of the zoo works: it is
 loaded from its own checkpoint and enters the pipeline as a frozen ``predict``.
 
-Metrics of the paper's Table 4, as jaxpix defines them (eval mode,
-``jaxpix.evaluation.metrics.table4``), on ``eval.num_images`` test images that
-both the classifier and the pipeline classify correctly, so that every rate
-has the same denominator:
+Metrics of the paper's Table 4 (eval mode, ``jaxpix.evaluation.metrics.table4``).
+The paper prints counts, not formulas; the definitions below are the ones
+its counts imply, on every one of its six rows. The attacked images are the
+N chosen test images the bare classifier classifies correctly (the paper's
+A_total = 1,000 attacks per model); F is the set the attack on the bare
+classifier fools, W the set whose attacked image the pipeline (classifier o
+AE) misclassifies.
 
-- ``asr_no_defence``: one-pixel attack success rate against the bare classifier;
-- ``asr_adaptive``: success rate of the attack re-run against the whole
-  pipeline (classifier o AE);
-- ``asr_transfer``: share of the images whose attack fooled the bare
-  classifier and whose adversarial image still fools the pipeline (the
-  paper's "ASR after reconstruction": its counts are fooled - undone, e.g.
-  162 - 139 = 23 of 1,000 for Pure CNN);
-- ``defence_rate``: among successful attacks on the bare classifier, the share
-  whose adversarial image the pipeline classifies correctly (undone by the AE);
-- ``performance_loss``: clean accuracy of the bare classifier minus that of
-  the pipeline, on all test images.
+- ``asr_no_defence`` = |F| / N (Pure CNN 162/1,000).
+- ``asr_transfer`` = |F and W| / N, the paper's "ASR after reconstruction":
+  its numerators are exactly fooled - undone in all six rows (162 - 139 = 23,
+  612 - 395 = 217, 286 - 235 = 51, 300 - 252 = 48, 252 - 207 = 45,
+  221 - 197 = 24).
+- ``defence_rate`` = |F and not W| / |F|, the fooled images the pipeline
+  classifies correctly again (139/162, 395/612, ...).
+- ``performance_loss`` = |W and not F| / (N - |F and W|). The paper's
+  denominators are 1,000 minus the post-reconstruction successes in all six
+  rows (977, 783, 949, 952, 955, 976); the numerator is read as what the
+  name says, the images the reconstruction alone gets wrong, among those.
+  For images the attack did not fool, W uses the attack's final image (the
+  image the deployed pipeline would receive).
+- ``asr_adaptive`` (not in the paper): DE re-run against the whole pipeline,
+  the attacker who knows the autoencoder is there, over the same N images; an
+  image the pipeline already misclassifies counts as fooled.
+- ``clean_accuracy_cost`` (not in the paper): clean accuracy of the bare
+  classifier minus that of the pipeline, on all test images.
+
+An earlier version attacked only the images both the classifier and the
+pipeline classify correctly: that drops the images the autoencoder breaks
+and biased the defence rate upwards.
 """
 
 from __future__ import annotations
