@@ -168,8 +168,8 @@ def test_same_result_whatever_the_slot_count_and_split():
 @pytest.mark.slow
 def test_same_result_whatever_the_slot_count_with_a_cnn():
   # A real convolutional network: XLA's CPU convolutions give an example the
-  # same logits whatever the batch size, so the slot count (and the tail
-  # compaction, which halves the batch) do not change any result.
+  # same logits whatever the batch size and its other examples, so neither
+  # the slot count nor the images per forward pass change any result.
   from jaxpix import models as zoo
 
   predict = zoo.as_predict(zoo.create('cnn6', num_classes=10, width=0.25, seed=1))
@@ -180,6 +180,43 @@ def test_same_result_whatever_the_slot_count_with_a_cnn():
   four = attack.one_pixel(predict, x, y, slots=4, **kw)
   _assert_same(one, four)
   assert len(set(one.queries)) > 1  # images finish at different times: slots rotate
+  # Four slots, forward passes of one slot (16 images) or three (48).
+  _assert_same(one, attack.one_pixel(predict, x, y, slots=4, batch=16, **kw))
+  _assert_same(one, attack.one_pixel(predict, x, y, slots=4, batch=48, **kw))
+
+
+@pytest.mark.slow
+def test_only_images_in_flight_are_evaluated_and_the_tail_compiles_nothing():
+  # Count the images each forward pass sees: a run whose images finish at
+  # different times must evaluate just the candidates of those in flight, in
+  # passes of one shape, and compile its loop once.
+  from jaxpix.attack import engine
+
+  h = w = 6
+  x = toy.cifar_like(7, h, w, seed=5)
+  model = toy.linear(h, w, seed=2)
+  y = np.asarray(model(jnp.asarray(x))).argmax(1).astype(np.int32)
+  seen = []
+
+  def predict(images):
+    jax.debug.callback(lambda n: seen.append(int(n)), images.shape[0])
+    return model(images)
+
+  engine._compiled.cache_clear()
+  r = _attack_linear(x, y, predict, slots=4, batch=12, devices=jax.devices()[:1])
+  assert engine._compiled.cache_info().misses == 1
+  assert 0 < r.success.sum() < 7 and len(set(r.queries)) > 1
+  assert seen[0] == 7  # the clean pass
+  passes = seen[1:]
+  assert set(passes) == {12}  # one slot's population per pass, always
+  # One pass per image in flight per step: exactly the queries, nothing
+  # spent on finished images or empty slots in the tail.
+  assert sum(passes) == r.queries.sum()
+  # All four slots per pass: the same result, the tail evaluating empty slots.
+  seen.clear()
+  r4 = _attack_linear(x, y, predict, slots=4, batch=48, devices=jax.devices()[:1])
+  _assert_same(r, r4)
+  assert set(seen[1:]) == {48} and sum(seen[1:]) > r.queries.sum()
 
 
 @pytest.mark.slow

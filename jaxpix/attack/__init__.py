@@ -16,6 +16,7 @@ from jaxpix.attack.attacks import (
   AttackResult,
   FixedBudgetResult,
   de_fixed_budget,
+  default_batch,
   extreme_colour,
   one_pixel,
 )
@@ -39,6 +40,7 @@ __all__ = [
   'batched_probs',
   'de_fixed_budget',
   'decode',
+  'default_batch',
   'extreme_colour',
   'first_order',
   'linearised_gain',

@@ -19,10 +19,20 @@ import numpy as np
 from jaxpix.attack import checks, engine, forward, perturb, search
 from jaxpix.attack.engine import Fitness, Predict
 
-# Default forward batch per device: slots = this // popsize. The CPU forward
-# rate of a CIFAR CNN is flat from ~1k to ~4k images and drops at ~10k as caches
-# overflow (DESIGN.md), so ~4k keeps a CPU busy and a GPU well fed.
-_DEFAULT_BATCH = 4096
+# Default forward batch per device, by backend, rounded down to whole
+# populations (at least one). CPU: the CIFAR zoo's forward rate, measured over
+# batch sizes by benchmarks/attack_throughput.py (benchmarks/README.md), is
+# best at a few hundred images and falls by ~10% towards 4k as caches
+# overflow. Accelerators want large batches to fill the device; 4096 is not
+# measured here (no GPU): pass ``batch`` or use :func:`tune_batch`.
+DEFAULT_BATCH = {'cpu': 400}
+_ACCELERATOR_BATCH = 4096
+
+
+def default_batch(devices=None) -> int:
+  """The forward batch per device an attack uses when ``batch`` is not given."""
+  platform = (list(devices)[0] if devices else jax.local_devices()[0]).platform
+  return DEFAULT_BATCH.get(platform, _ACCELERATOR_BATCH)
 
 
 @dataclasses.dataclass
@@ -87,6 +97,7 @@ def one_pixel(
   l2_penalty: float = 0.0,
   stop_threshold: float | None = None,
   slots: int | None = None,
+  batch: int | None = None,
   devices=None,
   indices=None,
   steps_per_call: int = 10,
@@ -113,7 +124,14 @@ def one_pixel(
       ``f_t(x + d) - lambda ||d||_2`` (0 = Su et al.'s plain probability).
     stop_threshold: also require p(true) <= threshold (p(target) >= threshold)
       before stopping an image early, e.g. 0.05 for Su et al.'s ImageNet runs.
-    slots: images in flight per device (default: 4096 // popsize).
+    slots: images in flight per device (default: 4 forward passes' worth,
+      at least 16).
+    batch: images per forward pass and device, rounded down to whole
+      populations (at least one): ``batch // popsize`` images' candidates are
+      evaluated together. Default :func:`default_batch` (measured on CPU);
+      :func:`tune_batch` measures it for a model. Only the images in flight
+      are evaluated, so a run's tail, with few images left, costs what they
+      need, with no compilation for the smaller number.
     devices: devices to shard the images over (default: all local devices).
     indices: global indices of the images for the per-image keys (default
       ``arange(N)``); pass them when attacking a dataset in pieces.
@@ -157,6 +175,7 @@ def one_pixel(
     l2_penalty=l2_penalty,
     stop_threshold=stop_threshold,
     slots=slots,
+    batch=batch,
     devices=devices,
     indices=indices,
     steps_per_call=steps_per_call,
@@ -174,6 +193,7 @@ def extreme_colour(
   early_stop: bool = True,
   chunk: int = 512,
   slots: int | None = None,
+  batch: int | None = None,
   devices=None,
   indices=None,
   steps_per_call: int = 16,
@@ -189,8 +209,8 @@ def extreme_colour(
   probability any of them reached.
 
   Args:
-    predict, images, labels, targets, slots, devices, indices, progress, params:
-      as in :func:`one_pixel`.
+    predict, images, labels, targets, slots, batch, devices, indices,
+    progress, params: as in :func:`one_pixel`.
     early_stop: stop an image at the first chunk that fools the model.
     chunk: candidates per image per step (a divisor of H * W * 8 wastes nothing).
 
@@ -211,6 +231,7 @@ def extreme_colour(
     mode='replace',
     early_stop=early_stop,
     slots=slots,
+    batch=batch,
     devices=devices,
     indices=indices,
     steps_per_call=steps_per_call,
@@ -233,6 +254,7 @@ def _attack(
   stop_threshold: float | None = None,
   early_stop: bool = True,
   slots: int | None,
+  batch: int | None,
   devices,
   indices,
   steps_per_call: int,
@@ -251,8 +273,12 @@ def _attack(
   checks.stop_threshold(stop_threshold)
   checks.l2_penalty(l2_penalty)
   devices = list(jax.local_devices() if devices is None else devices)
+  if batch is None:
+    batch = default_batch(devices)
+  checks.positive_int('batch', batch)
+  per_pass = max(1, batch // srch.num_candidates)
   if slots is None:
-    slots = max(1, _DEFAULT_BATCH // srch.num_candidates)
+    slots = max(4 * per_pass, 16)
   checks.positive_int('slots', slots)
   checks.positive_int('steps_per_call', steps_per_call)
   fit = Fitness(
@@ -278,6 +304,7 @@ def _attack(
     key,
     dim=dim,
     slots=slots,
+    per_pass=per_pass,
     devices=devices,
     steps_per_call=steps_per_call,
     progress=callback,

@@ -1,22 +1,26 @@
-"""The batched attack engine: image slots, one forward pass per step.
+"""The batched attack engine: image slots, forward passes of one shape.
 
 Every device holds ``S`` image slots. One engine step asks each slot's search
-for its P candidates, builds the S * P perturbed images and evaluates them in
-a single call of ``predict``. A slot whose image is finished (fooled, or out of
-budget) writes its result to an output buffer and takes the next image from a
-queue inside the same compiled ``while_loop``, so no forward pass is spent on a
-finished image. The host refills each device's queue between calls; memory is
-bounded by the slot and queue sizes, never by the number of images.
+for its P candidates and evaluates the candidates of the slots in flight in
+forward passes of ``per_pass`` whole slots (``per_pass * P`` images): the
+active slots are gathered to the front and only as many passes run as they
+fill. A slot whose image is finished (fooled, or out of budget) writes its
+result to an output buffer and takes the next image from a queue inside the
+same compiled ``while_loop``, so no forward pass is spent on a finished image,
+and a run's tail (fewer images left than slots) costs only what its images
+need, with nothing compiled for it. The host refills each device's queue
+between calls; memory is bounded by the slot and queue sizes, never by the
+number of images.
 
 Per-image randomness is ``fold_in(key, global_index)`` and step ``s`` of an
 image uses ``fold_in(image_key, s)``, so an image's result depends on the key
 and the image only, not on which slot, call or device ran it. Bitwise equality
-across slot counts, device counts and the tail compaction (which halves the
-forward batch) also needs ``predict`` to give each example the same logits
-whatever the size of its batch. XLA's CPU convolutions do (tested with a
-CNN); GPU libraries may pick other algorithms for other batch sizes, and then
-results agree to float rounding, which a ``<=`` selection can amplify into a
-different trajectory. A rerun of the same call is reproducible either way.
+across slot counts and device counts also needs ``predict`` to give each
+example the same logits whatever the size of its batch and the other examples
+in it. XLA's CPU convolutions do (tested with a CNN); GPU libraries may pick
+other algorithms for other batch sizes, and then results agree to float
+rounding, which a ``<=`` selection can amplify into a different trajectory. A
+rerun of the same call is reproducible either way.
 """
 
 from __future__ import annotations
@@ -68,12 +72,70 @@ class Fitness:
 _BEST_FIELDS = ('vec', 'energy', 'success', 'stop', 'true_prob', 'pred', 'pred_prob', 'target_prob')
 
 
-def score_candidates(predict: Predict, images, cands, labels, targets, fit: Fitness):
-  """Scores candidates [S, P, D] on images [S, H, W, C]; returns dict of [S, P]."""
+def _perturbed(images, cands, mode):
+  """[S, P, H, W, C]: each slot's candidates applied to its image."""
+  return jax.vmap(perturb.apply_vectors, in_axes=(0, 0, None))(images, cands, mode)
+
+
+def _forward(predict: Predict, images, cands, fit: Fitness):
+  """Logits [S, P, K] (float32) and the L2 size of each change [S, P] (only
+  if ``fit`` has an L2 penalty, else None), in one forward pass of S * P."""
   s, p, _ = cands.shape
-  adv = jax.vmap(perturb.apply_vectors, in_axes=(0, 0, None))(images, cands, fit.mode)
-  logits = predict(adv.reshape((s * p,) + images.shape[1:]))
-  logits = logits.astype(jnp.float32).reshape(s, p, -1)
+  adv = _perturbed(images, cands, fit.mode)
+  logits = predict(adv.reshape((s * p,) + images.shape[1:])).astype(jnp.float32)
+  return logits.reshape(s, p, -1), _l2(adv, images) if fit.l2_penalty else None
+
+
+def _l2(adv, images):
+  d = adv - images[:, None]
+  return jnp.sqrt(jnp.sum(d * d, axis=(2, 3, 4)))
+
+
+def _forward_active(predict: Predict, images, cands, fit: Fitness, active, per_pass: int):
+  """As :func:`_forward`, but only the ``active`` slots are evaluated, in
+  forward passes of ``per_pass`` whole slots (``per_pass * P`` images): the
+  active slots are gathered to the front and ceil(active / per_pass) passes
+  run, so the cost follows the images still in flight and every pass has the
+  one compiled shape. The rows of inactive slots hold zeros (the caller
+  discards them)."""
+  s, p, _ = cands.shape
+  m = per_pass
+  n_pass = -(-s // m)
+  order = jnp.argsort(~active, stable=True)  # active slots first, in slot order
+  order = jnp.concatenate([order, jnp.full((n_pass * m - s,), order[-1], order.dtype)])
+  probe = jax.ShapeDtypeStruct((m * p,) + images.shape[1:], jnp.float32)
+  k = jax.eval_shape(predict, probe).shape[-1]
+
+  def one_pass(i, bufs):
+    logits, l2 = bufs
+    sl = jax.lax.dynamic_slice_in_dim(order, i * m, m)
+    adv = _perturbed(images[sl], cands[sl], fit.mode)
+    out = predict(adv.reshape((m * p,) + images.shape[1:])).astype(jnp.float32)
+    logits = jax.lax.dynamic_update_slice_in_dim(logits, out.reshape(m, p, k), i * m, 0)
+    if fit.l2_penalty:
+      l2 = jax.lax.dynamic_update_slice_in_dim(l2, _l2(adv, images[sl]), i * m, 0)
+    return logits, l2
+
+  bufs = (jnp.zeros((n_pass * m, p, k), jnp.float32), jnp.zeros((n_pass * m, p), jnp.float32))
+  n_active = -(-jnp.sum(active) // m)
+  logits, l2 = jax.lax.fori_loop(0, n_active, one_pass, bufs)
+  back = jnp.argsort(order[:s])  # slot -> its row in the gathered order
+  return logits[back], l2[back] if fit.l2_penalty else None
+
+
+def score_candidates(
+  predict: Predict, images, cands, labels, targets, fit: Fitness, active=None, per_pass=None
+):
+  """Scores candidates [S, P, D] on images [S, H, W, C]; returns dict of [S, P].
+
+  With ``per_pass`` (and ``active`` [S]), only the active slots are evaluated,
+  ``per_pass`` slots per forward pass (:func:`_forward_active`); without, all
+  S * P candidates in one pass."""
+  s, p, _ = cands.shape
+  if per_pass is None:
+    logits, l2 = _forward(predict, images, cands, fit)
+  else:
+    logits, l2 = _forward_active(predict, images, cands, fit, active, per_pass)
   probs = jax.nn.softmax(logits, axis=-1)
   pick = lambda y: jnp.take_along_axis(
     probs, jnp.broadcast_to(y[:, None, None], (s, p, 1)), axis=-1
@@ -85,8 +147,7 @@ def score_candidates(predict: Predict, images, cands, labels, targets, fit: Fitn
   else:
     energy, success = true_p, pred != labels[:, None]
   if fit.l2_penalty:
-    d = adv - images[:, None]
-    energy = energy + fit.l2_penalty * jnp.sqrt(jnp.sum(d * d, axis=(2, 3, 4)))
+    energy = energy + fit.l2_penalty * l2
   # A candidate on which the model outputs NaN or +-inf says nothing about the
   # model's decision: never a success, never the best candidate.
   finite = jnp.all(jnp.isfinite(logits), axis=-1)
@@ -161,14 +222,17 @@ def init_slots(search: Search, key, images, labels, targets, gidx, dim: int):
   )
 
 
-def step(search: Search, predict: Predict, fit: Fitness, st):
-  """One engine step for every slot; inactive slots are evaluated but unchanged.
+def step(search: Search, predict: Predict, fit: Fitness, st, per_pass: int | None = None):
+  """One engine step for every slot; inactive slots are left unchanged (and,
+  with ``per_pass``, not evaluated: see :func:`score_candidates`).
 
   Returns the new state and ``finished`` [S]: slots that completed this step.
   """
   keys = jax.vmap(jax.random.fold_in)(st['key'], st['step'])
   cands, n_valid = jax.vmap(search.propose)(st['search'], keys, st['step'])
-  ev = score_candidates(predict, st['image'], cands, st['label'], st['target'], fit)
+  ev = score_candidates(
+    predict, st['image'], cands, st['label'], st['target'], fit, st['active'], per_pass
+  )
   new_search = jax.vmap(search.update)(st['search'], cands, ev['energy'], st['step'])
   best = _merge_best(st['best'], ev)
   steps = st['step'] + 1
@@ -196,12 +260,25 @@ _OUT_FIELDS = _BEST_FIELDS + ('gidx', 'queries')
 
 
 def _device_loop(
-  search, predict, fit, steps_per_call, dim, st, queue, queue_len, queue_pos, more, key, params
+  search,
+  predict,
+  fit,
+  steps_per_call,
+  dim,
+  per_pass,
+  st,
+  queue,
+  queue_len,
+  queue_pos,
+  more,
+  key,
+  params,
 ):
   """Runs one device's slots until its queue needs refilling, all are done, or
   ``steps_per_call`` steps have passed. Shapes are per device. ``predict`` is
   ``(params, images) -> logits``; ``params`` is an argument of the compiled
-  program, so new parameters of the same shapes reuse it."""
+  program, so new parameters of the same shapes reuse it. Each step evaluates
+  only the slots in flight, ``per_pass`` slots per forward pass."""
   model = functools.partial(predict, params)
   s = st['active'].shape[0]
   q = queue['label'].shape[0]
@@ -238,7 +315,7 @@ def _device_loop(
     fresh['active'] = load
     st = jax.tree.map(lambda a, b: _where(load, a, b), fresh, st)
     qpos = qpos + jnp.sum(load)
-    st, finished = step(search, model, fit, st)
+    st, finished = step(search, model, fit, st, per_pass)
     rec = dict(st['best'], gidx=st['gidx'], queries=st['queries'])
     at = jnp.where(finished, n_out + jnp.cumsum(finished) - 1, cap)
     out = {k: out[k].at[at].set(rec[k], mode='drop') for k in out}
@@ -252,10 +329,13 @@ def _device_loop(
 # parameters, which are an argument: one compilation serves every parameter set
 # of the same shapes. A closure ``images -> logits`` is wrapped once per
 # object (attacks.py), so it compiles once per closure, its captured arrays
-# baked in as constants; the small cache bounds what those can pin.
+# baked in as constants; the small cache bounds what those can pin. The
+# program has one shape per (slots, per_pass): the tail of a run, when fewer
+# images are in flight, runs fewer forward passes of the same shape instead
+# of compiling smaller ones.
 @functools.lru_cache(maxsize=8)
-def _compiled(search, predict, fit, steps_per_call, dim, mesh):
-  fn = functools.partial(_device_loop, search, predict, fit, steps_per_call, dim)
+def _compiled(search, predict, fit, steps_per_call, dim, per_pass, mesh):
+  fn = functools.partial(_device_loop, search, predict, fit, steps_per_call, dim, per_pass)
   d = P('data')
   fn = jax.shard_map(
     fn, mesh=mesh, in_specs=(d, d, d, d, d, P(), P()), out_specs=(d, d, d, d), check_vma=False
@@ -276,6 +356,7 @@ def run(
   *,
   dim: int,
   slots: int,
+  per_pass: int,
   devices,
   steps_per_call: int = 10,
   progress: Callable[[dict], None] | None = None,
@@ -286,14 +367,17 @@ def run(
   on every device) is an argument of the compiled loop.
 
   Images are split into contiguous blocks, one per device; each device runs
-  its own slots over its block. ``progress`` (optional) is called with the
-  records finished after every compiled call.
+  ``slots`` images at a time over its block (fewer if its block is smaller),
+  evaluating ``per_pass`` of them (``per_pass * P`` candidates) per forward
+  pass. ``progress`` (optional) is called with the records finished after
+  every compiled call.
   """
   n = images.shape[0]
   nd = len(devices)
   mesh = Mesh(np.asarray(devices), ('data',))
   per_dev = -(-n // nd)
   s = max(1, min(slots, per_dev))
+  per_pass = min(per_pass, s)
   q = 4 * s
   start = np.minimum(np.arange(nd) * per_dev, n)
   end = np.minimum(start + per_dev, n)
@@ -318,7 +402,7 @@ def run(
   st['active'] = jnp.zeros((nd * s,), bool)
   # Copy: fields that share a buffer (the zero labels) must not be donated twice.
   st = jax.tree.map(lambda a: put(jnp.copy(a)), st)
-  fn = _compiled(search, predict, fit, steps_per_call, dim, mesh)
+  fn = _compiled(search, predict, fit, steps_per_call, dim, per_pass, mesh)
   keyed = jax.device_put(key, NamedSharding(mesh, P()))
   params = jax.device_put(params, NamedSharding(mesh, P()))
 
@@ -363,26 +447,7 @@ def run(
     done += len(rows)
     if progress is not None and len(rows):
       progress(finished)
-    if done < n and not more.any() and np.all(qpos == qlen):
-      st, s = _compact(st, s, nd, put)
   return results
-
-
-def _compact(st, s, nd, put):
-  """The tail of a run: no image is left to load, so move the images still in
-  flight into fewer slots (halving, so at most log2(S) shapes get compiled)
-  rather than spend forward passes on empty slots. Results are unchanged: an
-  image's computation never depends on its slot."""
-  act = np.asarray(jax.device_get(st['active'])).reshape(nd, s)
-  need = int(act.sum(axis=1).max())
-  new = s
-  while new > 1 and new // 2 >= need:
-    new //= 2
-  if new == s:
-    return st, s
-  # Per device: its active slots first, then enough idle ones to fill new slots.
-  idx = np.concatenate([d * s + np.argsort(~act[d], kind='stable')[:new] for d in range(nd)])
-  return jax.tree.map(lambda a: put(a[idx]), st), new
 
 
 def _rows_of(indices: np.ndarray, gidx: np.ndarray) -> np.ndarray:
