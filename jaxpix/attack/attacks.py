@@ -240,6 +240,10 @@ def extreme_colour(
   )
 
 
+# One compiled call, not one per operation (a first run would compile each).
+_decode = jax.jit(perturb.decode, static_argnums=(1, 2, 3, 4))
+
+
 def _attack(
   srch: search.Search,
   predict: Predict,
@@ -289,7 +293,8 @@ def _attack(
     mode=mode,
   )
   clean = checks.outputs(forward.batched_logits(fn, x, params=params), idx)  # [N, K]
-  clean = np.asarray(jax.nn.softmax(clean, axis=-1))
+  clean = np.exp(clean - clean.max(-1, keepdims=True))  # softmax, on the host
+  clean /= clean.sum(-1, keepdims=True)
   dim = pixels * (2 + c)
   callback = _ProgressBar(n) if progress is True else (progress or None)
   rec = engine.run(
@@ -311,7 +316,7 @@ def _attack(
   )
   if isinstance(callback, _ProgressBar):
     callback.close()
-  pos, val = jax.device_get(perturb.decode(jnp.asarray(rec['vec']), h, w, c, mode))
+  pos, val = jax.device_get(_decode(jnp.asarray(rec['vec']), h, w, c, mode))
   adv = perturb.apply_candidates(x, rec['vec'], mode)
   return AttackResult(
     adv_images=adv,

@@ -193,13 +193,15 @@ def _where(mask, a, b):
 def empty_best(n: int, dim: int):
   return dict(
     vec=jnp.zeros((n, dim), jnp.float32),
-    energy=jnp.full((n,), jnp.inf),
+    # Typed: a weakly typed inf here would make the loop's first call compile
+    # for a different input type than every later one.
+    energy=jnp.full((n,), jnp.inf, jnp.float32),
     success=jnp.zeros((n,), bool),
     stop=jnp.zeros((n,), bool),
-    true_prob=jnp.ones((n,)),
+    true_prob=jnp.ones((n,), jnp.float32),
     pred=jnp.full((n,), -1, jnp.int32),
-    pred_prob=jnp.zeros((n,)),
-    target_prob=jnp.zeros((n,)),
+    pred_prob=jnp.zeros((n,), jnp.float32),
+    target_prob=jnp.zeros((n,), jnp.float32),
   )
 
 
@@ -343,6 +345,31 @@ def _compiled(search, predict, fit, steps_per_call, dim, per_pass, mesh):
   return jax.jit(fn, donate_argnums=(0,))
 
 
+def _empty_state(search, dim, n, img_shape, key, put):
+  """The slots' state before any image is loaded: zeros of the right shapes
+  and types (an inactive slot's contents are never used), made on the host
+  so that a first run compiles nothing for it."""
+  z = jax.ShapeDtypeStruct((n,), jnp.int32)
+  img = jax.ShapeDtypeStruct((n,) + img_shape, jnp.float32)
+  shapes = jax.eval_shape(
+    lambda k, x, y: init_slots(search, k, x, y, y, y, dim),
+    jax.ShapeDtypeStruct((), key.dtype),
+    img,
+    z,
+  )
+  impl = jax.random.key_impl(key)
+  data_shape = jax.random.key_data(key).shape
+
+  def zeros(sd):
+    if jax.dtypes.issubdtype(sd.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(np.zeros(sd.shape + data_shape, np.uint32), impl=impl)
+    return np.zeros(sd.shape, sd.dtype)
+
+  return jax.tree.map(
+    lambda sd: put(zeros(sd)), dict(shapes, active=jax.ShapeDtypeStruct((n,), bool))
+  )
+
+
 def run(
   search: Search,
   predict,
@@ -396,14 +423,9 @@ def run(
     target=np.zeros((nd, q), np.int32),
     gidx=np.zeros((nd, q), np.int32),
   )
-  zeros_img = jnp.zeros((nd * s,) + img_shape, jnp.float32)
-  zi = jnp.zeros((nd * s,), jnp.int32)
-  st = init_slots(search, key, zeros_img, zi, zi, zi, dim)
-  st['active'] = jnp.zeros((nd * s,), bool)
-  # Copy: fields that share a buffer (the zero labels) must not be donated twice.
-  st = jax.tree.map(lambda a: put(jnp.copy(a)), st)
-  fn = _compiled(search, predict, fit, steps_per_call, dim, per_pass, mesh)
   keyed = jax.device_put(key, NamedSharding(mesh, P()))
+  st = _empty_state(search, dim, nd * s, img_shape, key, put)
+  fn = _compiled(search, predict, fit, steps_per_call, dim, per_pass, mesh)
   params = jax.device_put(params, NamedSharding(mesh, P()))
 
   results = {k: None for k in _OUT_FIELDS}
