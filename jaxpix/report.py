@@ -158,7 +158,7 @@ def suite_markdown(res: dict, kind: str) -> str:
   if kind == 'autoencoder':
     lines += [
       '',
-      'Definitions (jaxpix/defences/autoencoder.py, derived from the paper\'s counts): '
+      "Definitions (jaxpix/defences/autoencoder.py, derived from the paper's counts): "
       'N attacked images, every chosen test image the bare classifier gets right; '
       'ASR after reconstruction (transfer) = fooled and still misclassified by the '
       'pipeline / N; defence rate = fooled and then classified correctly / fooled; '

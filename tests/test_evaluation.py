@@ -35,8 +35,12 @@ def _md_value(md, label):
 
 @pytest.mark.slow
 def test_eval_protocol_results_and_markdown(trained, tmp_path):
-  res = evaluation.evaluate(_eval_config(trained, targeted=True), str(tmp_path))
+  res = evaluation.evaluate(_eval_config(trained, targeted=True, gradient_ranked=64), str(tmp_path))
   on_disk = json.loads((tmp_path / 'results.json').read_text())
+  # The gradient-ranked search as a second attack, at its budget.
+  ranked = on_disk['attacks']['gradient_ranked']
+  assert ranked['attacks'] == 12 and ranked['max_budget'] == 64
+  assert 0 < ranked['mean_queries'] <= 64
   assert on_disk['attacks']['de']['successes'] == res['attacks']['de']['successes']
   # Only correctly classified images, drawn with the seed, as many as asked.
   assert res['num_images'] == 12 == len(set(res['images']))

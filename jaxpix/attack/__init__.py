@@ -9,7 +9,8 @@ input checks), ``search`` (what a search is: differential evolution, the
 exhaustive corner sweep), ``engine`` (how a search runs batched on devices),
 ``perturb`` (how a candidate vector becomes an image), ``forward`` (the
 user's model called in batches, with or without ``params``) and
-``linearised`` (the first-order adversary for training).
+``linearised`` (the first-order adversary for training and the
+gradient-ranked search).
 """
 
 from jaxpix.attack.attacks import (
@@ -21,7 +22,12 @@ from jaxpix.attack.attacks import (
   one_pixel,
 )
 from jaxpix.attack.forward import batched_logits, batched_probs
-from jaxpix.attack.linearised import FirstOrderResult, first_order, linearised_gain
+from jaxpix.attack.linearised import (
+  FirstOrderResult,
+  first_order,
+  gradient_ranked,
+  linearised_gain,
+)
 from jaxpix.attack.perturb import apply as apply_pixels
 from jaxpix.attack.perturb import apply_candidates, decode
 from jaxpix.attack.search import KERAS, PRESETS, SU, DEConfig
@@ -43,6 +49,7 @@ __all__ = [
   'default_batch',
   'extreme_colour',
   'first_order',
+  'gradient_ranked',
   'linearised_gain',
   'one_pixel',
 ]

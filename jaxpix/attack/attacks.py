@@ -264,9 +264,12 @@ def _attack(
   steps_per_call: int,
   progress: bool | Callable[[dict], None],
   params=None,
+  search_data=None,
 ) -> AttackResult:
   """Checks the remaining arguments (as in :func:`one_pixel`), then runs ``srch``
-  over the checked images ``x`` and gathers the result."""
+  over the checked images ``x`` and gathers the result. ``search_data``:
+  ``(fn, params, x, labels, targets or None) -> [N, ...]``, each image's input
+  to a search that takes one."""
   n, h, w, c = x.shape
   fn, params = forward.with_params(predict, params)
   k = checks.num_classes(functools.partial(fn, params), (h, w, c))
@@ -296,6 +299,7 @@ def _attack(
   clean = np.exp(clean - clean.max(-1, keepdims=True))  # softmax, on the host
   clean /= clean.sum(-1, keepdims=True)
   dim = pixels * (2 + c)
+  data = None if search_data is None else search_data(fn, params, x, y, t)
   callback = _ProgressBar(n) if progress is True else (progress or None)
   rec = engine.run(
     srch,
@@ -313,6 +317,7 @@ def _attack(
     devices=devices,
     steps_per_call=steps_per_call,
     progress=callback,
+    data=data,
   )
   if isinstance(callback, _ProgressBar):
     callback.close()

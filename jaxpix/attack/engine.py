@@ -205,18 +205,20 @@ def empty_best(n: int, dim: int):
   )
 
 
-def init_slots(search: Search, key, images, labels, targets, gidx, dim: int):
-  """Fresh per-slot state for images [S, ...] with global indices gidx [S]."""
+def init_slots(search: Search, key, images, labels, targets, gidx, dim: int, data=None):
+  """Fresh per-slot state for images [S, ...] with global indices gidx [S]
+  (and, for a search that takes it, each image's ``data`` [S, ...])."""
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(gidx)
   init_keys, step_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
   n = images.shape[0]
+  init = jax.vmap(search.init)
   return dict(
     image=images,
     label=labels,
     target=targets,
     gidx=gidx,
     key=step_keys,
-    search=jax.vmap(search.init)(init_keys),
+    search=init(init_keys) if search.data_shape is None else init(init_keys, data),
     best=empty_best(n, dim),
     step=jnp.zeros((n,), jnp.int32),
     queries=jnp.zeros((n,), jnp.int32),
@@ -313,6 +315,7 @@ def _device_loop(
       queue['target'][qi],
       queue['gidx'][qi],
       dim,
+      queue['data'][qi] if 'data' in queue else None,
     )
     fresh['active'] = load
     st = jax.tree.map(lambda a, b: _where(load, a, b), fresh, st)
@@ -351,11 +354,15 @@ def _empty_state(search, dim, n, img_shape, key, put):
   so that a first run compiles nothing for it."""
   z = jax.ShapeDtypeStruct((n,), jnp.int32)
   img = jax.ShapeDtypeStruct((n,) + img_shape, jnp.float32)
+  data = None
+  if search.data_shape is not None:
+    data = jax.ShapeDtypeStruct((n,) + tuple(search.data_shape), search.data_dtype)
   shapes = jax.eval_shape(
-    lambda k, x, y: init_slots(search, k, x, y, y, y, dim),
+    lambda k, x, y, d: init_slots(search, k, x, y, y, y, dim, d),
     jax.ShapeDtypeStruct((), key.dtype),
     img,
     z,
+    data,
   )
   impl = jax.random.key_impl(key)
   data_shape = jax.random.key_data(key).shape
@@ -387,6 +394,7 @@ def run(
   devices,
   steps_per_call: int = 10,
   progress: Callable[[dict], None] | None = None,
+  data: np.ndarray | None = None,
 ):
   """Attacks every image; returns per-image numpy arrays of the best records.
 
@@ -397,7 +405,8 @@ def run(
   ``slots`` images at a time over its block (fewer if its block is smaller),
   evaluating ``per_pass`` of them (``per_pass * P`` candidates) per forward
   pass. ``progress`` (optional) is called with the records finished after
-  every compiled call.
+  every compiled call. ``data`` [N, ...]: each image's input to a search that
+  takes one (``search.data_shape``).
   """
   n = images.shape[0]
   nd = len(devices)
@@ -423,6 +432,12 @@ def run(
     target=np.zeros((nd, q), np.int32),
     gidx=np.zeros((nd, q), np.int32),
   )
+  if search.data_shape is not None:
+    if data is None or data.shape != (n,) + tuple(search.data_shape):
+      raise ValueError(
+        f'this search takes per-image data of shape {search.data_shape}: pass data [N, ...]'
+      )
+    queue['data'] = np.zeros((nd, q) + tuple(search.data_shape), search.data_dtype)
   keyed = jax.device_put(key, NamedSharding(mesh, P()))
   st = _empty_state(search, dim, nd * s, img_shape, key, put)
   fn = _compiled(search, predict, fit, steps_per_call, dim, per_pass, mesh)
@@ -439,6 +454,8 @@ def run(
         queue['label'][d, :c] = labels[sl]
         queue['target'][d, :c] = targets[sl]
         queue['gidx'][d, :c] = indices[sl]
+        if data is not None:
+          queue['data'][d, :c] = data[sl]
         nxt[d] += c
         qlen[d], qpos[d] = c, 0
     more = nxt < end

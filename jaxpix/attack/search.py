@@ -29,17 +29,23 @@ class Search(NamedTuple):
   Attributes:
     num_candidates: candidates evaluated per image per step (P).
     max_steps: steps per image, the initial evaluation included.
-    init: ``key -> state``, the per-image search state.
+    init: ``key -> state``, the per-image search state; with ``data_shape``,
+      ``(key, data) -> state``, ``data`` the image's own input to the search
+      (e.g. its candidates in ranked order), given to the attack per image.
     propose: ``(state, key, step) -> (candidates [P, D], n_valid)``; only the
       first ``n_valid`` candidates count as queries (the rest are padding).
     update: ``(state, candidates, energies [P], step) -> state``.
+    data_shape, data_dtype: the shape and dtype of one image's ``data``
+      (None: the search takes none).
   """
 
   num_candidates: int
   max_steps: int
-  init: Callable[[jax.Array], Any]
+  init: Callable[..., Any]
   propose: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
   update: Callable[[Any, jax.Array, jax.Array, jax.Array], Any]
+  data_shape: tuple[int, ...] | None = None
+  data_dtype: Any = np.int32
 
 
 # --------------------------------------------------------------------------- #
@@ -259,3 +265,35 @@ def exhaustive_corners(height: int, width: int, channels: int, chunk: int) -> Se
     return state
 
   return Search(chunk, math.ceil(total / chunk), init, propose, update)
+
+
+@functools.cache
+def ranked_corners(height: int, width: int, channels: int, budget: int, chunk: int) -> Search:
+  """Extreme-colour candidates in each image's own order, ``chunk`` per step.
+
+  The image's ``data`` is int32 [budget]: candidate numbers of
+  :func:`exhaustive_corners` (position i // 2^C, corner i % 2^C), best first,
+  e.g. ranked by the input gradient (:func:`jaxpix.attack.gradient_ranked`).
+  With every candidate listed it is the exhaustive search in another order:
+  the same images are fooled, sooner. Padding as in ``exhaustive_corners``.
+  """
+  n_corner = 2**channels
+  cube = corners(channels).astype(np.float32)
+
+  def init(key, order):
+    del key
+    return order
+
+  def propose(order, key, step):
+    del key
+    i = step * chunk + jnp.arange(chunk)
+    n_valid = jnp.clip(budget - step * chunk, 0, chunk).astype(jnp.int32)
+    idx = order[jnp.minimum(i, budget - 1)]
+    pos, corner = idx // n_corner, idx % n_corner
+    coords = jnp.stack([pos // width, pos % width], axis=1).astype(jnp.float32) + 0.5
+    return jnp.concatenate([coords, jnp.asarray(cube)[corner]], axis=1), n_valid
+
+  def update(state, cands, energies, step):
+    return state
+
+  return Search(chunk, math.ceil(budget / chunk), init, propose, update, (budget,), np.int32)

@@ -121,6 +121,10 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.eval.targeted = False  # also attack towards every other class (Su et al.)
   c.eval.targeted_images = 0  # > 0: the targeted attack on the first that many only
   c.eval.extreme_colour = False  # also the exhaustive extreme-colour search
+  # also the extreme-colour search in gradient-ranked order (attack.gradient_ranked;
+  # the model must be differentiable JAX), at this many candidates per image
+  # (0: off; 8192 = all of a CIFAR image's, the exhaustive search's outcome)
+  c.eval.gradient_ranked = 0
   c.eval.gallery = 8  # adversarial examples in gallery.png (0 = none)
   # The attack's fitness reads softmax(logits / temperature). 1 = the deployed
   # model's own probabilities. A distilled model deployed at T = 1 saturates

@@ -23,7 +23,13 @@ def check_eval_config(ecfg) -> None:
     )
   if not isinstance(ecfg.num_images, int) or ecfg.num_images < 1:
     raise ValueError(f'config.eval.num_images must be a positive int, got {ecfg.num_images!r}')
-  for field, least in (('popsize', 4), ('maxiter', 0), ('pixels', 1), ('step', 0)):
+  for field, least in (
+    ('popsize', 4),
+    ('maxiter', 0),
+    ('pixels', 1),
+    ('step', 0),
+    ('gradient_ranked', 0),
+  ):
     v = ecfg[field]
     if isinstance(v, bool) or not isinstance(v, int) or v < least:
       raise ValueError(f'config.eval.{field} must be an int >= {least}, got {v!r}')
@@ -68,7 +74,7 @@ class AttackSpec:
   """One attack of the evaluation: what it runs and on which keys."""
 
   name: str
-  kind: str  # 'de' or 'extreme'
+  kind: str  # 'de', 'extreme' or 'ranked'
   targeted: bool
   predict: object
   max_budget: int
@@ -76,7 +82,8 @@ class AttackSpec:
 
 def attack_specs(ecfg, predict, classifier, image_shape) -> list[AttackSpec]:
   """The attacks ``config.eval`` asks for: DE untargeted always; targeted DE,
-  the exhaustive extreme-colour search if asked; for the autoencoder defence,
+  the exhaustive extreme-colour search and its gradient-ranked order if
+  asked; for the autoencoder defence,
   DE on the bare ``classifier`` too."""
   h, w, c = image_shape
   de_budget = ecfg.popsize * (ecfg.maxiter + 1)
@@ -86,6 +93,8 @@ def attack_specs(ecfg, predict, classifier, image_shape) -> list[AttackSpec]:
     specs.append(AttackSpec('de_targeted', 'de', True, attacked, de_budget))
   if ecfg.extreme_colour:
     specs.append(AttackSpec('extreme_colour', 'extreme', False, attacked, h * w * 2**c))
+  if ecfg.gradient_ranked:
+    specs.append(AttackSpec('gradient_ranked', 'ranked', False, attacked, ecfg.gradient_ranked))
   if classifier is not None:
     specs.append(AttackSpec('de_classifier', 'de', False, classifier, de_budget))
   return specs
@@ -119,6 +128,7 @@ NOT_IN_PROTOCOL = (
   'eval.targeted',
   'eval.targeted_images',  # recorded for the targeted attack only
   'eval.extreme_colour',
+  'eval.gradient_ranked',  # recorded for the gradient-ranked attack only
 )
 
 
@@ -138,6 +148,8 @@ def protocol(config, spec: AttackSpec, step: int, params_sha1: dict, images_sha1
   autoencoder's classifier), and the attacked images' hash.
   """
   extra = {'eval.targeted_images': config.eval.targeted_images} if spec.targeted else {}
+  if spec.kind == 'ranked':
+    extra['eval.gradient_ranked'] = config.eval.gradient_ranked
   return dict(
     **extra,
     attack=spec.name,

@@ -67,6 +67,8 @@ def run_attack(
         mode=ecfg.mode,
         **common,
       )
+    elif spec.kind == 'ranked':
+      attack.gradient_ranked(spec.predict, x, y, budget=spec.max_budget, **common)
     else:
       attack.extreme_colour(spec.predict, x, y, **common)
   bar.close()
