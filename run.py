@@ -15,6 +15,7 @@ in the package, where it is tested: see ``jaxpix.experiment.run``.
 import json
 import pathlib
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -51,6 +52,8 @@ def main(argv):
   if _CACHE.value:
     experiment.enable_compilation_cache(_CACHE.value)
   result = experiment.run(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index():
+    return  # process 0 reports for all
   table = pathlib.Path(_WORKDIR.value) / 'results.md'
   if _CONFIG.value.mode in ('eval', 'suite') and table.exists():
     print(table.read_text())  # results.json beside it has every number

@@ -143,3 +143,67 @@ def test_run_py_names_the_missing_flag():
     text=True,
   )
   assert r.returncode != 0 and '--coordinator_address missing' in r.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_attacks_and_one_resumes_their_shards(
+  tiny_checkpoint, tmp_path, monkeypatch
+):
+  from test_evaluation import _eval_config
+
+  from jaxpix import attack, evaluation
+
+  cfg = _eval_config(tiny_checkpoint)
+  one = evaluation.evaluate(cfg, str(tmp_path / 'one'))
+  assert 0 < one['attacks']['de']['successes'] < 12  # a test that can tell a difference
+  two = tmp_path / 'two'
+  over = dict(mode='eval', checkpoint=tiny_checkpoint, **{'train.steps': 40})
+  over.update({f'eval.{k}': cfg.eval[k] for k in ('mode', 'popsize', 'maxiter')})
+  run_processes(
+    ['--config=configs/cifar_baseline.py:test', f'--workdir={two}']
+    + [f'--config.{k}={v}' for k, v in over.items()],
+    tmp_path,
+  )
+  for i in range(2):  # each attacked its half only
+    out = (tmp_path / f'process_{i}.log').read_text()
+    assert f'de: process {i} attacks 6 of the 12 left' in out, out[-3000:]
+
+  def log(workdir):
+    return [json.loads(ln) for ln in (workdir / 'attack_de.jsonl').read_text().splitlines()]
+
+  # Process 0 gathered both halves into one log, each image once, no shard left.
+  recs_one = {r['key']: r for r in log(tmp_path / 'one') if 'key' in r}
+  lines = log(two)
+  recs_two = {r['key']: r for r in lines if 'key' in r}
+  assert sum('key' in ln for ln in lines) == 12 and recs_two.keys() == recs_one.keys()
+  assert not list(two.glob('*.process*'))
+  for k, r in recs_one.items():
+    assert (recs_two[k]['success'], recs_two[k]['queries']) == (r['success'], r['queries']), k
+    np.testing.assert_allclose(recs_two[k]['fitness'], r['fitness'], rtol=1e-4, atol=1e-6)
+  res_two = json.loads((two / 'results.json').read_text())
+  for k in ('successes', 'mean_queries', 'curve'):
+    assert res_two['attacks']['de'][k] == one['attacks']['de'][k], k
+  # A 2-process run killed before gathering: 4 records in process 1's shard
+  # (its last line torn), 3 nowhere. One process resumes it: it attacks only
+  # the 3, keeps the shard's 4, and ends with the same numbers.
+  cut = tmp_path / 'cut'
+  cut.mkdir()
+  keys = sorted(recs_two)
+  head = [ln for ln in lines if 'key' not in ln]
+  kept = [recs_two[k] for k in keys[:5]]
+  (cut / 'attack_de.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in head + kept))
+  shard = [{'protocol': lines[0]['protocol']}] + [recs_two[k] for k in keys[5:9]]
+  (cut / 'attack_de.jsonl.process1').write_text(
+    ''.join(json.dumps(r) + '\n' for r in shard) + '{"key": 3, "succ'
+  )
+  attacked = []
+  real = attack.one_pixel
+  monkeypatch.setattr(
+    attack, 'one_pixel', lambda p, x, *a, **k: attacked.append(len(x)) or real(p, x, *a, **k)
+  )
+  resumed = evaluation.evaluate(cfg, str(cut))
+  assert attacked == [3]
+  assert not list(cut.glob('*.process*'))
+  assert sorted(r['key'] for r in log(cut) if 'key' in r) == keys
+  for k in ('successes', 'mean_queries', 'curve'):
+    assert resumed['attacks']['de'][k] == one['attacks']['de'][k], k
