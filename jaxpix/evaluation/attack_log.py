@@ -30,7 +30,8 @@ class AttackLog:
     self.path = path
     self.protocol = protocol
     self._shard = None
-    lines = records.JsonlLog(path).lines
+    self._log = records.JsonlLog(path)
+    lines = self._log.lines
     for f, ls in [(path, lines), *((f, records.JsonlLog(f).lines) for f in self._shards())]:
       diff = configs.differences((ls[0].get('protocol') or {}) if ls else protocol, protocol)
       if diff:
@@ -41,7 +42,6 @@ class AttackLog:
     self.sessions = [r['session'] for r in lines[1:] if 'session' in r]
     self.records: dict[int, dict] = {r['key']: r for r in lines[1:] if 'key' in r}
     self.sessions.append(session)
-    self._log = records.JsonlLog(path)
     self._log.rewrite(
       [{'protocol': protocol}, *({'session': s} for s in self.sessions), *self.records.values()]
     )
