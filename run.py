@@ -5,6 +5,8 @@
     python run.py --config configs/cifar_apr.py --config.mode=eval \
         --config.checkpoint=workdir/apr --workdir workdir/apr_eval
     python run.py --config configs/suite_table1.py:cpu --workdir workdir/table1_cpu
+    python run.py --config ... --workdir ... --coordinator_address=HOST0:1234 \
+        --num_processes=2 --process_id=0   # and =1 on the second host
 
 Kept thin (as flax's examples/mnist/main.py) so that everything it does lives
 in the package, where it is tested: see ``jaxpix.experiment.run``.
@@ -13,6 +15,7 @@ in the package, where it is tested: see ``jaxpix.experiment.run``.
 import json
 import pathlib
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -27,15 +30,30 @@ _CACHE = flags.DEFINE_string(
   str(experiment.DEFAULT_CACHE),
   "JAX's persistent compilation cache, shared by runs ('' = off).",
 )
+# Several processes (one per host, or several on one host): see the README's
+# "More than one host" and jaxpix.experiment.init_distributed.
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address', None, 'host:port of process 0, for a run over several processes.'
+)
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'How many processes take part.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, "This process's index, from 0.")
+_DISTRIBUTED = flags.DEFINE_bool(
+  'distributed', False, 'Join a multi-process run whose settings JAX detects (TPU pod, SLURM).'
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  experiment.init_distributed(
+    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
+  )
   if _CACHE.value:
     experiment.enable_compilation_cache(_CACHE.value)
   result = experiment.run(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index():
+    return  # process 0 reports for all
   table = pathlib.Path(_WORKDIR.value) / 'results.md'
   if _CONFIG.value.mode in ('eval', 'suite') and table.exists():
     print(table.read_text())  # results.json beside it has every number

@@ -1,8 +1,8 @@
 """The device mesh and the placement of host batches on it.
 
 Every device (of every process) sits on one ``data`` axis; a global batch is
-split over it. On several hosts each process contributes its slice of the
-(identical) global batch.
+split over it. On several hosts each process puts on its devices their rows
+of the (identical) global batch.
 """
 
 from __future__ import annotations
@@ -36,8 +36,12 @@ def sharded(mesh) -> NamedSharding:
 
 
 def global_batch(mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
-  """Host arrays of one global batch -> arrays sharded over ``data``. On
-  several hosts each process contributes its slice."""
-  per = len(arrays[0]) // jax.process_count()
-  sl = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-  return tuple(jax.make_array_from_process_local_data(sharded(mesh), a[sl]) for a in arrays)
+  """Host arrays of one global batch -> arrays sharded over ``data``.
+
+  Every process holds the whole global batch on the host (all load the same
+  data and draw the same order); each of its devices takes the rows it owns
+  in the mesh, wherever the mesh placed it (``jax.make_mesh`` may order a TPU
+  pod's devices by topology rather than by process).
+  """
+  s = sharded(mesh)
+  return tuple(jax.make_array_from_callback(a.shape, s, lambda i, a=a: a[i]) for a in arrays)

@@ -31,10 +31,14 @@ class JsonlLog:
   A kill can tear only the last line: an unparsable last line is dropped
   (call ``rewrite`` to drop it from the file too); an unparsable line before
   it is an error, since then the file was damaged some other way.
+
+  Process 0 writes it; with ``own=True`` it is this process's own file (a
+  shard of a log that several processes fill) and this process writes it.
   """
 
-  def __init__(self, path: str | pathlib.Path):
+  def __init__(self, path: str | pathlib.Path, own: bool = False):
     self.path = pathlib.Path(path)
+    self._writes = own or writer()
     text = self.path.read_text().splitlines() if self.path.exists() else []
     self.lines: list[dict] = []
     for j, ln in enumerate(text):
@@ -49,14 +53,14 @@ class JsonlLog:
 
   def rewrite(self, lines: list[dict]) -> None:
     self.lines = list(lines)
-    if writer():
+    if self._writes:
       tmp = self.path.with_suffix(self.path.suffix + '.tmp')
       tmp.write_text(''.join(json.dumps(r) + '\n' for r in self.lines))
       os.replace(tmp, self.path)
 
   def append(self, lines: list[dict]) -> None:
     self.lines.extend(lines)
-    if writer():
+    if self._writes:
       with self.path.open('a') as f:
         for r in lines:
           f.write(json.dumps(r) + '\n')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import jax
 import numpy as np
 
 from jaxpix import configs, records
@@ -13,36 +14,74 @@ class AttackLog:
   """A protocol header, then one line per attack, and a ``session`` line
   (commit, device, date) each time a run opens it.
 
-  Lines are appended and flushed as images finish (by process 0 only). On
-  open, a line torn by a kill is dropped (``records.JsonlLog``); a header
-  that differs from this run's protocol is an error naming the differing
-  fields.
+  Lines are appended and flushed as images finish. On open, a line torn by a
+  kill is dropped (``records.JsonlLog``); a header that differs from this
+  run's protocol is an error naming the differing fields.
+
+  Several processes (each attacks its share of the images): process 0
+  appends to the log, process ``i`` to its shard ``<log>.process<i>`` beside
+  it (a workdir all processes see, as orbax's checkpoints need too);
+  ``gather`` moves the shards' records into the log, where every process then
+  reads them. Opening gathers too, so the shards of a killed run are kept
+  whatever number of processes resumes it.
   """
 
   def __init__(self, path: pathlib.Path, protocol: dict, session: dict):
     self.path = path
+    self.protocol = protocol
+    self._shard = None
     self._log = records.JsonlLog(path)
     lines = self._log.lines
-    self.records: dict[int, dict] = {}
-    self.sessions: list[dict] = []
-    if lines:
-      saved = lines[0].get('protocol') or {}
-      diff = configs.differences(saved, protocol)
+    for f, ls in [(path, lines), *((f, records.JsonlLog(f).lines) for f in self._shards())]:
+      diff = configs.differences((ls[0].get('protocol') or {}) if ls else protocol, protocol)
       if diff:
         raise ValueError(
-          f'{path} holds results of another protocol ({"; ".join(diff)}): resuming would '
+          f'{f} holds results of another protocol ({"; ".join(diff)}): resuming would '
           'mix them; use another --workdir, or delete the file to attack again'
         )
-      self.sessions = [r['session'] for r in lines[1:] if 'session' in r]
-      self.records = {r['key']: r for r in lines[1:] if 'key' in r}
+    self.sessions = [r['session'] for r in lines[1:] if 'session' in r]
+    self.records: dict[int, dict] = {r['key']: r for r in lines[1:] if 'key' in r}
     self.sessions.append(session)
     self._log.rewrite(
       [{'protocol': protocol}, *({'session': s} for s in self.sessions), *self.records.values()]
     )
+    self.gather()
+
+  def _shards(self) -> list[pathlib.Path]:
+    return sorted(self.path.parent.glob(self.path.name + '.process*'))
 
   def append(self, recs: list[dict]) -> None:
     self.records.update({r['key']: r for r in recs})
-    self._log.append(recs)
+    if records.writer():
+      self._log.append(recs)
+      return
+    if self._shard is None:
+      self._shard = records.JsonlLog(
+        self.path.with_name(f'{self.path.name}.process{jax.process_index()}'), own=True
+      )
+      if not self._shard.lines:
+        self._shard.append([{'protocol': self.protocol}])
+    self._shard.append(recs)
+
+  def gather(self) -> None:
+    """Every process's records into the log and into every process's
+    ``records`` (with several processes, all must call it: it waits for
+    them). A record is appended to the log before its shard is deleted, so a
+    kill in between repeats it (read once, by key) and loses nothing."""
+    if jax.process_count() == 1 and not self._shards():
+      return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f'{self.path.name}: shards written')
+    if records.writer():
+      for f in self._shards():
+        new = [r for r in records.JsonlLog(f).lines[1:] if 'key' in r]
+        self.append([r for r in new if r['key'] not in self.records])
+        f.unlink()
+    self._shard = None
+    multihost_utils.sync_global_devices(f'{self.path.name}: shards gathered')
+    lines = records.JsonlLog(self.path).lines
+    self.records.update({r['key']: r for r in lines[1:] if 'key' in r})
 
 
 def records_of(finished: dict, targeted: bool, num_classes: int) -> list[dict]:

@@ -26,7 +26,11 @@ def run_attack(
   ecfg,
 ) -> list[dict]:
   """Attacks the (image, target) pairs of ``chosen`` not yet in ``log``;
-  returns every record, in key order."""
+  returns every record, in key order.
+
+  With several processes each attacks every ``process_count()``-th of them
+  (a record depends on its key only: ``fold_in(seed, key)``) and they meet in
+  ``log.gather``."""
   if spec.targeted:
     keys = np.array(
       [i * num_classes + t for i in chosen for t in range(num_classes) if t != labels[i]], np.int64
@@ -36,6 +40,12 @@ def run_attack(
   if keys.max(initial=0) >= np.iinfo(np.int32).max:
     raise ValueError('too many images x classes for int32 attack keys')
   todo = np.array([g for g in keys if int(g) not in log.records], np.int64)
+  if jax.process_count() > 1:
+    left = len(todo)
+    todo = todo[jax.process_index() :: jax.process_count()]
+    logging.info(
+      '%s: process %d attacks %d of the %d left', spec.name, jax.process_index(), len(todo), left
+    )
   bar = _Bar(
     spec.name,
     len(keys),
@@ -72,6 +82,7 @@ def run_attack(
     else:
       attack.extreme_colour(spec.predict, x, y, **common)
   bar.close()
+  log.gather()
   return [log.records[int(g)] for g in keys]
 
 
