@@ -57,11 +57,22 @@ def load_model(spec: str, data_dir: str):
   config, ckpt = spec.split('@')
   if config:
     cfg = configs.load(config)
-  else:  # the run's own config.json
-    cfg = ml_collections.ConfigDict(json.loads((pathlib.Path(ckpt) / 'config.json').read_text()))
+  else:  # the run's own config.json, fields added since filled from today's base
+    saved = json.loads((pathlib.Path(ckpt) / 'config.json').read_text())
+    cfg = configs.load('cifar_baseline:cpu').to_dict()
+    _overlay(cfg, saved)
+    cfg = ml_collections.ConfigDict(cfg)
   cfg.checkpoint = ckpt
   cfg.data.dir = data_dir
   return restore.load_predict(cfg, 10).predict
+
+
+def _overlay(base: dict, saved: dict) -> None:
+  for k, v in saved.items():
+    if isinstance(v, dict) and isinstance(base.get(k), dict):
+      _overlay(base[k], v)
+    else:
+      base[k] = v
 
 
 def curve_at(queries: np.ndarray, success: np.ndarray, budgets) -> list[float]:

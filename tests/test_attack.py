@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxpix import attack
-from jaxpix.attack import engine, forward, perturb, search
+from jaxpix.attack import engine, forward, loop, perturb, search
 
 import toy_models as toy
 
@@ -190,7 +190,6 @@ def test_only_images_in_flight_are_evaluated_and_the_tail_compiles_nothing():
   # Count the images each forward pass sees: a run whose images finish at
   # different times must evaluate just the candidates of those in flight, in
   # passes of one shape, and compile its loop once.
-  from jaxpix.attack import engine
 
   h = w = 6
   x = toy.cifar_like(7, h, w, seed=5)
@@ -202,9 +201,9 @@ def test_only_images_in_flight_are_evaluated_and_the_tail_compiles_nothing():
     jax.debug.callback(lambda n: seen.append(int(n)), images.shape[0])
     return model(images)
 
-  engine._compiled.cache_clear()
+  loop._compiled.cache_clear()
   r = _attack_linear(x, y, predict, slots=4, batch=12, devices=jax.devices()[:1])
-  assert engine._compiled.cache_info().misses == 1
+  assert loop._compiled.cache_info().misses == 1
   assert 0 < r.success.sum() < 7 and len(set(r.queries)) > 1
   assert seen[0] == 7  # the clean pass
   passes = seen[1:]
@@ -529,9 +528,9 @@ def test_params_are_an_argument_of_the_compiled_attack():
   np.testing.assert_array_equal(a.queries, b.queries)
   np.testing.assert_allclose(a.true_prob, b.true_prob, rtol=1e-6)
   # New parameters of the same shapes: nothing compiles again.
-  before = (engine._compiled.cache_info().misses, forward._logits_fn.cache_info().misses)
+  before = (loop._compiled.cache_info().misses, forward._logits_fn.cache_info().misses)
   c = attack.one_pixel(fn, x, y, params=p2, **kw)
-  after = (engine._compiled.cache_info().misses, forward._logits_fn.cache_info().misses)
+  after = (loop._compiled.cache_info().misses, forward._logits_fn.cache_info().misses)
   assert after == before
   d = attack.one_pixel(lambda im: fn(p2, im), x, y, **kw)
   np.testing.assert_allclose(c.true_prob, d.true_prob, rtol=1e-6)
@@ -548,9 +547,9 @@ def test_two_checkpoints_of_one_architecture_share_the_compiled_attack():
   y = np.zeros(3, np.int32)
   kw = dict(key=jax.random.key(3), popsize=8, maxiter=1, devices=jax.devices()[:1])
   r1 = attack.one_pixel(f1, x, y, params=p1, **kw)
-  misses = engine._compiled.cache_info().misses
+  misses = loop._compiled.cache_info().misses
   r2 = attack.one_pixel(f2, x, y, params=p2, **kw)
-  assert engine._compiled.cache_info().misses == misses
+  assert loop._compiled.cache_info().misses == misses
   ref = attack.one_pixel(zoo.as_predict(two), x, y, **kw)
   np.testing.assert_allclose(r2.true_prob, ref.true_prob, rtol=1e-5)
   assert not np.allclose(r1.clean_true_prob, r2.clean_true_prob)

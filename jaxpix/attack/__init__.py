@@ -6,7 +6,9 @@ images in [0, 1] [B, H, W, C] to logits [B, K].
 
 Modules, each one job: ``attacks`` (the public attacks), ``checks`` (their
 input checks), ``search`` (what a search is: differential evolution, the
-exhaustive corner sweep), ``engine`` (how a search runs batched on devices),
+exhaustive corner sweep, its gradient-ranked order), ``engine`` (one
+batched step of a search: candidates scored, best kept), ``loop`` (steps in a
+compiled loop over queued images, per device, and its host driver),
 ``perturb`` (how a candidate vector becomes an image), ``forward`` (the
 user's model called in batches, with or without ``params``) and
 ``linearised`` (the first-order adversary for training and the

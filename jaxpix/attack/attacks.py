@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpix.attack import checks, engine, forward, perturb, search
+from jaxpix.attack import checks, engine, forward, loop, perturb, search
 from jaxpix.attack.engine import Fitness, Predict
 
 # Default forward batch per device, by backend, rounded down to whole
@@ -300,8 +300,8 @@ def _attack(
   clean /= clean.sum(-1, keepdims=True)
   dim = pixels * (2 + c)
   data = None if search_data is None else search_data(fn, params, x, y, t)
-  callback = _ProgressBar(n) if progress is True else (progress or None)
-  rec = engine.run(
+  callback = loop.ProgressBar(n) if progress is True else (progress or None)
+  rec = loop.run(
     srch,
     fn,
     params,
@@ -319,7 +319,7 @@ def _attack(
     progress=callback,
     data=data,
   )
-  if isinstance(callback, _ProgressBar):
+  if isinstance(callback, loop.ProgressBar):
     callback.close()
   pos, val = jax.device_get(_decode(jnp.asarray(rec['vec']), h, w, c, mode))
   adv = perturb.apply_candidates(x, rec['vec'], mode)
@@ -339,27 +339,6 @@ def _attack(
     clean_label=clean.argmax(-1).astype(np.int32),
     clean_true_prob=clean[np.arange(n), y],
   )
-
-
-class _ProgressBar:
-  """tqdm bar: images done, success rate so far and model evaluations/s."""
-
-  def __init__(self, total):
-    from tqdm.auto import tqdm
-
-    self.bar = tqdm(total=total, unit='img', desc='attack')
-    self.done = self.fooled = self.queries = 0
-
-  def __call__(self, finished):
-    self.done += len(finished['gidx'])
-    self.fooled += int(finished['success'].sum())
-    self.queries += int(finished['queries'].sum())
-    rate = self.queries / max(self.bar.format_dict['elapsed'], 1e-9)
-    self.bar.set_postfix(asr=f'{self.fooled / self.done:.3f}', evals_s=f'{rate:.0f}')
-    self.bar.update(len(finished['gidx']))
-
-  def close(self):
-    self.bar.close()
 
 
 # --------------------------------------------------------------------------- #
