@@ -98,7 +98,14 @@ def load_predict(config, num_classes: int) -> Restored:
   graphdef, state, step = load_state(
     config, num_classes, classifier.predict if classifier else None
   )
-  return Restored(nnx.merge(graphdef, state['params'], state['rest']), step, classifier)
+  # Each process's own copy of the replicated state: the deployed model then
+  # runs on this process's devices only (each attacks its share of the
+  # images), and process 0 can draw its figures alone.
+  local = jax.tree.map(
+    lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a,
+    (state['params'], state['rest']),
+  )
+  return Restored(nnx.merge(graphdef, *local), step, classifier)
 
 
 def params_digest(model) -> str:

@@ -366,7 +366,13 @@ def _finish(run: _Run, state, last_eval, log) -> dict:
   if config.defence.attention and records.writer():
     from jaxpix import figures
 
-    trained = nnx.merge(run.graphdef, state['params'], state['rest'])
+    # Process 0 draws alone: its own copy of the replicated state (with
+    # several processes the global arrays span devices it cannot compute on).
+    local = jax.tree.map(
+      lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a,
+      (state['params'], state['rest']),
+    )
+    trained = nnx.merge(run.graphdef, *local)
     trained.eval()
     figures.attention_maps(
       trained,
