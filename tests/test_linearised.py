@@ -264,3 +264,68 @@ def test_gradient_ranked_bad_budget():
   for bad in (0, 8 * 8 * 8 + 1, 2.5, True):
     with pytest.raises(ValueError, match=r'budget must be an int in \[1, H \* W \* 2\^C\]'):
       attack.gradient_ranked(_planted(), x, np.zeros(3, np.int32), budget=bad)
+
+
+def _index(cands, w=4):
+  """Candidate numbers (pixel * 8 + corner) of refined_corners proposals."""
+  c = np.asarray(cands)
+  pos = c[:, 0].astype(int) * w + c[:, 1].astype(int)
+  return pos * 8 + ((c[:, 2:] > 127) * [1, 2, 4]).sum(1)
+
+
+def test_refined_corners_corrects_the_order_by_measured_losses():
+  # 4 x 4 images, 128 candidates, 4 per step. The gains rank pixel 0's
+  # corners first (10 - j), then everything else lower, pixel 15's lowest.
+  # Pixel 0 measures far worse than predicted, so its other corners must drop
+  # below the untouched pixels; pixel 15's neighbours (radius 1) are corrected
+  # by its errors, the pixels out of its reach are not. Pixel 0's neighbours
+  # (1, 4, 5) drop with it.
+  from jaxpix.attack import search
+
+  s = search.refined_corners(4, 4, 3, 128, 4, 1, False)
+  gain = np.zeros(128, np.float32)
+  gain[:8] = 10 - np.arange(8)  # pixel 0: 10, 9, ..., 3
+  gain[8:120] = np.linspace(2, 1, 112)
+  gain[120:] = 0.0  # pixel 15 (row 3, column 3)
+  base = 0.5  # clean objective -log p = 0.5
+  state = s.init(None, jnp.asarray(np.append(gain, base)))
+  cands, n = s.propose(state, None, jnp.int32(0))
+  first = _index(cands)
+  np.testing.assert_array_equal(first, [0, 1, 2, 3])
+  assert int(n) == 4
+  # Measured: p(label) stays 0.6, objective 0.51, predicted 10.5, 9.5, ...
+  state = s.update(state, cands, jnp.full(4, 0.6, jnp.float32), jnp.int32(0))
+  nxt = _index(s.propose(state, None, jnp.int32(1))[0])
+  # Pixel 0's other corners dropped, and its neighbours 1, 4 and 5 with them:
+  # the next is pixel 2, the best by gain out of pixel 0's reach.
+  np.testing.assert_array_equal(nxt, [16, 17, 18, 19])
+  # Pixel 15's first corner (gain 0) measures far better than predicted.
+  fake = jnp.asarray([[3.5, 3.5, 255, 255, 255]] * 4, jnp.float32)  # corner 7
+  state = s.update(state, fake, jnp.full(4, 1e-3, jnp.float32), jnp.int32(1))
+  third = _index(s.propose(state, None, jnp.int32(2))[0])
+  assert set(third // 8) <= {15, 10, 11, 14}  # pixel 15 and its neighbours
+  assert 127 not in third  # tried candidates are not proposed again
+  # Padding: with a budget of 6, the second step counts 2 and repeats the 2nd.
+  s6 = search.refined_corners(4, 4, 3, 6, 4, 1, False)
+  st6 = s6.init(None, jnp.asarray(np.append(gain, base)))
+  st6 = s6.update(st6, s6.propose(st6, None, jnp.int32(0))[0], jnp.full(4, 0.6), jnp.int32(0))
+  c6, n6 = s6.propose(st6, None, jnp.int32(1))
+  assert int(n6) == 2 and len(set(_index(c6))) == 2 and s6.max_steps == 2
+
+
+@pytest.mark.slow
+def test_gradient_ranked_refined_and_fixed_orders_fool_the_same_images():
+  # Both orders try every candidate once with the whole budget: the same
+  # images as the exhaustive search, each at most 8 * 8 * 8 queries.
+  predict = models.as_predict(models.create('cnn6', num_classes=10, width=0.25, seed=3))
+  x = toy.cifar_like(12, 8, 8, seed=4)
+  y = np.asarray(jax.jit(predict)(jnp.asarray(x))).argmax(1).astype(np.int32)
+  fixed = attack.gradient_ranked(predict, x, y, chunk=64, refine=False)
+  refined = attack.gradient_ranked(predict, x, y, chunk=16, radius=1)
+  np.testing.assert_array_equal(fixed.success, refined.success)
+  assert 0 < refined.success.sum() < 12
+  np.testing.assert_array_equal(refined.queries[~refined.success], 8 * 8 * 8)
+  out = np.asarray(jax.jit(predict)(jnp.asarray(refined.adv_images))).argmax(1)
+  np.testing.assert_array_equal(out != y, refined.success)
+  with pytest.raises(ValueError, match='radius must be an int >= 0'):
+    attack.gradient_ranked(predict, x, y, radius=-1)

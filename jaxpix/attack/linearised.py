@@ -208,18 +208,25 @@ def gradient_ranked(
   steps_per_call: int = 16,
   progress: bool | Callable[[dict], None] = False,
   params=None,
+  refine: bool = True,
+  radius: int = 2,
 ) -> attacks.AttackResult:
   """The extreme-colour search in the order the input gradient ranks it.
 
   Every (pixel, colour-cube corner) candidate of :func:`extreme_colour` is
   scored by the first-order change of the loss (:func:`linearised_gain`, one
   gradient per image), and the candidates are evaluated best first, ``chunk``
-  per step, until one fools the model or ``budget`` have been tried. With the
-  whole budget (the default, H * W * 2^C) it fools exactly the images the
-  exhaustive search fools, only sooner; a smaller budget trades that
-  guarantee for time. It needs ``predict`` to be differentiable JAX (the
-  gradient is free then: one backward pass per image, not counted in
-  ``queries``); for a black-box model use :func:`one_pixel`.
+  per step, until one fools the model or ``budget`` have been tried. With
+  ``refine`` (the default) the order adapts to what the model answers: after
+  each step the measured losses correct the estimates of the untried corners
+  of the same pixel and of the pixels within ``radius`` of it
+  (:func:`jaxpix.attack.search.refined_corners`), which matters where the
+  linearisation is poor (a full-range colour change on a deep network). No
+  candidate is tried twice, so with the whole budget (the default, H * W * 2^C)
+  it fools exactly the images the exhaustive search fools, only sooner; a
+  smaller budget trades that guarantee for time. It needs ``predict`` to be
+  differentiable JAX (the gradient is free then: one backward pass per image,
+  not counted in ``queries``); for a black-box model use :func:`one_pixel`.
 
   Args:
     predict, images, labels, targets, slots, batch, devices, indices,
@@ -227,7 +234,12 @@ def gradient_ranked(
       first-order increase of log p(target).
     budget: candidates tried per image at most (default all).
     early_stop: stop an image at the first chunk that fools the model.
-    chunk: candidates per image per step.
+    chunk: candidates per image per step (with ``refine``, the order is
+      corrected between steps: smaller chunks adapt sooner).
+    refine: correct the order by the measured losses (False: the fixed
+      gradient order).
+    radius: with ``refine``, a measured pixel's error also corrects the
+      estimates of unmeasured pixels up to ``radius`` rows and columns away.
 
   Returns:
     An :class:`AttackResult` (``positions`` [N, 1, 2], ``colors`` in {0, 255}).
@@ -249,8 +261,17 @@ def gradient_ranked(
       f'got {budget!r}'
     )
   checks.positive_int('chunk', chunk)
+  if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+    raise ValueError(f'radius must be an int >= 0 (pixels), got {radius!r}')
+  budget, targeted = int(budget), targets is not None
+  if refine:
+    strategy = search.refined_corners(h, w, c, budget, chunk, int(radius), targeted)
+    data = _gains
+  else:
+    strategy = search.ranked_corners(h, w, c, budget, chunk)
+    data = functools.partial(_ranking, budget=budget)
   return attacks._attack(
-    search.ranked_corners(h, w, c, int(budget), chunk),
+    strategy,
     predict,
     x,
     labels,
@@ -266,24 +287,49 @@ def gradient_ranked(
     steps_per_call=steps_per_call,
     progress=progress,
     params=params,
-    search_data=functools.partial(_ranking, budget=int(budget)),
+    search_data=data,
   )
 
 
-def _ranking(fn, params, x, y, t, *, budget: int, batch: int = 256) -> np.ndarray:
-  """Each image's ``budget`` best candidates by first-order gain, int32 [N, budget]."""
-  rank = _rank_fn(fn, budget, t is not None)
-  cls = y if t is None else t
+def _batched(f, x, cls, batch: int = 256) -> np.ndarray:
+  """``f(x, cls)`` over pieces of ``batch`` images, all of one shape (the last
+  piece is padded), concatenated."""
   size = min(batch, len(x))
   out = []
-  for i in range(0, len(x), size):  # one shape: the last piece is padded
+  for i in range(0, len(x), size):
     xb, cb = x[i : i + size], cls[i : i + size]
     pad = size - len(xb)
     if pad:
       xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
       cb = np.concatenate([cb, np.repeat(cb[-1:], pad, 0)])
-    out.append(np.asarray(rank(params, xb, cb))[: size - pad])
+    out.append(np.asarray(f(xb, cb))[: size - pad])
   return np.concatenate(out)
+
+
+def _gains(fn, params, x, y, t) -> np.ndarray:
+  """Each image's predicted objective increase for every candidate, then its
+  clean objective: float32 [N, H * W * 2^C + 1] (see ``refined_corners``)."""
+  gains = _gains_fn(fn, t is not None)
+  return _batched(functools.partial(gains, params), x, y if t is None else t)
+
+
+@functools.lru_cache(maxsize=16)
+def _gains_fn(fn, targeted: bool):
+  def gains(params, x, cls):
+    g, logits = true_class_loss_grad(functools.partial(fn, params), x, cls)
+    gain = linearised_gain(x, g).reshape(x.shape[0], -1)  # of -log p(cls)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), cls[:, None], 1)
+    if targeted:  # the objective is log p(target): the gains change sign
+      return jnp.concatenate([-gain, logp], 1)
+    return jnp.concatenate([gain, -logp], 1)
+
+  return jax.jit(gains)
+
+
+def _ranking(fn, params, x, y, t, *, budget: int) -> np.ndarray:
+  """Each image's ``budget`` best candidates by first-order gain, int32 [N, budget]."""
+  rank = _rank_fn(fn, budget, t is not None)
+  return _batched(functools.partial(rank, params), x, y if t is None else t)
 
 
 @functools.lru_cache(maxsize=16)
