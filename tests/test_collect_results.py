@@ -1,6 +1,7 @@
 """docs/collect_results.py: what it copies from a workdir into docs/results."""
 
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -21,13 +22,15 @@ def test_copies_results_logs_and_figures_follows_links_skips_checkpoints(tmp_pat
   _touch(other / 'eval' / 'results.json', '{"reused": true}')
   _touch(other / 'train' / 'checkpoints' / '100' / 'state', 'big')
   src = tmp_path / 'suite'
-  _touch(src / 'results.json')
+  _touch(src / 'results.json', '{}')
   _touch(src / 'results.md')
   _touch(src / 'asr_vs_budget.png')
   _touch(src / 'none' / 'seed0' / 'eval' / 'attack_de.jsonl')
   _touch(src / 'none' / 'seed0' / 'eval' / 'gallery.png')
   _touch(src / 'none' / 'seed0' / 'train' / 'metrics.jsonl')
-  _touch(src / 'none' / 'seed0' / 'train' / 'config.json')
+  repo = collect_results.records.REPO
+  data_dir = str(repo.parent / 'shared' / 'data' / 'cifar10')
+  _touch(src / 'none' / 'seed0' / 'train' / 'config.json', f'{{"data": {{"dir": "{data_dir}"}}}}')
   _touch(src / 'none' / 'seed0' / 'train' / 'attention_maps.png')  # repeated by eval/
   _touch(src / 'none' / 'seed0' / 'train' / 'checkpoints' / '1053' / 'meta.json')
   _touch(src / 'none' / 'seed0' / 'notes.txt')
@@ -51,6 +54,35 @@ def test_copies_results_logs_and_figures_follows_links_skips_checkpoints(tmp_pat
   assert n == len(got)
   assert (dst / 'apr/seed0/eval/results.json').read_text() == '{"reused": true}'
   assert not (dst / 'apr/seed0/eval/results.json').is_symlink()
+  # JSON copies hold paths relative to the repository, not this machine's.
+  cfg = json.loads((dst / 'none/seed0/train/config.json').read_text())
+  assert cfg == {'data': {'dir': '../shared/data/cifar10'}}
+
+
+def test_committed_results_hold_no_absolute_paths_of_the_machine():
+  repo = collect_results.records.REPO
+  bad = [
+    str(p.relative_to(repo))
+    for p in sorted((repo / 'docs' / 'results').rglob('*.json'))
+    if collect_results.records.portable(json.loads(p.read_text())) != json.loads(p.read_text())
+  ]
+  assert not bad, (
+    f'absolute paths in {bad[:5]}: python docs/collect_results.py --portable docs/results'
+  )
+
+
+def test_portable_rewrites_json_files_in_place(tmp_path, capsys):
+  repo = collect_results.records.REPO
+  absolute = str(repo.parent / 'shared' / 'data' / 'imagenet_sample')
+  _touch(tmp_path / 'a' / 'results.json', json.dumps({'dir': absolute, 'n': 3}))
+  _touch(tmp_path / 'b.json', json.dumps({'dir': '/elsewhere/data'}))  # not under the parent
+  collect_results.main(['--portable', str(tmp_path)])
+  assert json.loads((tmp_path / 'a' / 'results.json').read_text()) == {
+    'dir': '../shared/data/imagenet_sample',
+    'n': 3,
+  }
+  assert json.loads((tmp_path / 'b.json').read_text()) == {'dir': '/elsewhere/data'}
+  assert '1 JSON files rewritten' in capsys.readouterr().out
 
 
 def test_missing_workdir_and_bad_argument_are_clear_errors(tmp_path):

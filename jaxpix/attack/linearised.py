@@ -199,7 +199,7 @@ def gradient_ranked(
   *,
   targets=None,
   budget: int | None = None,
-  chunk: int = 400,
+  chunk: int = 200,
   early_stop: bool = True,
   slots: int | None = None,
   batch: int | None = None,
