@@ -165,24 +165,33 @@ def figure(rows: list[dict], path: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.6), squeeze=False)
-  labels = dict(
-    de_su='DE (Su et al.)',
-    de_keras='DE (Keras reference)',
-    gradient_fixed='gradient-ranked corners (fixed order)',
-    gradient_ranked='gradient-ranked corners, refined',
-    exhaustive='exhaustive corners (raster)',
+  cols = min(2, len(rows))
+  nrows = -(-len(rows) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.8 * nrows), squeeze=False)
+  labels = dict(  # one colour per search in every panel
+    de_su=('DE (Su et al.)', 'C0'),
+    de_keras=('DE (Keras reference)', 'C1'),
+    exhaustive=('exhaustive corners (raster)', 'C2'),
+    gradient_fixed=('gradient-ranked corners (fixed order)', 'C3'),
+    gradient_ranked=('gradient-ranked corners, refined', 'C4'),
   )
-  for ax, row in zip(axes[0], rows, strict=True):
-    budgets = np.arange(0, 8193, 64)
-    for sname, r in row['searches'].items():
+  for ax, row in zip(
+    axes.flat, rows, strict=False
+  ):  # more panels than rows: the spare ones are blanked below
+    budgets = np.arange(0, 8193, 32)
+    for sname, (label, colour) in labels.items():
+      if sname not in row['searches']:
+        continue
+      r = row['searches'][sname]
       q, s = np.asarray(r['queries']), np.asarray(r['success'], bool)
-      ax.plot(budgets, 100 * np.array(curve_at(q, s, budgets)), label=labels[sname])
+      ax.plot(budgets, 100 * np.array(curve_at(q, s, budgets)), label=label, color=colour)
     ax.axvline(BUDGET, color='grey', lw=0.8, ls=':')
-    ax.set_title(f'{row["name"]} ({len(row["images"])} images)')
+    ax.set_title(f'{row["name"]} ({len(row["images"])} images)', fontsize=10)
     ax.set_xlabel('model evaluations per image')
     ax.set_ylabel('attack success rate (%)')
     ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(rows) :]:
+    ax.axis('off')
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

@@ -317,11 +317,16 @@ def refined_corners(
   ``d_q``: the mean error (measured objective minus predicted) of the
   candidates already tried at q, or where none was, the mean of those errors
   over the measured pixels within ``radius`` rows and columns of q (0 where
-  none is). The linearisation is poor for a full-range colour change (on a
-  ResNet-18 the gain correlates with the measured change at 0.02-0.23 per
-  image) but its errors are shared by a pixel's corners and by neighbouring
-  pixels, so a pixel that measured better than predicted has its other
-  corners and its neighbours raised, and one that measured worse is dropped.
+  none is). The linearisation is poor for a full-range colour change (on the
+  ``:cpu`` ResNet-18 the fixed gradient order reached two images' only fooling
+  candidates around the 6,000th and 8,000th of 8,192: benchmarks/README.md),
+  but its errors are shared by a pixel's corners and by neighbouring pixels,
+  so a pixel that measured better than predicted has its other corners and
+  its neighbours raised, and one that measured worse is dropped. (Radius 2
+  and 200 candidates a step were chosen by replaying the order on full
+  candidate tables of the CNN6's and the ResNet-18's first 48 test images, a
+  scratch study not kept; benchmarks/one_pixel_search.py checks them on
+  models not used to choose.)
   No candidate is tried twice: with ``budget = H * W * 2^C`` it tries every
   one, so it fools exactly the images :func:`exhaustive_corners` fools.
   """
