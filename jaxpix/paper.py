@@ -52,6 +52,9 @@ DEFENCE_METRICS = (
   # Not in the papers: correct and not fooled, over a fixed image set
   # (eval.image_set = 'fixed'), comparable across rows (RobustBench's).
   ('robust_accuracy', 'Robust accuracy (fixed images)'),
+  # ... and not fooled by the other untargeted attacks either (the exhaustive
+  # or gradient-ranked extreme-colour search): the worst case.
+  ('robust_accuracy_all', 'Robust accuracy, every attack (fixed images)'),
 )
 # The rows every other row is tested against (besides the first, no defence).
 APR_ROWS = ('APR', 'Full APR')

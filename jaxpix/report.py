@@ -74,6 +74,13 @@ def evaluation_markdown(results: dict) -> str:
       f'{len(results["fixed_images"])} fixed images | {pct(results["robust_accuracy"])} | '
       f'{ci(results["robust_accuracy_wilson95"])} |'
     )
+  if 'robust_accuracy_all' in results:
+    lines.append(
+      f'| Robust accuracy: correct and not fooled by any of '
+      f'{", ".join(results["robust_attacks"])}, over the {len(results["fixed_images"])} fixed '
+      f'images | {pct(results["robust_accuracy_all"])} | '
+      f'{ci(results["robust_accuracy_all_wilson95"])} |'
+    )
   for name, s in results['attacks'].items():
     lines += [
       f'| {name}: attack success rate ({s["successes"]}/{s["attacks"]}) | '

@@ -108,6 +108,9 @@ def _values(kind: str, res: dict) -> dict[str, tuple[float, tuple[int, int] | No
     if 'robust_accuracy' in res:  # eval.image_set = 'fixed': paired across rows
       robust, fixed = len(res['robust_images']), len(res['fixed_images'])
       out['robust_accuracy'] = (res['robust_accuracy'], (robust, fixed))
+    if 'robust_accuracy_all' in res:  # and not fooled by the other attacks either
+      worst = len(res['robust_images_all'])
+      out['robust_accuracy_all'] = (res['robust_accuracy_all'], (worst, fixed))
     return out
   t = res['autoencoder_table4']
   out = {
@@ -255,6 +258,9 @@ def _per_seed(res: dict) -> dict:
     'autoencoder_table4',
     'robust_accuracy',
     'robust_accuracy_wilson95',
+    'robust_attacks',
+    'robust_accuracy_all',
+    'robust_accuracy_all_wilson95',
     'note',
     'config',
     'figures',

@@ -247,7 +247,9 @@ def test_table4_counts_by_hand():
 
 @pytest.mark.slow
 def test_fixed_image_set_is_chosen_before_the_model_and_pairs(trained, tmp_path):
-  cfg = _eval_config(trained, image_set='fixed', num_images=20, targeted=True, targeted_images=3)
+  cfg = _eval_config(
+    trained, image_set='fixed', num_images=20, targeted=True, targeted_images=3, gradient_ranked=64
+  )
   res = evaluation.evaluate(cfg, str(tmp_path))
   fixed = res['fixed_images']
   # Drawn from all 200 test images with the seed, whatever the model.
@@ -265,3 +267,17 @@ def test_fixed_image_set_is_chosen_before_the_model_and_pairs(trained, tmp_path)
   assert res['robust_accuracy'] == len(res['robust_images']) / 20
   assert res['attacks']['de_targeted']['images'] == 3  # eval.targeted_images
   assert 'Robust accuracy' in (tmp_path / 'results.md').read_text()
+  # The worst case over the untargeted attacks (the targeted one is not one).
+  ranked = {
+    json.loads(ln)['index']
+    for ln in (tmp_path / 'attack_gradient_ranked.jsonl').read_text().splitlines()
+    if '"success": true' in ln
+  }
+  assert ranked - fooled  # the second attack fools some image DE did not
+  assert res['robust_attacks'] == ['de', 'gradient_ranked']
+  assert res['robust_images_all'] == [i for i in res['robust_images'] if i not in ranked]
+  assert res['robust_accuracy_all'] == len(res['robust_images_all']) / 20
+  assert (
+    'not fooled by any of de, gradient_ranked, over the 20 fixed images'
+    in (tmp_path / 'results.md').read_text()
+  )

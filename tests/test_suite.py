@@ -84,6 +84,12 @@ def test_suite_rows_configs_and_overrides():
   assert (cfg.model.width, cfg.defence.beta, cfg.defence.penalty.method) == (0.25, 0.0, 'exact')
   assert (cfg.train.epochs, cfg.seed, cfg.eval.seed) == (2, 3, 3)
   assert suite.spec_of(row) == "cifar_apr:no_reg defence.penalty.method='exact'"
+  # The table's rows are paired: the same 500 fixed images, DE 400 x 30 and
+  # the gradient-ranked search at DE's 10-generation budget (on the CPU).
+  ev = suite.row_config(c.suite.rows[0], c.suite, 0).eval
+  assert (ev.image_set, ev.num_images, ev.maxiter, ev.gradient_ranked) == ('fixed', 500, 30, 4400)
+  full = suite_table3.get_config().suite
+  assert suite.row_config(full.rows[0], full, 0).eval.gradient_ranked == 8192
   curve = suite.mean_curve(
     [dict(budget=[10, 30], asr=[0.2, 0.4]), dict(budget=[20, 30], asr=[0.1, 0.3])]
   )
@@ -148,7 +154,7 @@ def test_rows_on_a_fixed_image_set_are_paired_and_tested(shared_data, tmp_path):
   del shared_data
   c = suite_table1.get_config('test')
   c.suite.only, c.suite.overhead = 'No Defence,IT', False
-  c.suite.set = 'eval.image_set=fixed,eval.num_images=16,eval.maxiter=2'
+  c.suite.set = 'eval.image_set=fixed,eval.num_images=16,eval.maxiter=2,eval.gradient_ranked=64'
   res = experiment.run(c, str(tmp_path))
   ev = {
     name: json.loads((tmp_path / suite.slug(name) / 'seed0' / 'eval' / 'results.json').read_text())
@@ -162,5 +168,9 @@ def test_rows_on_a_fixed_image_set_are_paired_and_tested(shared_data, tmp_path):
   assert t == dict(seed=0, **want)
   s = res['rows']['IT']['summary']['robust_accuracy']
   assert s['mean'] == len(a) / 16 and s['interval'] == 'Wilson 95% over 16 images'
+  # The worst case over DE and the gradient-ranked search: a column of its own.
+  worst = res['rows']['IT']['summary']['robust_accuracy_all']
+  assert worst['mean'] == len(ev['IT']['robust_images_all']) / 16 <= s['mean']
+  assert set(ev['IT']['robust_images_all']) <= a
   md = (tmp_path / 'results.md').read_text()
   assert f'| IT | No Defence | 0 | {t["only_a"]} | {t["only_b"]} |' in md
