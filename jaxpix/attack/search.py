@@ -315,9 +315,9 @@ def refined_corners(
   Each step proposes the ``chunk`` untried candidates of highest estimate; the
   estimate of candidate (pixel q, corner j) is its gain plus a correction
   ``d_q``: the mean error (measured objective minus predicted) of the
-  candidates already tried at q, or where none was, the mean of those errors
-  over the measured pixels within ``radius`` rows and columns of q (0 where
-  none is). The linearisation is poor for a full-range colour change (on the
+  candidates already tried at q, or where none was, the mean of the measured
+  pixels' corrections within ``radius`` rows and columns of q (0 where none
+  is). The linearisation is poor for a full-range colour change (on the
   ``:cpu`` ResNet-18 the fixed gradient order reached two images' only fooling
   candidates around the 6,000th and 8,000th of 8,192: benchmarks/README.md),
   but its errors are shared by a pixel's corners and by neighbouring pixels,
