@@ -248,7 +248,12 @@ def test_table4_counts_by_hand():
 @pytest.mark.slow
 def test_fixed_image_set_is_chosen_before_the_model_and_pairs(trained, tmp_path):
   cfg = _eval_config(
-    trained, image_set='fixed', num_images=20, targeted=True, targeted_images=3, gradient_ranked=64
+    trained,
+    image_set='fixed',
+    num_images=20,
+    targeted=True,
+    targeted_images=3,
+    gradient_ranked=8192,
   )
   res = evaluation.evaluate(cfg, str(tmp_path))
   fixed = res['fixed_images']
@@ -273,6 +278,8 @@ def test_fixed_image_set_is_chosen_before_the_model_and_pairs(trained, tmp_path)
     for ln in (tmp_path / 'attack_gradient_ranked.jsonl').read_text().splitlines()
     if '"success": true' in ln
   }
+  # With the whole budget (8,192) its outcome is the exhaustive search's, not
+  # an accident of its order: here it fools 1 of the 7 attacked, DE none.
   assert ranked - fooled  # the second attack fools some image DE did not
   assert res['robust_attacks'] == ['de', 'gradient_ranked']
   assert res['robust_images_all'] == [i for i in res['robust_images'] if i not in ranked]
