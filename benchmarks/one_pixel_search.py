@@ -175,9 +175,8 @@ def figure(rows: list[dict], path: str) -> None:
     gradient_fixed=('gradient-ranked corners (fixed order)', 'C3'),
     gradient_ranked=('gradient-ranked corners, refined', 'C4'),
   )
-  for ax, row in zip(
-    axes.flat, rows, strict=False
-  ):  # more panels than rows: the spare ones are blanked below
+  # More panels than rows when their number is odd: the spare one is blanked below.
+  for ax, row in zip(axes.flat, rows, strict=False):
     budgets = np.arange(0, 8193, 32)
     for sname, (label, colour) in labels.items():
       if sname not in row['searches']:
