@@ -537,6 +537,7 @@ def test_params_are_an_argument_of_the_compiled_attack():
   assert not np.allclose(a.clean_true_prob, c.clean_true_prob)  # the parameters did change
 
 
+@pytest.mark.slow  # 14 s; the quick loop keeps test_params_are_an_argument_of_the_compiled_attack
 def test_two_checkpoints_of_one_architecture_share_the_compiled_attack():
   from jaxpix import models as zoo
 
