@@ -16,10 +16,12 @@ accuracy, the 32-channel one trained 10 epochs cost LeNet 7.8 (docs/results.md,
 pipeline validation accuracy 39.2% -> 47.3%); and the pipeline forwards at
 ~900 images/s in front of LeNet (1,600 at 16 channels), so 30 generations on
 300 images would cost about an hour per attack and row, 10 generations ~20
-minutes (training images/s measured 2026-11-29, batch 128: LeNet 2,800,
-Pure CNN@0.25 320, NiN@0.25 270, ResNet-32@0.5 370, DenseNet-BC100@0.25 60,
-WRN-16-8@0.125 330; the 32-channel autoencoder trained at ~200 and the
-16-channel at ~650 in the committed runs' metrics).
+minutes. Training images/s of the classifiers at these widths, batch 128,
+measured 2026-11-29 with ``benchmarks/train_throughput.py --models lenet@1
+pure_cnn@0.25 nin@0.25 resnet32@0.5 densenet_bc100@0.25 wrn16_8@0.125``:
+LeNet 2,800, Pure CNN 320, NiN 270, ResNet-32 370, DenseNet-BC100 60,
+WRN-16-8 330; the 32-channel autoencoder trained at ~200 and the 16-channel
+at ~650 (the committed runs' metrics.jsonl).
 """
 
 from jaxpix.configs import common
