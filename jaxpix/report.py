@@ -40,6 +40,17 @@ def _num(v, spec: str) -> str:
   return 'n/a' if v is None or not np.isfinite(v) else format(v, spec)
 
 
+def _which_images(results: dict) -> str:
+  """The attacked images, as the run chose them (config.eval.image_set)."""
+  split, seed = results['test_split'], results['eval_seed']
+  if 'fixed_images' in results:
+    return (
+      f'the {results["num_images"]} correctly classified of {len(results["fixed_images"])} '
+      f'{split} images fixed with seed {seed} before any model saw them'
+    )
+  return f'{results["num_images"]} correctly classified {split} images drawn with seed {seed}'
+
+
 def evaluation_markdown(results: dict) -> str:
   """results.md: the evaluation's numbers, each with its 95% interval."""
   cfg = results['config']
@@ -52,8 +63,7 @@ def evaluation_markdown(results: dict) -> str:
     f'Checkpoint `{results["checkpoint"]}` at step {results["step"]}; commit '
     f'`{results["commit"]}`; device {results["device"]}; {results["date"]}.',
     '',
-    f'Attack protocol: {results["num_images"]} correctly classified {results["test_split"]} '
-    f'images drawn with seed {results["eval_seed"]}; DE population {cfg["eval"]["popsize"]}, '
+    f'Attack protocol: {_which_images(results)}; DE population {cfg["eval"]["popsize"]}, '
     f'{cfg["eval"]["maxiter"]} generations, {cfg["eval"]["pixels"]} pixel(s), '
     f'`{cfg["eval"]["mode"]}` mode, strategy `{cfg["eval"]["strategy"]}`. Intervals: Wilson '
     '95% over images (one seed).',

@@ -271,7 +271,11 @@ def test_fixed_image_set_is_chosen_before_the_model_and_pairs(trained, tmp_path)
   assert res['robust_images'] == [i for i in fixed if correct[i] and i not in fooled]
   assert res['robust_accuracy'] == len(res['robust_images']) / 20
   assert res['attacks']['de_targeted']['images'] == 3  # eval.targeted_images
-  assert 'Robust accuracy' in (tmp_path / 'results.md').read_text()
+  md = (tmp_path / 'results.md').read_text()
+  assert 'Robust accuracy' in md
+  n = len(res['images'])
+  assert f'the {n} correctly classified of 20 test images fixed with seed 0' in md
+  assert 'drawn with seed' not in md
   # The worst case over the untargeted attacks (the targeted one is not one).
   ranked = {
     json.loads(ln)['index']
