@@ -1,0 +1,46 @@
+"""docs/paired_tests.py: the paired tests docs/results.md quotes."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+_DOCS = pathlib.Path(__file__).resolve().parents[1] / 'docs'
+_spec = importlib.util.spec_from_file_location('paired_tests', _DOCS / 'paired_tests.py')
+paired_tests = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(paired_tests)
+
+_T1 = _DOCS / 'results' / 'table1_paired'
+
+
+def _load(row):
+  path = _T1 / row / 'seed0' / 'eval' / 'results.json'
+  return json.loads(path.read_text()), path.parent / 'attack_de.jsonl'
+
+
+def test_robust_test_equals_the_suites_own_and_fooled_sets_match_the_logs():
+  (apr, apr_log), (nd, nd_log) = _load('apr'), _load('no_defence')
+  suite = json.loads((_T1 / 'results.json').read_text())
+  expected = suite['rows']['APR']['mcnemar']['No Defence'][0]
+  r = paired_tests.robust(apr, nd)
+  assert (r['only_a'], r['only_b'], r['n']) == (expected['only_a'], expected['only_b'], 500)
+  assert r['p'] == pytest.approx(expected['p'])
+  fa, fb = paired_tests.fooled(apr, apr_log), paired_tests.fooled(nd, nd_log)
+  # The logs' successes are exactly the attacked images not in robust_images.
+  assert fa == set(apr['images']) - set(apr['robust_images'])
+  assert (len(fa), len(fb)) == (70, 112)  # results.md: 70/425 and 112/425
+  c = paired_tests.fooled_given_correct(apr, nd, fa, fb)
+  assert (c['both'], c['fooled_a'], c['fooled_b'], c['only_a'], c['only_b']) == (403, 55, 92, 16, 53)
+  assert c['p'] < 1e-4
+  assert c['fooled_a'] - c['fooled_b'] == c['only_a'] - c['only_b']
+
+
+def test_rows_on_different_image_sets_are_refused():
+  apr, _ = _load('apr')
+  other = dict(apr, fixed_images=apr['fixed_images'][1:])
+  with pytest.raises(ValueError, match='different fixed image sets'):
+    paired_tests.robust(apr, other)
+  drawn = {k: v for k, v in apr.items() if k != 'fixed_images'}
+  with pytest.raises(ValueError, match="image_set='fixed'"):
+    paired_tests.robust(drawn, apr)
