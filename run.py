@@ -13,13 +13,16 @@ in the package, where it is tested: see ``jaxpix.experiment.run``.
 """
 
 import json
+import os
 import pathlib
+import sys
+import traceback
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxpix import experiment
+from jaxpix import checkpoint, experiment
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Experiment config file.', lock_config=True
@@ -61,5 +64,24 @@ def main(argv):
     print(json.dumps(result))
 
 
+def _quiet_after(error: BaseException) -> None:
+  """Prints ``error`` as the last thing on stderr, then silences stderr.
+
+  When orbax fails to read a checkpoint, the other reads it had started in
+  background threads and tasks fail the same way; their tracebacks surface
+  when they are collected, at times that vary with load (sometimes after the
+  real error, at interpreter exit). The user's error must be the last line.
+  """
+  traceback.print_exception(error)
+  sys.stderr.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  sys.stderr = open(os.devnull, 'w')  # noqa: SIM115 - stays open until exit
+
+
 if __name__ == '__main__':
-  app.run(main)
+  try:
+    app.run(main)
+  except checkpoint.CheckpointError as e:
+    _quiet_after(e)
+    sys.exit(1)

@@ -69,7 +69,9 @@ def fooled_given_correct(a: dict, b: dict, fooled_a: set[int], fooled_b: set[int
   both = sorted(set(a['images']) & set(b['images']))
   t = stats.mcnemar([i in fooled_a for i in both], [i in fooled_b for i in both])
   return dict(
-    t, both=len(both), fooled_a=sum(i in fooled_a for i in both),
+    t,
+    both=len(both),
+    fooled_a=sum(i in fooled_a for i in both),
     fooled_b=sum(i in fooled_b for i in both),
   )
 

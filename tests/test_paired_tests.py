@@ -31,7 +31,13 @@ def test_robust_test_equals_the_suites_own_and_fooled_sets_match_the_logs():
   assert fa == set(apr['images']) - set(apr['robust_images'])
   assert (len(fa), len(fb)) == (70, 112)  # results.md: 70/425 and 112/425
   c = paired_tests.fooled_given_correct(apr, nd, fa, fb)
-  assert (c['both'], c['fooled_a'], c['fooled_b'], c['only_a'], c['only_b']) == (403, 55, 92, 16, 53)
+  assert (c['both'], c['fooled_a'], c['fooled_b'], c['only_a'], c['only_b']) == (
+    403,
+    55,
+    92,
+    16,
+    53,
+  )
   assert c['p'] < 1e-4
   assert c['fooled_a'] - c['fooled_b'] == c['only_a'] - c['only_b']
 
