@@ -25,7 +25,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxpix import stats  # noqa: E402
+from jaxpix import stats, suite  # noqa: E402
 
 
 def _fixed(a: dict, b: dict) -> list[int]:
@@ -44,10 +44,10 @@ def _fixed(a: dict, b: dict) -> list[int]:
 
 
 def robust(a: dict, b: dict) -> dict:
-  """McNemar on "correct and not fooled by DE" over the fixed images."""
-  fixed = _fixed(a, b)
-  ra, rb = set(a['robust_images']), set(b['robust_images'])
-  return stats.mcnemar([i in ra for i in fixed], [i in rb for i in fixed])
+  """McNemar on "correct and not fooled by DE" over the fixed images: the
+  suites' own test (``jaxpix.suite.paired_tests``), for two results.json."""
+  _fixed(a, b)
+  return suite.paired_tests({'A': [a], 'B': [b]}, ['B'])['A']['B'][0]
 
 
 def fooled(results: dict, log: pathlib.Path) -> set[int]:
