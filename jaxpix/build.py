@@ -63,6 +63,12 @@ def check_train_config(config) -> None:
   if config.dtype not in DTYPES:
     raise ValueError(f'config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}')
   check_defence(config)
+  if config.defence.autoencoder and config.defence.name != 'autoencoder':
+    raise ValueError(
+      f'config.defence.autoencoder={config.defence.autoencoder!r} names an autoencoder to '
+      f'reuse, but config.defence.name is {config.defence.name!r}: set '
+      "defence.name='autoencoder' or leave defence.autoencoder empty"
+    )
 
 
 def check_defence(config) -> None:
@@ -136,6 +142,7 @@ def frozen_config(config, role: str) -> ml_collections.ConfigDict:
   c.defence.name = names[role]
   c.defence.attention = False
   c.defence.bit_depth = c.defence.jpeg_quality = 0
+  c.defence.autoencoder = ''  # the autoencoder's, not the classifier's
   c.train.resume_step = c.eval.step = 0  # its own latest, whatever this run resumes from
   return c
 

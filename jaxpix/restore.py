@@ -3,19 +3,21 @@ workdir, the state, and the deployed model as a pure ``predict``.
 
 A checkpoint of another model (``build.IDENTITY``) is refused before any array
 is read. The autoencoder defence's frozen classifier is restored from beside
-the autoencoder's workdir (``classifier_dir``).
+the autoencoder's workdir (``classifier_dir``); a trained autoencoder is
+reused by another autoencoder run (``reuse_autoencoder``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import pathlib
 
 import jax
 import numpy as np
 from flax import nnx
 
-from jaxpix import build, checkpoint, mesh, models
+from jaxpix import build, checkpoint, configs, mesh, models
 
 
 def checkpoint_dir(path: str, key: str = 'checkpoint') -> pathlib.Path:
@@ -76,6 +78,54 @@ def load_classifier(config, num_classes: int) -> Restored:
   c = build.frozen_config(config, 'classifier')
   c.checkpoint = str(classifier_dir(config, workdir))
   return load_predict(c, num_classes)
+
+
+# What makes two autoencoder runs train the same autoencoder (the classifier
+# in front of which it trains does not: its loss never reaches it).
+_AUTOENCODER_FIELDS = ('seed', 'dtype', 'data.', 'train.', 'defence.ae_')
+
+
+def reuse_autoencoder(ckpt, state, config, want: dict):
+  """A run that reuses the autoencoder of ``config.defence.autoencoder`` (a
+  finished autoencoder run with this run's seed, data, schedule and
+  autoencoder fields, whatever its classifier) starts from a copy of its
+  final state, saved as this run's checkpoint: nothing is left to train, and
+  eval mode and resuming read it as any checkpoint of this run.
+
+  Returns (state, step)."""
+  src = config.defence.autoencoder
+  directory = checkpoint_dir(src, 'defence.autoencoder')
+  with checkpoint.Checkpointer(directory) as other:
+    saved = other.meta()
+    step = other.latest_step()
+    if saved.get('defence') != 'autoencoder':
+      raise checkpoint.CheckpointError(
+        f'--config.defence.autoencoder={src!r} is a run of defence '
+        f'{saved.get("defence")!r}, not an autoencoder run: name the workdir of one'
+      )
+
+    def mine(flat):
+      return {k: v for k, v in flat.items() if k.startswith(_AUTOENCODER_FIELDS)}
+
+    changed = configs.differences(mine(saved.get('config', {})), mine(want['config']))
+    if saved.get('total_steps') != want['total_steps']:
+      changed.append(f'total steps: saved {saved.get("total_steps")}, now {want["total_steps"]}')
+    if changed:
+      raise ValueError(
+        f'--config.defence.autoencoder={src!r} trained another autoencoder than this run '
+        f'would ({"; ".join(changed)}): reuse one trained with these settings, or leave '
+        'it empty to train one here'
+      )
+    if step != want['total_steps']:
+      raise checkpoint.CheckpointError(
+        f'--config.defence.autoencoder={src!r} has trained {step} of its '
+        f'{want["total_steps"]} steps: finish it first (run it again), or leave the field '
+        'empty to train one here'
+      )
+    state = other.restore(state)
+  ckpt.save(step, state, dict(want, autoencoder_from=str(src)))
+  logging.info('reusing the autoencoder of %s (step %d)', src, step)
+  return state, step
 
 
 class Restored:

@@ -76,6 +76,13 @@ def run_one(row, suite_cfg, seed: int, root: pathlib.Path) -> dict:
   cfg = row_config(row, suite_cfg, seed)
   tdir, edir = root / 'train', root / 'eval'
   t0 = time.perf_counter()
+  owner = suite_cfg.get('shared_autoencoder', '')
+  if owner and owner != row.name and cfg.defence.name == 'autoencoder':
+    # The owner row trains (or has trained) the autoencoder this row reuses.
+    shared = root.parent.parent / slug(owner) / f'seed{seed}' / 'train'
+    (owner_row,) = [r for r in suite_cfg.rows if r.name == owner]
+    train.train_and_evaluate(row_config(owner_row, suite_cfg, seed), str(shared))
+    cfg.defence.autoencoder = str(shared)
   train.train_and_evaluate(cfg, str(tdir))
   train_s = time.perf_counter() - t0
   cfg.mode, cfg.checkpoint = 'eval', str(tdir)
@@ -180,6 +187,11 @@ def run(config, workdir: str) -> dict:
   table = paper.TABLES[scfg.table]
   rows = select_rows(scfg.rows, scfg.only)
   reference = scfg.rows[0]
+  if scfg.get('shared_autoencoder', '') not in ('', *(r.name for r in scfg.rows)):
+    raise ValueError(
+      f'config.suite.shared_autoencoder={scfg.shared_autoencoder!r} is not a row; the rows '
+      f'are {[r.name for r in scfg.rows]}'
+    )
   root = pathlib.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()

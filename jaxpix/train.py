@@ -301,13 +301,20 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   # --- checkpoint: resume where a previous run stopped; the loop
   meta = dict(build.meta(config, k, plan.total), config=configs.flatten(config, RESUMABLE_CHANGES))
   with checkpoint.Checkpointer(workdir / 'checkpoints', keep=tcfg.keep_checkpoints) as ckpt:
-    state, start = _resume(ckpt, state, config, meta, plan.total)
+    fresh = ckpt.latest_step() is None
+    reuse = config.defence.autoencoder if name == 'autoencoder' and fresh else ''
+    if reuse:
+      state, start = restore.reuse_autoencoder(ckpt, state, config, meta)
+    else:
+      state, start = _resume(ckpt, state, config, meta, plan.total)
     if records.writer():
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
     records.JsonlLog(workdir / 'config_history.jsonl').append(
       [dict(start_step=start, **records.provenance(), config=config.to_dict())]
     )
     log = metrics_log(workdir / 'metrics.jsonl', keep_until=start)
+    if reuse:
+      log.append([dict(step=start, epoch=plan.epoch(start), autoencoder_from=reuse)])
     state, last_eval = _loop(run, state, start, log, ckpt, meta)
   # --- final accuracy, attention maps
   return _finish(run, state, last_eval, log)

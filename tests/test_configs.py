@@ -62,3 +62,17 @@ def test_a_frozen_model_resumes_from_its_own_latest_checkpoint():
   t = build.frozen_config(c, 'teacher')
   assert (t.train.resume_step, t.eval.step, t.defence.name) == (0, 0, 'dd_teacher')
   assert c.train.resume_step == 8  # the run's own config is untouched
+
+
+def test_a_field_added_since_is_no_change_at_its_old_behaviour():
+  # Checkpoints and attack logs written before defence.autoencoder existed
+  # lack it; at '' (train the autoencoder here) they resume, at a path not.
+  saved = {'model.name': 'lenet'}
+  assert configs.differences(saved, {'model.name': 'lenet', 'defence.autoencoder': ''}) == []
+  assert configs.differences(saved, {'model.name': 'lenet', 'defence.autoencoder': 'w/a'}) == [
+    "defence.autoencoder: saved '(absent)', now 'w/a'"
+  ]
+  # Any other field only one side has is a change, as before.
+  assert configs.differences(saved, {'model.name': 'lenet', 'model.width': 1.0}) == [
+    "model.width: saved '(absent)', now 1.0"
+  ]

@@ -9,7 +9,18 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxpix import attack, build, checkpoint, data, defences, evaluation, models, restore, train
+from jaxpix import (
+  attack,
+  build,
+  checkpoint,
+  configs,
+  data,
+  defences,
+  evaluation,
+  models,
+  restore,
+  train,
+)
 from jaxpix.configs import cifar_apr, cifar_at
 from jaxpix.defences import apr
 
@@ -515,6 +526,78 @@ def test_autoencoder_pipeline_trains_against_a_frozen_classifier(shared_data, tm
   ckpt.close()
   assert not (tmp_path / 'ae2' / 'classifier').exists()
   assert [ln['step'] for ln in _lines(tmp_path / 'ae2') if 'loss' in ln][-1] == 60
+
+
+@pytest.mark.slow
+def test_an_autoencoder_is_the_same_before_any_classifier_and_is_reused(shared_data, tmp_path):
+  del shared_data
+  from jaxpix.configs import cifar_autoencoder
+
+  def config(model):
+    c = cifar_autoencoder.get_config(f'test,{model}' if model else 'test')
+    c.train.steps, c.train.log_every = 12, 6
+    return c
+
+  def ae_params(workdir, c):
+    c = config(c)
+    c.checkpoint = str(workdir)
+    _, state, step = restore.load_state(c, 10, classifier=lambda x: x)
+    return step, jax.tree.leaves(state['params'])
+
+  # Trained before two different classifiers, the autoencoder comes out the
+  # same: its loss never reaches the classifier (what makes reusing it exact).
+  train.train_and_evaluate(config(''), str(tmp_path / 'a'))
+  train.train_and_evaluate(config('lenet'), str(tmp_path / 'b'))
+  (sa, pa), (sb, pb) = ae_params(tmp_path / 'a', ''), ae_params(tmp_path / 'b', 'lenet')
+  assert sa == sb == 12
+  for x, y in zip(pa, pb, strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Reused: a copy of it becomes the run's checkpoint; only the classifier trains.
+  c = config('lenet')
+  c.defence.autoencoder = str(tmp_path / 'a')
+  res = train.train_and_evaluate(c, str(tmp_path / 'c'))
+  sc, pc = ae_params(tmp_path / 'c', 'lenet')
+  assert sc == 12
+  for x, y in zip(pa, pc, strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  lines = _lines(tmp_path / 'c')
+  assert [ln['autoencoder_from'] for ln in lines if 'autoencoder_from' in ln] == [
+    c.defence.autoencoder
+  ]
+  assert not [ln for ln in lines if 'loss' in ln]  # no autoencoder step ran
+  assert (tmp_path / 'c' / 'classifier' / 'checkpoints').is_dir()
+
+  # The pipeline of this run's classifier is what the final accuracy measures.
+  def accuracy(record):
+    (value,) = [v for k, v in record.items() if k.endswith('_accuracy')]
+    return value
+
+  assert accuracy(res) == accuracy(_lines(tmp_path / 'b')[-1])
+  # Resumed, it is a finished run (nothing copied or trained again).
+  assert accuracy(train.train_and_evaluate(c, str(tmp_path / 'c'))) == accuracy(res)
+  with checkpoint.Checkpointer(tmp_path / 'c' / 'checkpoints') as ckpt:
+    assert ckpt.steps() == [12]
+  # One trained with other settings is refused, naming what differs.
+  for field, value, match in (
+    ('defence.ae_width', 16, 'defence.ae_width: saved 8, now 16'),
+    ('train.steps', 24, 'total steps: saved 12, now 24'),
+  ):
+    d = config('lenet')
+    d.defence.autoencoder = str(tmp_path / 'a')
+    configs.set_field(d, field, value)
+    with pytest.raises(ValueError, match=match):
+      train.train_and_evaluate(d, str(tmp_path / f'refused_{value}'))
+  d = config('lenet')
+  d.defence.autoencoder = str(tmp_path / 'a' / 'classifier')  # no defence: not an autoencoder
+  with pytest.raises(checkpoint.CheckpointError, match="defence 'none', not an autoencoder"):
+    train.train_and_evaluate(d, str(tmp_path / 'refused_none'))
+  # Only the autoencoder defence has one to reuse.
+  e = cifar_apr.get_config('test')
+  e.defence.autoencoder = str(tmp_path / 'a')
+  with pytest.raises(
+    ValueError, match="names an autoencoder to reuse, but config.defence.name is 'apr'"
+  ):
+    train.train_and_evaluate(e, str(tmp_path / 'refused_apr'))
 
 
 def test_named_pretrained_model_without_checkpoint_is_a_clear_error(shared_data, tmp_path):

@@ -119,6 +119,38 @@ def test_one_seed_autoencoder_suite_uses_wilson_and_reads_back(shared_data, tmp_
 
 
 @pytest.mark.slow
+def test_autoencoder_rows_reuse_the_shared_rows_autoencoder(shared_data, tmp_path):
+  del shared_data
+  from jaxpix.configs import suite_autoencoder
+
+  c = suite_autoencoder.get_config('test')
+  assert c.suite.shared_autoencoder == 'LeNet'
+  c.suite.only = 'Pure CNN'  # the LeNet row's training runs all the same
+  c.suite.set = 'train.steps=12,eval.num_images=4,eval.maxiter=1'
+  experiment.run(c, str(tmp_path))
+  owner = tmp_path / 'lenet' / 'seed0' / 'train'
+  assert (owner / 'checkpoints').is_dir() and not (tmp_path / 'lenet' / 'seed0' / 'eval').exists()
+  logged = [
+    json.loads(ln)
+    for ln in (tmp_path / 'pure_cnn' / 'seed0' / 'train' / 'metrics.jsonl').read_text().splitlines()
+  ]
+  assert [ln['autoencoder_from'] for ln in logged if 'autoencoder_from' in ln] == [str(owner)]
+  res = json.loads((tmp_path / 'results.json').read_text())
+  assert list(res['rows']) == ['Pure CNN']
+  assert res['rows']['Pure CNN']['per_seed'][0]['config']['defence']['autoencoder'] == str(owner)
+
+
+def test_a_shared_autoencoder_must_name_a_row(tmp_path):
+  from jaxpix.configs import suite_autoencoder
+
+  c = suite_autoencoder.get_config('test')
+  c.suite.shared_autoencoder = 'Lenet'
+  with pytest.raises(ValueError, match="shared_autoencoder='Lenet' is not a row; the rows are"):
+    experiment.run(c, str(tmp_path))
+  assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
+@pytest.mark.slow
 def test_a_suite_runs_from_the_package_alone(shared_data, tmp_path):
   """As after a non-editable ``pip install .``: only the package's files, in
   another folder, imported from elsewhere (no repository, no configs/ link)."""

@@ -98,12 +98,23 @@ def flatten(config, ignore: tuple[str, ...] = ()) -> dict:
   return out
 
 
+# Fields added after checkpoints and attack logs were written, with the value
+# that does what the code did before they existed: a record that lacks one was
+# made with that value, so only another value is a change.
+ADDED = {'defence.autoencoder': ''}
+
+
 def differences(saved: dict, now: dict) -> list[str]:
   """``'field: saved X, now Y'`` for every field that differs between two
-  :func:`flatten` dicts (a field only one has counts)."""
+  :func:`flatten` dicts (a field only one has counts, except one of
+  :data:`ADDED` at its old behaviour's value)."""
   missing = object()
+
+  def get(d, k):
+    return d.get(k, ADDED.get(k, missing))
+
   return [
     f'{k}: saved {saved.get(k, "(absent)")!r}, now {now.get(k, "(absent)")!r}'
     for k in sorted(set(saved) | set(now))
-    if saved.get(k, missing) != now.get(k, missing)
+    if get(saved, k) != get(now, k)
   ]

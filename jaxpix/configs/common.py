@@ -65,6 +65,12 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # <workdir>/classifier, trained first as config.model with no defence; a
   # named one is used as it is).
   c.defence.classifier = ''
+  # An autoencoder to reuse instead of training one: the workdir of a finished
+  # autoencoder run with this run's own seed, data, schedule and autoencoder
+  # fields (refused otherwise), whatever its classifier. Its loss is
+  # reconstruction alone and never reaches the classifier, so that is the very
+  # autoencoder this run would train ('' = train it here).
+  c.defence.autoencoder = ''
   c.defence.ae_width = 32
   c.defence.ae_max_pixels = 3  # training corruptions: 0..3 pixels set to extreme colours
   # The training-time adversary (APR, AT). Default: the first-order one, every
@@ -252,6 +258,9 @@ def suite(
   c.suite.only = ''  # comma-separated row names to run (default: all)
   c.suite.set = ''  # overrides for every row, e.g. 'train.epochs=2,eval.num_images=50'
   c.suite.overhead = True  # measure the Table 4 overhead of every row
+  # The row whose trained autoencoder every other autoencoder row reuses
+  # (config.defence.autoencoder; '' = each row trains its own).
+  c.suite.shared_autoencoder = ''
   c.suite.overhead_steps = 3
   c.suite.progress = 'test' not in variants
   return c

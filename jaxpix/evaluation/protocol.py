@@ -120,6 +120,7 @@ NOT_IN_PROTOCOL = (
   'data.augment',
   'defence.classifier',  # the classifier's parameters are hashed instead
   'defence.teacher',
+  'defence.autoencoder',  # a reused autoencoder: its parameters are hashed
   'eval.progress',
   'eval.gallery',
   'eval.batch_size',
