@@ -48,9 +48,11 @@ def select_rows(rows, only: str) -> list:
   return [r for r in rows if r.name in want]
 
 
-def spec_of(row) -> str:
-  """A row as one line: ``config:variants field=value ...``."""
-  over = ' '.join(f'{k}={v!r}' for k, v in row.overrides)
+def spec_of(row, suite_set: str = '') -> str:
+  """A row as one line: ``config:variants field=value ...``, each field at
+  the value the row ran with (``suite_set``, the suite's overrides, wins)."""
+  final = {key: value for _, key, value in configs.parse_overrides(suite_set)}
+  over = ' '.join(f'{k}={final.get(k, v)!r}' for k, v in row.overrides)
   return f'{row.config}:{",".join(row.variants)}' + (f' {over}' if over else '')
 
 
@@ -88,7 +90,7 @@ def run_one(row, suite_cfg, seed: int, root: pathlib.Path) -> dict:
   cfg.mode, cfg.checkpoint = 'eval', str(tdir)
   res = evaluation.evaluate(cfg, str(edir))
   res['train_seconds_this_run'] = train_s
-  res['spec'] = spec_of(row)
+  res['spec'] = spec_of(row, suite_cfg.set)
   res['train_images_per_s'] = _train_rate(tdir / 'metrics.jsonl')
   return res
 
@@ -217,7 +219,7 @@ def run(config, workdir: str) -> dict:
     **records.provenance(),
     rows={
       row.name: dict(
-        spec=spec_of(row),
+        spec=spec_of(row, scfg.set),
         summary=summary[row.name],
         paper=table['paper'].get(row.name),
         workdirs=[str(root / slug(row.name) / f'seed{s}') for s in seeds],

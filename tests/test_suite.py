@@ -84,6 +84,10 @@ def test_suite_rows_configs_and_overrides():
   assert (cfg.model.width, cfg.defence.beta, cfg.defence.penalty.method) == (0.25, 0.0, 'exact')
   assert (cfg.train.epochs, cfg.seed, cfg.eval.seed) == (2, 3, 3)
   assert suite.spec_of(row) == "cifar_apr:no_reg defence.penalty.method='exact'"
+  # The table shows the value the row ran with: the suite's override wins.
+  assert suite.spec_of(row, "defence.penalty.method='fd',train.epochs=2") == (
+    "cifar_apr:no_reg defence.penalty.method='fd'"
+  )
   # The table's rows are paired: the same 500 fixed images, DE 400 x 30 and
   # the gradient-ranked search at DE's 10-generation budget (on the CPU).
   ev = suite.row_config(c.suite.rows[0], c.suite, 0).eval

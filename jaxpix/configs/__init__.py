@@ -59,9 +59,10 @@ def set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
   node[last] = value
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: str) -> None:
+def parse_overrides(overrides: str) -> list[tuple[str, str, object]]:
   """``'train.epochs=2,data.train_subset=10000'`` (a suite's ``suite.set``)
-  -> set those fields; values are Python literals, else kept as strings."""
+  -> [(item, field, value)]; values are Python literals, else kept as strings."""
+  out = []
   for item in (s.strip() for s in overrides.split(',') if s.strip()):
     key, eq, raw = item.partition('=')
     if not eq:
@@ -70,8 +71,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: str) -> None:
       value = ast.literal_eval(raw.strip())
     except (ValueError, SyntaxError):
       value = raw.strip()
+    out.append((item, key.strip(), value))
+  return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: str) -> None:
+  """Sets the fields of ``overrides`` (:func:`parse_overrides`)."""
+  for item, key, value in parse_overrides(overrides):
     try:
-      set_field(config, key.strip(), value)
+      set_field(config, key, value)
     except ValueError as e:
       raise ValueError(f'override {item!r}: {e}') from None
 
