@@ -55,6 +55,10 @@ DEFENCE_METRICS = (
   # ... and not fooled by the other untargeted attacks either (the exhaustive
   # or gradient-ranked extreme-colour search): the worst case.
   ('robust_accuracy_all', 'Robust accuracy, every attack (fixed images)'),
+  # With eval.targeted: Su et al.'s targeted rate, the images fooled towards
+  # at least one other class (the APR paper's No Defence 70.97% is this
+  # figure of Su et al.'s, quoted as an ASR).
+  ('targeted_any', 'Targeted: fooled towards >= 1 class'),
 )
 # The rows every other row is tested against (besides the first, no defence).
 APR_ROWS = ('APR', 'Full APR')

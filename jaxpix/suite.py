@@ -120,6 +120,11 @@ def _values(kind: str, res: dict) -> dict[str, tuple[float, tuple[int, int] | No
     if 'robust_accuracy_all' in res:  # and not fooled by the other attacks either
       worst = len(res['robust_images_all'])
       out['robust_accuracy_all'] = (res['robust_accuracy_all'], (worst, fixed))
+    targeted = res['attacks'].get('de_targeted')
+    if targeted:  # eval.targeted: Su et al.'s rate, fooled towards >= 1 other class
+      ni = targeted['images']
+      ki = round(targeted['images_fooled_any_target'] * ni)
+      out['targeted_any'] = (targeted['images_fooled_any_target'], (ki, ni))
     return out
   t = res['autoencoder_table4']
   out = {

@@ -190,7 +190,10 @@ def test_rows_on_a_fixed_image_set_are_paired_and_tested(shared_data, tmp_path):
   del shared_data
   c = suite_table1.get_config('test')
   c.suite.only, c.suite.overhead = 'No Defence,IT', False
-  c.suite.set = 'eval.image_set=fixed,eval.num_images=16,eval.maxiter=2,eval.gradient_ranked=64'
+  c.suite.set = (
+    'eval.image_set=fixed,eval.num_images=16,eval.maxiter=2,eval.gradient_ranked=64,'
+    'eval.targeted=True,eval.targeted_images=3'
+  )
   res = experiment.run(c, str(tmp_path))
   ev = {
     name: json.loads((tmp_path / suite.slug(name) / 'seed0' / 'eval' / 'results.json').read_text())
@@ -210,3 +213,12 @@ def test_rows_on_a_fixed_image_set_are_paired_and_tested(shared_data, tmp_path):
   assert set(ev['IT']['robust_images_all']) <= a
   md = (tmp_path / 'results.md').read_text()
   assert f'| IT | No Defence | 0 | {t["only_a"]} | {t["only_b"]} |' in md
+  # The targeted column: Su et al.'s rate over the first 3 attacked images
+  # (fewer where the barely trained model gets fewer right).
+  tg = ev['IT']['attacks']['de_targeted']
+  n = min(3, ev['IT']['attacks']['de']['attacks'])
+  assert n > 0 and (tg['images'], tg['attacks']) == (n, 9 * n)
+  s = res['rows']['IT']['summary']['targeted_any']
+  assert s['mean'] == tg['images_fooled_any_target']
+  assert s['interval'] == f'Wilson 95% over {n} images'
+  assert '| Targeted: fooled towards >= 1 class | paper |' in md
