@@ -85,44 +85,65 @@ def load_classifier(config, num_classes: int) -> Restored:
 _AUTOENCODER_FIELDS = ('seed', 'dtype', 'data.', 'train.', 'defence.ae_')
 
 
-def reuse_autoencoder(ckpt, state, config, want: dict):
-  """A run that reuses the autoencoder of ``config.defence.autoencoder`` (a
-  finished autoencoder run with this run's seed, data, schedule and
-  autoencoder fields, whatever its classifier) starts from a copy of its
-  final state, saved as this run's checkpoint: nothing is left to train, and
-  eval mode and resuming read it as any checkpoint of this run.
-
-  Returns (state, step)."""
+def reusable_autoencoder(config, want: dict) -> pathlib.Path:
+  """The checkpoint folder of ``config.defence.autoencoder``, checked to hold
+  what this run would train: a finished autoencoder run with this run's
+  seed, data settings, schedule and autoencoder fields, whatever its
+  classifier (``want``: this run's checkpoint meta). Run before anything
+  trains, so a wrong one is refused at once."""
   src = config.defence.autoencoder
-  directory = checkpoint_dir(src, 'defence.autoencoder')
+  try:
+    directory = checkpoint_dir(src, 'defence.autoencoder')
+  except checkpoint.CheckpointError as e:
+    raise checkpoint.CheckpointError(
+      f'{e}; or leave --config.defence.autoencoder empty to train one here'
+    ) from None
   with checkpoint.Checkpointer(directory) as other:
-    saved = other.meta()
+    saved, step = other.meta(), other.latest_step()
+  if saved.get('defence') != 'autoencoder':
+    raise checkpoint.CheckpointError(
+      f'--config.defence.autoencoder={src!r} is a run of defence '
+      f'{saved.get("defence", "(unrecorded)")!r}, not an autoencoder run: name the workdir '
+      'of one, or leave the field empty to train one here'
+    )
+  if 'config' not in saved:
+    raise checkpoint.CheckpointError(
+      f'--config.defence.autoencoder={src!r} does not record the config it trained with '
+      '(an older jaxpix wrote it), so it cannot be checked to be the autoencoder this run '
+      'would train: leave the field empty to train one here'
+    )
+
+  def mine(flat):
+    return {k: v for k, v in flat.items() if k.startswith(_AUTOENCODER_FIELDS)}
+
+  changed = configs.differences(mine(saved['config']), mine(want['config']))
+  if saved.get('total_steps') != want['total_steps']:
+    changed.append(f'total steps: saved {saved.get("total_steps")}, now {want["total_steps"]}')
+  if changed:
+    raise ValueError(
+      f'--config.defence.autoencoder={src!r} trained another autoencoder than this run '
+      f'would ({"; ".join(changed)}): reuse one trained with these settings, or leave '
+      'it empty to train one here'
+    )
+  if step != want['total_steps']:
+    raise checkpoint.CheckpointError(
+      f'--config.defence.autoencoder={src!r} has trained {step} of its '
+      f'{want["total_steps"]} steps: finish it first (run it again), or leave the field '
+      'empty to train one here'
+    )
+  return directory
+
+
+def reuse_autoencoder(ckpt, state, config, want: dict):
+  """A run that reuses the autoencoder of ``config.defence.autoencoder``
+  (:func:`reusable_autoencoder`) starts from a copy of its final state,
+  saved as this run's checkpoint: nothing is left to train, and eval mode and
+  resuming read it as any checkpoint of this run. Returns (state, step)."""
+  directory = reusable_autoencoder(config, want)
+  with checkpoint.Checkpointer(directory) as other:
     step = other.latest_step()
-    if saved.get('defence') != 'autoencoder':
-      raise checkpoint.CheckpointError(
-        f'--config.defence.autoencoder={src!r} is a run of defence '
-        f'{saved.get("defence")!r}, not an autoencoder run: name the workdir of one'
-      )
-
-    def mine(flat):
-      return {k: v for k, v in flat.items() if k.startswith(_AUTOENCODER_FIELDS)}
-
-    changed = configs.differences(mine(saved.get('config', {})), mine(want['config']))
-    if saved.get('total_steps') != want['total_steps']:
-      changed.append(f'total steps: saved {saved.get("total_steps")}, now {want["total_steps"]}')
-    if changed:
-      raise ValueError(
-        f'--config.defence.autoencoder={src!r} trained another autoencoder than this run '
-        f'would ({"; ".join(changed)}): reuse one trained with these settings, or leave '
-        'it empty to train one here'
-      )
-    if step != want['total_steps']:
-      raise checkpoint.CheckpointError(
-        f'--config.defence.autoencoder={src!r} has trained {step} of its '
-        f'{want["total_steps"]} steps: finish it first (run it again), or leave the field '
-        'empty to train one here'
-      )
-    state = other.restore(state)
+    state = other.restore(state, step)
+  src = config.defence.autoencoder
   ckpt.save(step, state, dict(want, autoencoder_from=str(src)))
   logging.info('reusing the autoencoder of %s (step %d)', src, step)
   return state, step

@@ -77,7 +77,6 @@ def run_one(row, suite_cfg, seed: int, root: pathlib.Path) -> dict:
   """Trains (or reuses) and evaluates one row at one seed; its results.json."""
   cfg = row_config(row, suite_cfg, seed)
   tdir, edir = root / 'train', root / 'eval'
-  t0 = time.perf_counter()
   owner = suite_cfg.get('shared_autoencoder', '')
   if owner and owner != row.name and cfg.defence.name == 'autoencoder':
     # The owner row trains (or has trained) the autoencoder this row reuses.
@@ -85,6 +84,7 @@ def run_one(row, suite_cfg, seed: int, root: pathlib.Path) -> dict:
     (owner_row,) = [r for r in suite_cfg.rows if r.name == owner]
     train.train_and_evaluate(row_config(owner_row, suite_cfg, seed), str(shared))
     cfg.defence.autoencoder = str(shared)
+  t0 = time.perf_counter()
   train.train_and_evaluate(cfg, str(tdir))
   train_s = time.perf_counter() - t0
   cfg.mode, cfg.checkpoint = 'eval', str(tdir)
@@ -121,7 +121,9 @@ def _values(kind: str, res: dict) -> dict[str, tuple[float, tuple[int, int] | No
       worst = len(res['robust_images_all'])
       out['robust_accuracy_all'] = (res['robust_accuracy_all'], (worst, fixed))
     targeted = res['attacks'].get('de_targeted')
-    if targeted:  # eval.targeted: Su et al.'s rate, fooled towards >= 1 other class
+    if (
+      targeted and targeted['images']
+    ):  # eval.targeted: Su et al.'s rate, fooled towards >= 1 other class
       ni = targeted['images']
       ki = round(targeted['images_fooled_any_target'] * ni)
       out['targeted_any'] = (targeted['images_fooled_any_target'], (ki, ni))

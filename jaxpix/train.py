@@ -158,6 +158,8 @@ RESUMABLE_CHANGES = (
   'train.eval_every_epoch',
   'train.eval_batch_size',
   'train.allow_changes',
+  # Read only where the run starts (its checkpoint meta keeps autoencoder_from).
+  'defence.autoencoder',
 )
 
 
@@ -221,6 +223,13 @@ def _resume(ckpt, state, config, want: dict, total: int):
   return state, start
 
 
+def _has_checkpoint(directory: pathlib.Path) -> bool:
+  if not directory.is_dir():
+    return False
+  with checkpoint.Checkpointer(directory) as ckpt:
+    return ckpt.latest_step() is not None
+
+
 def metrics_log(path: pathlib.Path, keep_until: int) -> records.JsonlLog:
   """``metrics.jsonl``, cut back to what the restored state had done: lines
   past the restored step (the killed run wrote them, the resumed run writes
@@ -278,6 +287,17 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   k = train.num_classes
   # --- model, optimiser, loss, steps
   name = config.defence.name
+  meta = dict(build.meta(config, k, plan.total), config=configs.flatten(config, RESUMABLE_CHANGES))
+  reuse = ''
+  if name == 'autoencoder' and config.defence.autoencoder:
+    if _has_checkpoint(workdir / 'checkpoints'):
+      logging.warning(
+        "config.defence.autoencoder is ignored: %s already holds this run's own checkpoint",
+        workdir,
+      )
+    else:  # checked before the classifier trains (hours for the larger ones)
+      restore.reusable_autoencoder(config, meta)
+      reuse = config.defence.autoencoder
   classifier = (
     frozen_predict(config, 'classifier', workdir, k, devices) if name == 'autoencoder' else None
   )
@@ -299,10 +319,7 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
     workdir,
   )
   # --- checkpoint: resume where a previous run stopped; the loop
-  meta = dict(build.meta(config, k, plan.total), config=configs.flatten(config, RESUMABLE_CHANGES))
   with checkpoint.Checkpointer(workdir / 'checkpoints', keep=tcfg.keep_checkpoints) as ckpt:
-    fresh = ckpt.latest_step() is None
-    reuse = config.defence.autoencoder if name == 'autoencoder' and fresh else ''
     if reuse:
       state, start = restore.reuse_autoencoder(ckpt, state, config, meta)
     else:
@@ -312,7 +329,8 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
     records.JsonlLog(workdir / 'config_history.jsonl').append(
       [dict(start_step=start, **records.provenance(), config=config.to_dict())]
     )
-    log = metrics_log(workdir / 'metrics.jsonl', keep_until=start)
+    # A copy killed before its save was durable left its line: start afresh.
+    log = metrics_log(workdir / 'metrics.jsonl', keep_until=0 if reuse else start)
     if reuse:
       log.append([dict(step=start, epoch=plan.epoch(start), autoencoder_from=reuse)])
     state, last_eval = _loop(run, state, start, log, ckpt, meta)

@@ -573,8 +573,11 @@ def test_an_autoencoder_is_the_same_before_any_classifier_and_is_reused(shared_d
     return value
 
   assert accuracy(res) == accuracy(_lines(tmp_path / 'b')[-1])
-  # Resumed, it is a finished run (nothing copied or trained again).
+  # Resumed, it is a finished run (nothing copied or trained again), however
+  # the reused run's path is spelled then (the field is read at the start only).
+  c.defence.autoencoder = str(tmp_path / 'b' / '..' / 'a')
   assert accuracy(train.train_and_evaluate(c, str(tmp_path / 'c'))) == accuracy(res)
+  assert len([ln for ln in _lines(tmp_path / 'c') if 'autoencoder_from' in ln]) == 1
   with checkpoint.Checkpointer(tmp_path / 'c' / 'checkpoints') as ckpt:
     assert ckpt.steps() == [12]
   # One trained with other settings is refused, naming what differs.
@@ -587,6 +590,7 @@ def test_an_autoencoder_is_the_same_before_any_classifier_and_is_reused(shared_d
     configs.set_field(d, field, value)
     with pytest.raises(ValueError, match=match):
       train.train_and_evaluate(d, str(tmp_path / f'refused_{value}'))
+    assert not (tmp_path / f'refused_{value}' / 'classifier').exists()  # refused first
   d = config('lenet')
   d.defence.autoencoder = str(tmp_path / 'a' / 'classifier')  # no defence: not an autoencoder
   with pytest.raises(checkpoint.CheckpointError, match="defence 'none', not an autoencoder"):

@@ -66,10 +66,11 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # named one is used as it is).
   c.defence.classifier = ''
   # An autoencoder to reuse instead of training one: the workdir of a finished
-  # autoencoder run with this run's own seed, data, schedule and autoencoder
-  # fields (refused otherwise), whatever its classifier. Its loss is
-  # reconstruction alone and never reaches the classifier, so that is the very
-  # autoencoder this run would train ('' = train it here).
+  # autoencoder run with this run's own seed, data settings, schedule and
+  # autoencoder fields (refused otherwise), whatever its classifier. Its loss
+  # is reconstruction alone and never reaches the classifier, so that is the
+  # autoencoder this run would train, in exact arithmetic ('' = train it here;
+  # read only when the run starts).
   c.defence.autoencoder = ''
   c.defence.ae_width = 32
   c.defence.ae_max_pixels = 3  # training corruptions: 0..3 pixels set to extreme colours
