@@ -1,6 +1,7 @@
 """Paired tests between two evaluations attacked on the same fixed test images.
 
     python docs/paired_tests.py A/results.json B/results.json [--attack de]
+    python docs/paired_tests.py --targeted A/results.json
 
 Prints two exact McNemar tests (``jaxpix.stats.mcnemar``) of row A against
 row B, both over the same images:
@@ -13,7 +14,11 @@ row B, both over the same images:
   "fooled by the attack" (the papers' attack success rate, made paired). It
   isolates the attack's success from the clean accuracy a defence costs.
 
-Both read the evaluations' results.json (written by eval mode, with
+With ``--targeted``, one evaluation run with ``eval.targeted``: over the
+images it attacked towards every other class, Su et al.'s "fooled towards at
+least one class" against the untargeted attack's "fooled", image by image.
+
+All read the evaluations' results.json (written by eval mode, with
 ``eval.image_set='fixed'``); docs/results.md quotes what this prints.
 """
 
@@ -76,12 +81,47 @@ def fooled_given_correct(a: dict, b: dict, fooled_a: set[int], fooled_b: set[int
   )
 
 
+def targeted_vs_untargeted(results: dict, folder: pathlib.Path, attack: str = 'de') -> dict:
+  """Over the images of the targeted attack's log, McNemar on "fooled towards
+  at least one class" (targeted) against "fooled" (untargeted ``attack``)."""
+  by_image: dict[int, bool] = {}
+  for line in (folder / f'attack_{attack}_targeted.jsonl').read_text().splitlines():
+    rec = json.loads(line)
+    if 'index' in rec:
+      by_image[rec['index']] = by_image.get(rec['index'], False) or bool(rec['success'])
+  want = results['attacks'][f'{attack}_targeted']['images']
+  if len(by_image) != want:
+    raise ValueError(f'the targeted log holds {len(by_image)} of {want} images (unfinished)')
+  untargeted = fooled(results, folder / f'attack_{attack}.jsonl')
+  images = sorted(by_image)
+  t = stats.mcnemar([by_image[i] for i in images], [i in untargeted for i in images])
+  return dict(
+    t,
+    images=len(images),
+    targeted=sum(by_image.values()),
+    untargeted=sum(i in untargeted for i in images),
+  )
+
+
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   ap.add_argument('a', type=pathlib.Path, help="row A's results.json")
-  ap.add_argument('b', type=pathlib.Path, help="row B's results.json")
+  ap.add_argument('b', type=pathlib.Path, nargs='?', help="row B's results.json")
   ap.add_argument('--attack', default='de', help='which attack log (attack_<name>.jsonl)')
+  ap.add_argument(
+    '--targeted', action='store_true', help="A's targeted attack against its untargeted one"
+  )
   args = ap.parse_args(argv)
+  if args.targeted:
+    t = targeted_vs_untargeted(json.loads(args.a.read_text()), args.a.parent, args.attack)
+    print(
+      f'over the {t["images"]} images attacked towards every other class: fooled towards '
+      f'at least one {t["targeted"]}, fooled untargeted {t["untargeted"]}; only targeted '
+      f'{t["only_a"]}, only untargeted {t["only_b"]}, p = {t["p"]:.2g}'
+    )
+    return
+  if args.b is None:
+    ap.error('give two results.json (or --targeted and one)')
   a, b = (json.loads(p.read_text()) for p in (args.a, args.b))
   r = robust(a, b)
   print(

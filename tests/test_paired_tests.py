@@ -49,3 +49,18 @@ def test_rows_on_different_image_sets_are_refused():
   drawn = {k: v for k, v in apr.items() if k != 'fixed_images'}
   with pytest.raises(ValueError, match="image_set='fixed'"):
     paired_tests.robust(drawn, apr)
+
+
+def test_targeted_against_untargeted_on_the_same_images(capsys):
+  folder = _DOCS / 'results' / 'table1_paired_targeted' / 'no_defence' / 'seed0' / 'eval'
+  results = json.loads((folder / 'results.json').read_text())
+  t = paired_tests.targeted_vs_untargeted(results, folder)
+  tg = results['attacks']['de_targeted']
+  assert t['images'] == tg['images'] == 100
+  assert t['targeted'] == round(tg['images_fooled_any_target'] * 100) == 21
+  # The first 100 attacked images, as the targeted attack takes them.
+  fooled = paired_tests.fooled(results, folder / 'attack_de.jsonl')
+  assert t['untargeted'] == len(fooled & set(results['images'][:100])) == 21
+  assert (t['only_a'], t['only_b'], t['p']) == (0, 0, 1.0)
+  paired_tests.main(['--targeted', str(folder / 'results.json')])
+  assert 'fooled towards at least one 21, fooled untargeted 21' in capsys.readouterr().out
