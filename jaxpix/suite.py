@@ -120,10 +120,9 @@ def _values(kind: str, res: dict) -> dict[str, tuple[float, tuple[int, int] | No
     if 'robust_accuracy_all' in res:  # and not fooled by the other attacks either
       worst = len(res['robust_images_all'])
       out['robust_accuracy_all'] = (res['robust_accuracy_all'], (worst, fixed))
+    # eval.targeted: Su et al.'s rate, the images fooled towards >= 1 other class
     targeted = res['attacks'].get('de_targeted')
-    if (
-      targeted and targeted['images']
-    ):  # eval.targeted: Su et al.'s rate, fooled towards >= 1 other class
+    if targeted and targeted['images']:
       ni = targeted['images']
       ki = round(targeted['images_fooled_any_target'] * ni)
       out['targeted_any'] = (targeted['images_fooled_any_target'], (ki, ni))
