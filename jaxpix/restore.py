@@ -134,16 +134,15 @@ def reusable_autoencoder(config, want: dict) -> pathlib.Path:
   return directory
 
 
-def reuse_autoencoder(ckpt, state, config, want: dict):
-  """A run that reuses the autoencoder of ``config.defence.autoencoder``
-  (:func:`reusable_autoencoder`) starts from a copy of its final state,
-  saved as this run's checkpoint: nothing is left to train, and eval mode and
-  resuming read it as any checkpoint of this run. Returns (state, step)."""
-  directory = reusable_autoencoder(config, want)
+def reuse_autoencoder(ckpt, state, directory: pathlib.Path, src: str, want: dict):
+  """A run that reuses the autoencoder ``src`` (its checkpoint folder
+  ``directory``, from :func:`reusable_autoencoder`) starts from a copy of its
+  final state, saved as this run's checkpoint: nothing is left to train, and
+  eval mode and resuming read it as any checkpoint of this run.
+  Returns (state, step)."""
   with checkpoint.Checkpointer(directory) as other:
     step = other.latest_step()
     state = other.restore(state, step)
-  src = config.defence.autoencoder
   ckpt.save(step, state, dict(want, autoencoder_from=str(src)))
   logging.info('reusing the autoencoder of %s (step %d)', src, step)
   return state, step

@@ -296,7 +296,7 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
         workdir,
       )
     else:  # checked before the classifier trains (hours for the larger ones)
-      restore.reusable_autoencoder(config, meta)
+      reused = restore.reusable_autoencoder(config, meta)
       reuse = config.defence.autoencoder
   classifier = (
     frozen_predict(config, 'classifier', workdir, k, devices) if name == 'autoencoder' else None
@@ -321,7 +321,7 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   # --- checkpoint: resume where a previous run stopped; the loop
   with checkpoint.Checkpointer(workdir / 'checkpoints', keep=tcfg.keep_checkpoints) as ckpt:
     if reuse:
-      state, start = restore.reuse_autoencoder(ckpt, state, config, meta)
+      state, start = restore.reuse_autoencoder(ckpt, state, reused, reuse, meta)
     else:
       state, start = _resume(ckpt, state, config, meta, plan.total)
     if records.writer():
