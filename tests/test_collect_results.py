@@ -90,3 +90,30 @@ def test_missing_workdir_and_bad_argument_are_clear_errors(tmp_path):
     collect_results.collect(tmp_path / 'absent', tmp_path / 'out')
   with pytest.raises(SystemExit, match='expected WORKDIR:NAME'):
     collect_results.main(['workdir/table1_lenet'])
+
+
+def test_checkpoints_flag_copies_each_runs_latest_step_only(tmp_path, capsys):
+  src = tmp_path / 'suite'
+  train = src / 'apr' / 'seed0' / 'train'
+  _touch(train / 'metrics.jsonl')
+  for step in ('1000', '2000', '2808'):
+    _touch(train / 'checkpoints' / step / 'state' / 'manifest.ocdbt', step)
+    _touch(train / 'checkpoints' / step / '_CHECKPOINT_METADATA', step)
+  _touch(train / 'checkpoints' / '3000.orbax-checkpoint-tmp-1' / 'state' / 'x')  # in flight
+  _touch(src / 'lenet' / 'seed0' / 'train' / 'checkpoints' / '999' / 'state' / 'x', 'lenet')
+
+  bare = tmp_path / 'bare'
+  collect_results.collect(src, bare)
+  assert not [p for p in bare.rglob('*') if 'checkpoints' in p.parts]
+
+  dst = tmp_path / 'docs' / 'suite'
+  collect_results.main(['--checkpoints', f'{src}:{dst}'])
+  got = sorted(str(p.relative_to(dst)) for p in dst.rglob('*') if p.is_file())
+  assert got == [
+    'apr/seed0/train/checkpoints/2808/_CHECKPOINT_METADATA',
+    'apr/seed0/train/checkpoints/2808/state/manifest.ocdbt',
+    'apr/seed0/train/metrics.jsonl',
+    'lenet/seed0/train/checkpoints/999/state/x',
+  ]
+  assert (dst / 'apr/seed0/train/checkpoints/2808/state/manifest.ocdbt').read_text() == '2808'
+  assert '4 files' in capsys.readouterr().out

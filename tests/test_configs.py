@@ -36,6 +36,23 @@ def test_test_variant_keeps_the_model_asked_for():
   assert configs.load('cifar_autoencoder:test,lenet').model.name == 'lenet'
 
 
+def test_cpu_autoencoder_zoo_sizes():
+  # At cpu each zoo model is cut to its CPU width; DenseNet-BC-100 becomes
+  # DenseNet-BC-40 (a full-size run keeps the paper's model).
+  got = {
+    name: (c.model.name, c.model.width)
+    for name in ('lenet', 'densenet_bc100', 'wrn16_8')
+    for c in [configs.load(f'cifar_autoencoder:cpu,{name}')]
+  }
+  assert got == {
+    'lenet': ('lenet', 1.0),
+    'densenet_bc100': ('densenet_bc40', 0.5),
+    'wrn16_8': ('wrn16_8', 0.125),
+  }
+  full = configs.load('cifar_autoencoder:densenet_bc100').model
+  assert (full.name, full.width) == ('densenet_bc100', 1.0)
+
+
 def test_overrides():
   cfg = configs.load('cifar_apr.py:cpu')
   configs.apply_overrides(cfg, 'train.epochs=2, eval.num_images=50,train.lr=1')

@@ -22,6 +22,7 @@ PARAMS = {
   'nin': 968_394,
   'resnet32': 466_714,
   'densenet_bc100': 769_162,
+  'densenet_bc40': 176_122,  # no published count: 6 layers per block, else as BC-100
   'wrn16_8': 10_961_370,
   'resnet50': 25_557_032,
   'vgg19': 143_672_744,
@@ -54,6 +55,7 @@ def test_width_shrinks_the_model():
     'nin',
     'resnet32',
     'densenet_bc100',
+    'densenet_bc40',
     'wrn16_8',
   ],
 )

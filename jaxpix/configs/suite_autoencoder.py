@@ -14,14 +14,22 @@ the bare classifier gets right at DE population 400 x 10 generations. Why:
 the earlier 16-channel, 3-epoch autoencoders cost 14-39 points of clean
 accuracy, the 32-channel one trained 10 epochs cost LeNet 7.8 (docs/results.md,
 pipeline validation accuracy 39.2% -> 47.3%); and the pipeline forwards at
-~900 images/s in front of LeNet (1,600 at 16 channels), so 30 generations on
-300 images would cost about an hour per attack and row, 10 generations ~20
-minutes. Training images/s of the classifiers at these widths, batch 128,
+~620-900 images/s in front of LeNet (1,600 at 16 channels), so 30 generations on
+300 images would cost one to two hours per attack and row, 10 generations
+25-35 minutes. Training images/s of the classifiers at these widths, batch 128,
 measured 2026-11-29 with ``benchmarks/train_throughput.py --models lenet@1
 pure_cnn@0.25 nin@0.25 resnet32@0.5 densenet_bc100@0.25 wrn16_8@0.125``:
 LeNet 2,800, Pure CNN 320, NiN 270, ResNet-32 370, DenseNet-BC100 60,
 WRN-16-8 330; the 32-channel autoencoder trained at ~200 and the 16-channel
-at ~650 (the committed runs' metrics.jsonl).
+at ~650 (the committed runs' metrics.jsonl). Forward images/s at batch 400,
+bare classifier / pipeline with the 32-channel autoencoder (2026-11-30,
+fresh parameters, nothing else running): LeNet 10,200 / 620, Pure CNN
+3,000 / 620, NiN 1,080 / 500, ResNet-32 1,400 / 500, DenseNet-BC-100 at
+width 0.25 220 / 160, WRN-16-8 1,880 / 560. The autoencoder sets the pace of
+every pipeline attack but DenseNet's, whose depth (96 thin layers in
+sequence) would take ~5.5 of the suite's ~11 hours on this CPU; ``cpu``
+runs DenseNet-BC-40 at width 0.5 in its place (530 images/s alone, a
+similar parameter count; ``cifar_autoencoder.CPU_MODEL``).
 
 One autoencoder serves all six rows (``suite.shared_autoencoder``): the
 LeNet row trains it, the others reuse it (``defence.autoencoder``) and train

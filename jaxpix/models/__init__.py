@@ -8,6 +8,8 @@ for CPU runs.
 
 from __future__ import annotations
 
+import functools
+
 from flax import nnx
 
 from jaxpix.models.cnn import CNN6, LeNet, NiN, PureCNN
@@ -33,6 +35,9 @@ REGISTRY = {
   'nin': (NiN, 'cifar10'),
   'resnet32': (PreActResNet32, 'cifar10'),
   'densenet_bc100': (DenseNetBC, 'cifar10'),
+  # The same layout, 6 bottleneck layers per block instead of 16: the 2-core
+  # CPU's stand-in for DenseNet-BC-100 (configs/cifar_autoencoder.py).
+  'densenet_bc40': (functools.partial(DenseNetBC, depth=40), 'cifar10'),
   'wrn16_8': (WideResNet16_8, 'cifar10'),
   'resnet50': (ResNet50, 'imagenet'),
   'vgg19': (VGG19, 'imagenet'),
