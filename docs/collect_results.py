@@ -81,6 +81,8 @@ def collect(src: pathlib.Path, dst: pathlib.Path, checkpoints: bool = False) -> 
         shutil.copyfile(src / rel, out)
         if out.suffix == '.json' and 'checkpoints' not in rel.parts:  # orbax's own files
           make_portable(out)
+        if out.name == 'commit_success.txt':  # orbax's note of where it saved
+          out.write_text(out.read_text().replace(f'{records.REPO}{os.sep}', ''))
         n += 1
   return n
 

@@ -100,6 +100,8 @@ def test_checkpoints_flag_copies_each_runs_latest_step_only(tmp_path, capsys):
     _touch(train / 'checkpoints' / step / 'state' / 'manifest.ocdbt', step)
     _touch(train / 'checkpoints' / step / '_CHECKPOINT_METADATA', step)
   _touch(train / 'checkpoints' / '3000.orbax-checkpoint-tmp-1' / 'state' / 'x')  # in flight
+  repo = collect_results.records.REPO
+  _touch(train / 'checkpoints' / '2808' / 'commit_success.txt', f'saved to {repo}/w/2808')
   _touch(src / 'lenet' / 'seed0' / 'train' / 'checkpoints' / '999' / 'state' / 'x', 'lenet')
 
   bare = tmp_path / 'bare'
@@ -111,9 +113,13 @@ def test_checkpoints_flag_copies_each_runs_latest_step_only(tmp_path, capsys):
   got = sorted(str(p.relative_to(dst)) for p in dst.rglob('*') if p.is_file())
   assert got == [
     'apr/seed0/train/checkpoints/2808/_CHECKPOINT_METADATA',
+    'apr/seed0/train/checkpoints/2808/commit_success.txt',
     'apr/seed0/train/checkpoints/2808/state/manifest.ocdbt',
     'apr/seed0/train/metrics.jsonl',
     'lenet/seed0/train/checkpoints/999/state/x',
   ]
   assert (dst / 'apr/seed0/train/checkpoints/2808/state/manifest.ocdbt').read_text() == '2808'
-  assert '4 files' in capsys.readouterr().out
+  assert (dst / 'apr/seed0/train/checkpoints/2808/commit_success.txt').read_text() == (
+    'saved to w/2808'
+  )
+  assert '5 files' in capsys.readouterr().out
