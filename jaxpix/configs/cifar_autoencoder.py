@@ -36,7 +36,7 @@ CPU_WIDTH = dict(
 # against 53,187 for BC-100 at width 0.25 (growth 3), and 527 images/s
 # forward at batch 400 against 219 (measured 2026-11-30 on the 2-core CPU,
 # fresh parameters). At BC-100's depth the CPU spends its time on 96 thin
-# sequential layers: its training (~60 images/s) and the two attacks of the
+# convolutions in sequence (48 bottleneck layers): its training (~60 images/s) and the two attacks of the
 # autoencoder suite would take ~5.5 of the suite's ~11 hours.
 CPU_MODEL = dict(densenet_bc100='densenet_bc40')
 
@@ -53,7 +53,6 @@ def get_config(arg=None):
     c.model.width = CPU_WIDTH[c.model.name] if 'cpu' in variants else 1.0
     if 'cpu' in variants:
       c.model.name = CPU_MODEL.get(c.model.name, c.model.name)
-    if 'cpu' in variants:
       c.defence.ae_width = 16
   if 'test' in variants:
     c.defence.ae_width = 8

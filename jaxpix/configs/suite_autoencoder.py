@@ -26,8 +26,8 @@ bare classifier / pipeline with the 32-channel autoencoder (2026-11-30,
 fresh parameters, nothing else running): LeNet 10,200 / 620, Pure CNN
 3,000 / 620, NiN 1,080 / 500, ResNet-32 1,400 / 500, DenseNet-BC-100 at
 width 0.25 220 / 160, WRN-16-8 1,880 / 560. The autoencoder sets the pace of
-every pipeline attack but DenseNet's, whose depth (96 thin layers in
-sequence) would take ~5.5 of the suite's ~11 hours on this CPU; ``cpu``
+every pipeline attack but DenseNet's, whose depth (96 thin convolutions
+in sequence) would take ~5.5 of the suite's ~11 hours on this CPU; ``cpu``
 runs DenseNet-BC-40 at width 0.5 in its place (530 images/s alone, a
 similar parameter count; ``cifar_autoencoder.CPU_MODEL``).
 
