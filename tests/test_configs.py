@@ -1,5 +1,7 @@
 """The configs in the package: loading by name or path, variants, overrides."""
 
+import json
+
 import pytest
 
 from jaxpix import build, configs
@@ -93,3 +95,25 @@ def test_a_field_added_since_is_no_change_at_its_old_behaviour():
   assert configs.differences(saved, {'model.name': 'lenet', 'model.width': 1.0}) == [
     "model.width: saved '(absent)', now 1.0"
   ]
+
+
+def test_inference_benchmark_reads_a_configs_overrides():
+  from benchmarks import inference_time
+
+  cfg = inference_time.load('cifar_autoencoder.py:cpu,lenet defence.ae_width=32,model.width=0.5')
+  assert (cfg.model.name, cfg.model.width, cfg.defence.ae_width) == ('lenet', 0.5, 32)
+  with pytest.raises(ValueError, match='defence.ae_widht'):
+    inference_time.load('cifar_autoencoder.py:cpu defence.ae_widht=32')
+
+
+@pytest.mark.slow
+def test_inference_benchmark_times_an_autoencoders_bare_classifier(capsys):
+  from benchmarks import inference_time
+
+  inference_time.main(
+    ['--batch', '4', '--reps', '1', '--configs', 'cifar_baseline.py:test', 'cifar_autoencoder.py:test']
+  )
+  rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+  assert [r['defence'] for r in rows] == ['none', 'autoencoder']
+  assert rows[0]['relative'] == 1.0 and 'classifier_images_per_s' not in rows[0]
+  assert rows[1]['ae_width'] == 8 and rows[1]['classifier_images_per_s'] > 0
