@@ -17,6 +17,10 @@ def _touch(path: pathlib.Path, text: str = 'x') -> None:
   path.write_text(text)
 
 
+def _files(root: pathlib.Path) -> list[str]:
+  return sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.is_file())
+
+
 def test_copies_results_logs_and_figures_follows_links_skips_checkpoints(tmp_path):
   other = tmp_path / 'other_suite' / 'apr' / 'seed0'
   _touch(other / 'eval' / 'results.json', '{"reused": true}')
@@ -40,7 +44,7 @@ def test_copies_results_logs_and_figures_follows_links_skips_checkpoints(tmp_pat
   dst = tmp_path / 'docs' / 'suite'
   n = collect_results.collect(src, dst)
 
-  got = sorted(str(p.relative_to(dst)) for p in dst.rglob('*') if p.is_file())
+  got = _files(dst)
   assert got == [
     'apr/seed0/eval/results.json',
     'asr_vs_budget.png',
@@ -110,7 +114,7 @@ def test_checkpoints_flag_copies_each_runs_latest_step_only(tmp_path, capsys):
 
   dst = tmp_path / 'docs' / 'suite'
   collect_results.main(['--checkpoints', f'{src}:{dst}'])
-  got = sorted(str(p.relative_to(dst)) for p in dst.rglob('*') if p.is_file())
+  got = _files(dst)
   assert got == [
     'apr/seed0/train/checkpoints/2808/_CHECKPOINT_METADATA',
     'apr/seed0/train/checkpoints/2808/commit_success.txt',
