@@ -1,7 +1,7 @@
 """Paired tests between two evaluations attacked on the same fixed test images.
 
     python docs/paired_tests.py A/results.json B/results.json [--attack de]
-    python docs/paired_tests.py --targeted A/results.json
+    python docs/paired_tests.py --targeted A/results.json [B/results.json]
 
 Prints two exact McNemar tests (``jaxpix.stats.mcnemar``) of row A against
 row B, both over the same images:
@@ -16,7 +16,9 @@ row B, both over the same images:
 
 With ``--targeted``, one evaluation run with ``eval.targeted``: over the
 images it attacked towards every other class, Su et al.'s "fooled towards at
-least one class" against the untargeted attack's "fooled", image by image.
+least one class" against the untargeted attack's "fooled", image by image;
+with two, that rate of row A against row B over the images both targeted
+attacks covered.
 
 All read the evaluations' results.json (written by eval mode, with
 ``eval.image_set='fixed'``); docs/results.md quotes what this prints.
@@ -81,9 +83,9 @@ def fooled_given_correct(a: dict, b: dict, fooled_a: set[int], fooled_b: set[int
   )
 
 
-def targeted_vs_untargeted(results: dict, folder: pathlib.Path, attack: str = 'de') -> dict:
-  """Over the images of the targeted attack's log, McNemar on "fooled towards
-  at least one class" (targeted) against "fooled" (untargeted ``attack``)."""
+def fooled_any_target(results: dict, folder: pathlib.Path, attack: str = 'de') -> dict[int, bool]:
+  """Test-set index -> fooled towards at least one class, over the images of
+  the targeted attack's log (every (image, target) pair finished)."""
   by_image: dict[int, bool] = {}
   for line in (folder / f'attack_{attack}_targeted.jsonl').read_text().splitlines():
     rec = json.loads(line)
@@ -92,6 +94,13 @@ def targeted_vs_untargeted(results: dict, folder: pathlib.Path, attack: str = 'd
   want = results['attacks'][f'{attack}_targeted']['images']
   if len(by_image) != want:
     raise ValueError(f'the targeted log holds {len(by_image)} of {want} images (unfinished)')
+  return by_image
+
+
+def targeted_vs_untargeted(results: dict, folder: pathlib.Path, attack: str = 'de') -> dict:
+  """Over the images of the targeted attack's log, McNemar on "fooled towards
+  at least one class" (targeted) against "fooled" (untargeted ``attack``)."""
+  by_image = fooled_any_target(results, folder, attack)
   untargeted = fooled(results, folder / f'attack_{attack}.jsonl')
   images = sorted(by_image)
   t = stats.mcnemar([by_image[i] for i in images], [i in untargeted for i in images])
@@ -103,15 +112,38 @@ def targeted_vs_untargeted(results: dict, folder: pathlib.Path, attack: str = 'd
   )
 
 
+def targeted_pair(a: dict, b: dict, folder_a: pathlib.Path, folder_b: pathlib.Path,
+                  attack: str = 'de') -> dict:
+  """McNemar on "fooled towards at least one class", row A against row B, over
+  the images both targeted attacks covered (each row takes the first images
+  of the fixed set *it* classifies correctly, so the sets overlap, mostly)."""
+  _fixed(a, b)
+  ta, tb = fooled_any_target(a, folder_a, attack), fooled_any_target(b, folder_b, attack)
+  both = sorted(set(ta) & set(tb))
+  t = stats.mcnemar([ta[i] for i in both], [tb[i] for i in both])
+  return dict(
+    t, both=len(both), fooled_a=sum(ta[i] for i in both), fooled_b=sum(tb[i] for i in both)
+  )
+
+
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   ap.add_argument('a', type=pathlib.Path, help="row A's results.json")
   ap.add_argument('b', type=pathlib.Path, nargs='?', help="row B's results.json")
   ap.add_argument('--attack', default='de', help='which attack log (attack_<name>.jsonl)')
   ap.add_argument(
-    '--targeted', action='store_true', help="A's targeted attack against its untargeted one"
+    '--targeted', action='store_true', help="A's targeted attack against its untargeted one (or B's targeted attack)"
   )
   args = ap.parse_args(argv)
+  if args.targeted and args.b is not None:
+    a, b = (json.loads(p.read_text()) for p in (args.a, args.b))
+    t = targeted_pair(a, b, args.a.parent, args.b.parent, args.attack)
+    print(
+      f'fooled towards at least one class, over the {t["both"]} images both targeted '
+      f'attacks covered: A {t["fooled_a"]}, B {t["fooled_b"]}; only A {t["only_a"]}, '
+      f'only B {t["only_b"]}, p = {t["p"]:.2g}'
+    )
+    return
   if args.targeted:
     t = targeted_vs_untargeted(json.loads(args.a.read_text()), args.a.parent, args.attack)
     print(

@@ -64,3 +64,17 @@ def test_targeted_against_untargeted_on_the_same_images(capsys):
   assert (t['only_a'], t['only_b'], t['p']) == (0, 0, 1.0)
   paired_tests.main(['--targeted', str(folder / 'results.json')])
   assert 'fooled towards at least one 21, fooled untargeted 21' in capsys.readouterr().out
+
+
+def test_targeted_rate_of_two_rows_over_the_images_both_covered(capsys):
+  root = _DOCS / 'results' / 'table1_paired_targeted'
+  folders = [root / row / 'seed0' / 'eval' for row in ('no_defence', 'apr')]
+  nd, apr = (json.loads((f / 'results.json').read_text()) for f in folders)
+  t = paired_tests.targeted_pair(nd, apr, *folders)
+  # Each row's first 100 correctly classified fixed images; 94 are in both.
+  assert t['both'] == len(set(nd['images'][:100]) & set(apr['images'][:100])) == 94
+  assert (t['fooled_a'], t['fooled_b']) == (17, 6)
+  assert t['fooled_a'] - t['fooled_b'] == t['only_a'] - t['only_b'] == 11
+  assert t['p'] < 0.05
+  paired_tests.main(['--targeted', *(str(f / 'results.json') for f in folders)])
+  assert 'covered: A 17, B 6; only A 15, only B 4, p = 0.019' in capsys.readouterr().out

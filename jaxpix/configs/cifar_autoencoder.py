@@ -33,10 +33,11 @@ CPU_WIDTH = dict(
 )
 # ``cpu`` runs DenseNet-BC-100 as DenseNet-BC-40 (same blocks, 6 bottleneck
 # layers each instead of 16) at width 0.5 (growth rate 6): 45,802 parameters
-# against 53,187 for BC-100 at width 0.25 (growth 3), and 527 images/s
-# forward at batch 400 against 219 (measured 2026-11-30 on the 2-core CPU,
-# fresh parameters). At BC-100's depth the CPU spends its time on 96 thin
-# convolutions in sequence (48 bottleneck layers): its training (~60 images/s) and the two attacks of the
+# against 53,187 for BC-100 at width 0.25 (growth 3), and 405-483 images/s
+# forward at batch 400 against 210-220 (three runs of benchmarks/inference_time.py
+# on the 2-core CPU, 2026-11-30: benchmarks/README.md). At BC-100's depth the
+# CPU spends its time on 96 thin convolutions in sequence (48 bottleneck
+# layers): its training (~60 images/s) and the two attacks of the
 # autoencoder suite would take ~5.5 of the suite's ~11 hours.
 CPU_MODEL = dict(densenet_bc100='densenet_bc40')
 

@@ -23,12 +23,13 @@ LeNet 2,800, Pure CNN 320, NiN 270, ResNet-32 370, DenseNet-BC100 60,
 WRN-16-8 330; the 32-channel autoencoder trained at ~200 and the 16-channel
 at ~650 (the committed runs' metrics.jsonl). Forward images/s at batch 400,
 bare classifier / pipeline with the 32-channel autoencoder (2026-11-30,
-fresh parameters, nothing else running): LeNet 10,200 / 620, Pure CNN
-3,000 / 620, NiN 1,080 / 500, ResNet-32 1,400 / 500, DenseNet-BC-100 at
-width 0.25 220 / 160, WRN-16-8 1,880 / 560. The autoencoder sets the pace of
-every pipeline attack but DenseNet's, whose depth (96 thin convolutions
-in sequence) would take ~5.5 of the suite's ~11 hours on this CPU; ``cpu``
-runs DenseNet-BC-40 at width 0.5 in its place (530 images/s alone, a
+``benchmarks/inference_time.py``, command and table in benchmarks/README.md):
+LeNet 7,537 / 848, Pure CNN 3,076 / 735, NiN 1,157 / 551, ResNet-32
+1,466 / 547, DenseNet-BC-100 at width 0.25 219 / 177, WRN-16-8 1,662 / 528.
+The autoencoder sets the pace of every pipeline attack but DenseNet's, whose
+depth (96 thin convolutions in sequence) would take ~5.5 of the suite's ~11
+hours on this CPU; ``cpu`` runs DenseNet-BC-40 at width 0.5 in its place
+(405 / 270 images/s in the same run, 440-483 alone in two more; a
 similar parameter count; ``cifar_autoencoder.CPU_MODEL``).
 
 One autoencoder serves all six rows (``suite.shared_autoencoder``): the
