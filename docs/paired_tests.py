@@ -112,8 +112,9 @@ def targeted_vs_untargeted(results: dict, folder: pathlib.Path, attack: str = 'd
   )
 
 
-def targeted_pair(a: dict, b: dict, folder_a: pathlib.Path, folder_b: pathlib.Path,
-                  attack: str = 'de') -> dict:
+def targeted_pair(
+  a: dict, b: dict, folder_a: pathlib.Path, folder_b: pathlib.Path, attack: str = 'de'
+) -> dict:
   """McNemar on "fooled towards at least one class", row A against row B, over
   the images both targeted attacks covered (each row takes the first images
   of the fixed set *it* classifies correctly, so the sets overlap, mostly)."""
@@ -132,7 +133,9 @@ def main(argv=None) -> None:
   ap.add_argument('b', type=pathlib.Path, nargs='?', help="row B's results.json")
   ap.add_argument('--attack', default='de', help='which attack log (attack_<name>.jsonl)')
   ap.add_argument(
-    '--targeted', action='store_true', help="A's targeted attack against its untargeted one (or B's targeted attack)"
+    '--targeted',
+    action='store_true',
+    help="A's targeted attack against its untargeted one (or B's targeted attack)",
   )
   args = ap.parse_args(argv)
   if args.targeted and args.b is not None:

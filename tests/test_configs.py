@@ -111,7 +111,15 @@ def test_inference_benchmark_times_an_autoencoders_bare_classifier(capsys):
   from benchmarks import inference_time
 
   inference_time.main(
-    ['--batch', '4', '--reps', '1', '--configs', 'cifar_baseline.py:test', 'cifar_autoencoder.py:test']
+    [
+      '--batch',
+      '4',
+      '--reps',
+      '1',
+      '--configs',
+      'cifar_baseline.py:test',
+      'cifar_autoencoder.py:test',
+    ]
   )
   rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
   assert [r['defence'] for r in rows] == ['none', 'autoencoder']
