@@ -110,17 +110,8 @@ def test_inference_benchmark_reads_a_configs_overrides():
 def test_inference_benchmark_times_an_autoencoders_bare_classifier(capsys):
   from benchmarks import inference_time
 
-  inference_time.main(
-    [
-      '--batch',
-      '4',
-      '--reps',
-      '1',
-      '--configs',
-      'cifar_baseline.py:test',
-      'cifar_autoencoder.py:test',
-    ]
-  )
+  argv = '--batch 4 --reps 1 --configs cifar_baseline.py:test cifar_autoencoder.py:test'
+  inference_time.main(argv.split())
   rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
   assert [r['defence'] for r in rows] == ['none', 'autoencoder']
   assert rows[0]['relative'] == 1.0 and 'classifier_images_per_s' not in rows[0]
