@@ -1,6 +1,7 @@
 """Paired tests between two evaluations attacked on the same fixed test images.
 
     python docs/paired_tests.py A/results.json B/results.json [--attack de]
+    python docs/paired_tests.py A/results.json B/results.json --budget-a 12400
     python docs/paired_tests.py --targeted A/results.json [B/results.json]
 
 Prints two exact McNemar tests (``jaxpix.stats.mcnemar``) of row A against
@@ -13,6 +14,12 @@ row B, both over the same images:
 - **fooled given correct**: over the images *both* rows classify correctly,
   "fooled by the attack" (the papers' attack success rate, made paired). It
   isolates the attack's success from the clean accuracy a defence costs.
+
+With ``--budget-a N`` (or ``--budget-b N``), row A (B) counts an image as
+fooled only where its log records the success within N model evaluations:
+the outcome of a smaller budget read off the same run (DE at population P
+and G generations spends at most P * (G + 1)), so one 400 x 100 run can be
+tested against itself at 400 x 30 (A and B the same file).
 
 With ``--targeted``, one evaluation run with ``eval.targeted``: over the
 images it attacked towards every other class, Su et al.'s "fooled towards at
@@ -57,17 +64,31 @@ def robust(a: dict, b: dict) -> dict:
   return suite.paired_tests({'A': [a], 'B': [b]}, ['B'])['A']['B'][0]
 
 
-def fooled(results: dict, log: pathlib.Path) -> set[int]:
-  """Test-set indices the attack fooled, from its per-image log."""
+def fooled(results: dict, log: pathlib.Path, budget: int | None = None) -> set[int]:
+  """Test-set indices the attack fooled, from its per-image log; with
+  ``budget``, only those fooled within that many model evaluations."""
   out = {}
   for line in log.read_text().splitlines():
     rec = json.loads(line)
     if 'index' in rec:
-      out[rec['index']] = bool(rec['success'])
+      out[rec['index']] = bool(rec['success']) and (budget is None or rec['queries'] <= budget)
   missing = set(results['images']) - set(out)
   if missing:
     raise ValueError(f'{log} lacks {len(missing)} attacked images (the run did not finish)')
   return {i for i, s in out.items() if s}
+
+
+def at_budget(results: dict, log: pathlib.Path, budget: int) -> dict:
+  """``results`` with its robust images re-derived for an attack stopped at
+  ``budget`` model evaluations: correct and not fooled within the budget."""
+  max_budget = results['attacks'][log.stem.removeprefix('attack_')]['max_budget']
+  if budget > max_budget:
+    raise ValueError(
+      f'budget {budget} exceeds the {max_budget} evaluations the run spent per image: '
+      'a log cannot tell what a larger budget would have fooled'
+    )
+  hit = fooled(results, log, budget)
+  return dict(results, robust_images=sorted(set(results['images']) - hit))
 
 
 def fooled_given_correct(a: dict, b: dict, fooled_a: set[int], fooled_b: set[int]) -> dict:
@@ -132,6 +153,12 @@ def main(argv=None) -> None:
   ap.add_argument('a', type=pathlib.Path, help="row A's results.json")
   ap.add_argument('b', type=pathlib.Path, nargs='?', help="row B's results.json")
   ap.add_argument('--attack', default='de', help='which attack log (attack_<name>.jsonl)')
+  for side in 'ab':
+    ap.add_argument(
+      f'--budget-{side}',
+      type=int,
+      help=f'row {side.upper()}: count only successes within this many evaluations',
+    )
   ap.add_argument(
     '--targeted',
     action='store_true',
@@ -158,13 +185,18 @@ def main(argv=None) -> None:
   if args.b is None:
     ap.error('give two results.json (or --targeted and one)')
   a, b = (json.loads(p.read_text()) for p in (args.a, args.b))
+  log_a = args.a.parent / f'attack_{args.attack}.jsonl'
+  log_b = args.b.parent / f'attack_{args.attack}.jsonl'
+  if args.budget_a:
+    a = at_budget(a, log_a, args.budget_a)
+  if args.budget_b:
+    b = at_budget(b, log_b, args.budget_b)
   r = robust(a, b)
   print(
     f'robust over {len(a["fixed_images"])} fixed images: A {len(a["robust_images"])}, '
     f'B {len(b["robust_images"])}; only A {r["only_a"]}, only B {r["only_b"]}, p = {r["p"]:.2g}'
   )
-  fa = fooled(a, args.a.parent / f'attack_{args.attack}.jsonl')
-  fb = fooled(b, args.b.parent / f'attack_{args.attack}.jsonl')
+  fa, fb = fooled(a, log_a, args.budget_a), fooled(b, log_b, args.budget_b)
   c = fooled_given_correct(a, b, fa, fb)
   n = c['both']
   print(

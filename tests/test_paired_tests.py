@@ -78,3 +78,20 @@ def test_targeted_rate_of_two_rows_over_the_images_both_covered(capsys):
   assert t['p'] < 0.05
   paired_tests.main(['--targeted', *(str(f / 'results.json') for f in folders)])
   assert 'covered: A 17, B 6; only A 15, only B 4, p = 0.019' in capsys.readouterr().out
+
+
+def test_a_smaller_budget_read_off_the_log_matches_the_runs_curve(capsys):
+  apr, log = _load('apr')
+  de = apr['attacks']['de']
+  assert paired_tests.at_budget(apr, log, de['max_budget'])['robust_images'] == apr['robust_images']
+  curve = dict(zip(de['curve']['budget'], de['curve']['asr'], strict=True))
+  first = paired_tests.at_budget(apr, log, 400)
+  fooled_400 = len(apr['images']) - len(first['robust_images'])
+  assert fooled_400 == round(curve[400] * de['attacks']) < 70
+  # The run against itself stopped after its first generation: only B's robust images grow.
+  path = str(log.parent / 'results.json')
+  paired_tests.main([path, path, '--budget-b', '400'])
+  out = capsys.readouterr().out
+  assert f'only A 0, only B {70 - fooled_400}' in out
+  with pytest.raises(ValueError, match='exceeds the 12400 evaluations'):
+    paired_tests.at_budget(apr, log, 12800)
