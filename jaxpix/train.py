@@ -11,6 +11,7 @@ what an uninterrupted one would have done.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pathlib
 import time
@@ -325,7 +326,9 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
     else:
       state, start = _resume(ckpt, state, config, meta, plan.total)
     if records.writer():
-      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+      # Paths under the repository's parent recorded relative to the repository,
+      # so that a committed run folder names no machine's layout.
+      records.write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
     records.JsonlLog(workdir / 'config_history.jsonl').append(
       [dict(start_step=start, **records.provenance(), config=config.to_dict())]
     )

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpix import build, checkpoint, configs, evaluation, train
+from jaxpix import build, checkpoint, configs, evaluation, records, train
 from jaxpix.configs import cifar_baseline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -51,7 +51,10 @@ def test_train_end_to_end(shared_data, tmp_path):
   assert any(ln.get('step') == 8 and 'test_accuracy' in ln for ln in lines)
   assert lines[-2]['loss'] < lines[0]['loss']  # it learns something in 12 steps
   assert all(ln['images_per_s'] > 0 for ln in lines if 'loss' in ln)
-  assert json.loads((tmp_path / 'config.json').read_text())['model']['name'] == 'cnn6'
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['model']['name'] == 'cnn6'
+  # The data folder beside the repository is recorded relative to it (../shared/data/...).
+  assert saved['data']['dir'] == records.portable(cfg.data.dir)
   ckpt = checkpoint.Checkpointer(tmp_path / 'checkpoints', keep=3)
   assert ckpt.steps() == [4, 8, 12]
   meta = ckpt.meta()
