@@ -62,7 +62,9 @@ def attention_maps(
   max_classes: int = 10,
 ) -> pathlib.Path:
   """One image per class (the first of each) above its attention map A(x)
-  (mean over channels), as in the APR paper's section V.F.
+  (mean over channels), as in the APR paper's section V.F: once on the
+  common 0-1 scale, once stretched to the map's own range (printed under
+  it), where a map that barely varies still shows what it picks out.
 
   Args:
     model: an :class:`jaxpix.defences.Attended` (has ``attention_map``).
@@ -78,18 +80,53 @@ def attention_maps(
   first = np.array([np.flatnonzero(labels == c)[0] for c in classes])
   amap = np.asarray(jax.jit(model.attention_map)(images[first])).mean(-1)  # [K, H, W]
   plt = _pyplot()
-  fig, ax = plt.subplots(2, len(classes), figsize=(1.6 * len(classes), 3.6), squeeze=False)
+  fig, ax = plt.subplots(3, len(classes), figsize=(1.6 * len(classes), 5.2), squeeze=False)
   for j, (title, i) in enumerate(zip(titles, first, strict=True)):
     ax[0, j].imshow(images[i])
     ax[0, j].set_title(title, fontsize=8)
     im = ax[1, j].imshow(amap[j], cmap='viridis', vmin=0, vmax=1)
+    lo, hi = float(amap[j].min()), float(amap[j].max())
+    ax[2, j].imshow(amap[j], cmap='viridis', vmin=lo, vmax=hi + 1e-6)
+    ax[2, j].text(
+      0.5,
+      -0.12,
+      f'{lo:.2f}-{hi:.2f}',
+      transform=ax[2, j].transAxes,
+      ha='center',
+      va='top',
+      fontsize=7,
+    )
     for a in ax[:, j]:
       a.axis('off')
   fig.colorbar(im, ax=ax[1, :].tolist(), fraction=0.02, label='A(x)')
+  fig.text(0.11, 0.2, 'own range', rotation=90, va='center', fontsize=8)
   path = pathlib.Path(path)
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def attention_summary(model, images: np.ndarray, batch: int = 250) -> dict:
+  """How much the attention map A(x) (mean over channels) varies, over
+  ``images`` (float [N, H, W, 3] in [0, 1]): its mean and extremes, and the
+  median over images of each map's standard deviation and of its 1st-99th
+  percentile span. A map near one value everywhere weighs every pixel alike;
+  the paper's section V.F shows maps that single out the object.
+  """
+  fn = jax.jit(model.attention_map)
+  amap = np.concatenate(
+    [np.asarray(fn(images[i : i + batch])).mean(-1) for i in range(0, len(images), batch)]
+  )
+  per = amap.reshape(len(amap), -1)
+  lo, hi = np.percentile(per, [1, 99], axis=1)
+  return dict(
+    images=len(per),
+    mean=float(per.mean()),
+    min=float(per.min()),
+    max=float(per.max()),
+    median_std=float(np.median(per.std(1))),
+    median_span_1_99=float(np.median(hi - lo)),
+  )
 
 
 def adversarial_gallery(

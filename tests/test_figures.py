@@ -110,3 +110,39 @@ def test_gallery_with_the_imagenet_sample_names(tmp_path, titles, shared_data):
     'hammerhead',
     'great_white_shark',
   ]
+
+
+def test_attention_summary_measures_how_much_each_map_varies():
+  x = np.zeros((4, 10, 10, 3), np.float32)
+  x[:2] = 0.5  # flat maps
+  x[2:, :5] = 0.2  # maps with two values, half each: std 0.3, span 0.6
+  x[2:, 5:] = 0.8
+  s = figures.attention_summary(_Attention(), x, batch=3)
+  assert s['images'] == 4 and s['min'] == pytest.approx(0.2) and s['max'] == pytest.approx(0.8)
+  assert s['mean'] == pytest.approx(0.5)
+  assert s['median_std'] == pytest.approx(0.15)  # median of 0, 0, 0.3, 0.3
+  assert s['median_span_1_99'] == pytest.approx(0.3)  # median of 0, 0, 0.6, 0.6
+
+
+@pytest.mark.slow
+def test_attention_maps_script_on_the_committed_apr_checkpoint(shared_data, tmp_path, capsys):
+  """docs/attention_maps.py: the numbers docs/results.md quotes for the
+  operating-point APR model (its first 500 test images)."""
+  import importlib.util
+  import json
+  import pathlib
+
+  del shared_data
+  docs = pathlib.Path(__file__).resolve().parents[1] / 'docs'
+  spec = importlib.util.spec_from_file_location('attention_maps', docs / 'attention_maps.py')
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  ckpt = docs / 'results' / 'table1_paired_targeted' / 'apr' / 'seed0' / 'train'
+  s = script.main([str(ckpt), '--out', str(tmp_path / 'att.png')])
+  assert json.loads(capsys.readouterr().out) == s
+  assert (tmp_path / 'att.png').stat().st_size > 1000
+  # Nearly flat maps: about 0.55 everywhere, each varying by under 0.1.
+  assert s['images'] == 500 and 0.5 < s['mean'] < 0.6
+  assert s['median_std'] < 0.03 and s['median_span_1_99'] < 0.1
+  with pytest.raises(SystemExit):
+    script.main([str(ckpt), '--config', 'cifar_baseline:cpu'])
