@@ -8,8 +8,8 @@ The classifier is ``config.model`` trained with no defence, loaded from
 ``config.defence.classifier`` or, if that is empty, trained first into
 <workdir>/classifier; it is never changed (a named classifier is loaded as
 it is, so this run's train settings train only the autoencoder). The
-autoencoder learns to map clean images and images with 1-3 pixels set to
-extreme colours back to the clean image (mean squared error), and the
+autoencoder learns to map clean images and images with 0-3 pixels set to
+extreme colours (a quarter stay clean) back to the clean image (mean squared error), and the
 defended model is classifier(AE(x)).
 Variants: cpu, test (as configs/cifar_baseline.py), and a zoo model for the
 classifier: lenet, pure_cnn, nin, resnet32, densenet_bc100, wrn16_8. The zoo

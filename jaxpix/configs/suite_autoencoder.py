@@ -7,10 +7,13 @@ and the attack on the bare classifier, on the pipeline, and transferred.
         --config.suite.only='LeNet,NiN,ResNet' --workdir workdir/ae_cpu
 
 Variants: cpu, test; none = full size. At ``cpu`` every row trains its
-classifier and then its autoencoder on the ``:cpu`` schedule (8 epochs each),
-with the config's default 32-channel autoencoder rather than the 16 channels
-``cifar_autoencoder.py:cpu,<model>`` uses alone, and attacks 300 test images
-the bare classifier gets right at DE population 400 x 10 generations. Why:
+classifier on the ``:cpu`` schedule (8 epochs), the LeNet row also trains
+the one autoencoder all six share (8 epochs; below), with the config's
+default 32 channels rather than the 16 ``cifar_autoencoder.py:cpu,<model>``
+uses alone, and every row attacks 300 test images its bare classifier gets
+right at DE population 400 x 10 generations. The "DenseNet" row is
+DenseNet-BC-40 at width 0.5 at ``cpu`` (below), beside the paper's
+DenseNet-BC-100 numbers. Why:
 the earlier 16-channel, 3-epoch autoencoders cost 14-39 points of clean
 accuracy, the 32-channel one trained 10 epochs cost LeNet 7.8 (docs/results.md,
 pipeline validation accuracy 39.2% -> 47.3%); and the pipeline forwards at
