@@ -201,14 +201,18 @@ def suite_markdown(res: dict, kind: str) -> str:
         )
   lines += [
     '',
-    '| Row | config | seeds | attacked images per seed | train images/s | workdir |',
-    '|---|---|---|---|---|---|',
+    '| Row | config | model (width) | seeds | attacked images per seed | train images/s | workdir |',
+    '|---|---|---|---|---|---|---|',
   ]
   for name, r in rows.items():
     per = r['per_seed']
     rate = [p.get('train_images_per_s') for p in per]
+    # The model a row ran, as its config resolved it (a `:cpu` variant may
+    # swap one: the autoencoder suite's "DenseNet" is DenseNet-BC-40 there).
+    model = per[0]['config']['model']
     lines.append(
-      f'| {name} | `{r["spec"]}` | {[p["seed"] for p in per]} | '
+      f'| {name} | `{r["spec"]}` | {model["name"]} ({model["width"]:g}) | '
+      f'{[p["seed"] for p in per]} | '
       f'{[p["num_images"] for p in per]} | '
       f'{", ".join("n/a" if x is None else f"{x:.0f}" for x in rate)} | '
       f'`{r["workdirs"][0]}` |'

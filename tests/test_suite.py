@@ -120,6 +120,7 @@ def test_one_seed_autoencoder_suite_uses_wilson_and_reads_back(shared_data, tmp_
   md = (tmp_path / 'results.md').read_text()
   assert f'| LeNet | {stats.fmt_percent(row["summary"]["asr_no_defence"])} | 61.20% |' in md
   assert res['rows']['LeNet']['spec'] == 'cifar_autoencoder:lenet'
+  assert '| LeNet | `cifar_autoencoder:lenet` | lenet (1) | [0] | [8] |' in md  # the model run
 
 
 @pytest.mark.slow
