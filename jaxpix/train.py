@@ -325,9 +325,12 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
       state, start = restore.reuse_autoencoder(ckpt, state, reused, reuse, meta)
     else:
       state, start = _resume(ckpt, state, config, meta, plan.total)
-    if records.writer():
-      # Paths under the repository's parent recorded relative to the repository,
-      # so that a committed run folder names no machine's layout.
+    # Paths under the repository's parent recorded relative to the repository,
+    # so that a committed run folder names no machine's layout. A finished run
+    # reopened with nothing left to train (a suite resumed with other eval
+    # settings) keeps the record of the config it was trained with;
+    # config_history.jsonl logs every invocation.
+    if records.writer() and (start < plan.total or not (workdir / 'config.json').exists()):
       records.write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
     records.JsonlLog(workdir / 'config_history.jsonl').append(
       [dict(start_step=start, **records.provenance(), config=config.to_dict())]

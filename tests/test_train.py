@@ -55,6 +55,13 @@ def test_train_end_to_end(shared_data, tmp_path):
   assert saved['model']['name'] == 'cnn6'
   # The data folder beside the repository is recorded relative to it (../shared/data/...).
   assert saved['data']['dir'] == records.portable(cfg.data.dir)
+  # Reopened when finished (a suite resumed with other eval settings), the run
+  # trains nothing and keeps the record of the config it was trained with.
+  again = _config()
+  again.eval.maxiter = 7
+  assert train.train_and_evaluate(again, str(tmp_path))['test_accuracy'] == result['test_accuracy']
+  assert json.loads((tmp_path / 'config.json').read_text()) == saved
+  assert saved['eval']['maxiter'] != 7
   ckpt = checkpoint.Checkpointer(tmp_path / 'checkpoints', keep=3)
   assert ckpt.steps() == [4, 8, 12]
   meta = ckpt.meta()
