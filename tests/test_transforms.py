@@ -21,8 +21,12 @@ def test_bit_depth_has_at_most_2_to_the_b_levels(bits):
   assert len(np.unique(out)) == 2**bits
   assert out.min() == 0 and out.max() == 1
   assert np.abs(out - np.asarray(x)).max() <= 0.5 / (2**bits - 1) + 1e-6
-  if bits == 8:
-    np.testing.assert_allclose(out, np.asarray(x), atol=1e-6)
+  if bits == 8:  # the identity on the 8-bit grid, exactly (on GPUs too)
+    np.testing.assert_array_equal(out, np.asarray(x))
+  # Outside [0, 1]: the nearest level.
+  np.testing.assert_array_equal(
+    np.asarray(defences.bit_depth(jnp.array([-0.3, 1.4]), bits)), [0, 1]
+  )
 
 
 def _pillow(images_u8, quality):

@@ -24,11 +24,18 @@ from jaxpix import data
 
 
 def bit_depth(x: jax.Array, bits: int) -> jax.Array:
-  """Reduces each channel to ``2**bits`` levels: round(x * (2^b - 1)) / (2^b - 1)."""
+  """Reduces each channel to ``2**bits`` levels: round(x * (2^b - 1)) / (2^b - 1),
+  for ``x`` in [0, 1] (values outside are clipped to the nearest level)."""
   if not 1 <= bits <= 8:
     raise ValueError(f'bits must be in [1, 8], got {bits!r}')
   levels = 2**bits - 1
-  return jnp.round(x * levels) / levels
+  # The levels come from a table divided on the host (IEEE float32 division),
+  # not from an on-device ``/ levels``: XLA's GPU backend turns a division by a
+  # constant into a multiplication by its reciprocal, which put 8 bits' top
+  # level at 0.99999994 instead of 1 on an H200 (tests/test_transforms.py).
+  table = jnp.asarray(np.arange(levels + 1, dtype=np.float32) / np.float32(levels))
+  index = jnp.clip(jnp.round(x * levels), 0, levels).astype(jnp.int32)
+  return table[index]
 
 
 # ITU T.81 Annex K tables (row-major, natural order).
