@@ -15,8 +15,7 @@ jax.config.update('jax_num_cpu_devices', 4)
 # Full float32 in matrix products and convolutions: the tests compare with
 # float64 references at float32 tolerances, and GPUs default to TF32 (10-bit
 # mantissa), which put three tests 1e-5 to 4e-4 (relative) off their
-# references on an H200. The CPU
-# computes float32 either way.
+# references on an H200. The CPU computes float32 either way.
 jax.config.update('jax_default_matmul_precision', 'highest')
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'

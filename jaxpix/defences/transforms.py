@@ -30,9 +30,9 @@ def bit_depth(x: jax.Array, bits: int) -> jax.Array:
     raise ValueError(f'bits must be in [1, 8], got {bits!r}')
   levels = 2**bits - 1
   # The levels come from a table divided on the host (IEEE float32 division),
-  # not from an on-device ``/ levels``: XLA's GPU backend turns a division by a
-  # constant into a multiplication by its reciprocal, which put 8 bits' top
-  # level at 0.99999994 instead of 1 on an H200 (tests/test_transforms.py).
+  # not from an on-device ``/ levels``: on an H200 the compiled 255 / 255 came
+  # out one ulp low, 0.99999994, as 8 bits' top level (GPU division in XLA
+  # need not be correctly rounded; tests/test_transforms.py).
   table = jnp.asarray(np.arange(levels + 1, dtype=np.float32) / np.float32(levels))
   index = jnp.clip(jnp.round(x * levels), 0, levels).astype(jnp.int32)
   return table[index]
