@@ -102,10 +102,13 @@ def build_model(config, num_classes: int, classifier_predict=None) -> nnx.Module
   return model
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+  cfg, total_steps: int, weight_decay: float | None = None
+) -> optax.GradientTransformation:
   """Adam with coupled L2 weight decay, as PyTorch's ``Adam(weight_decay=...)``
   which the APR paper used (lr 1e-3, wd 5e-4): the decay is added to the
-  gradient before the moment estimates, not decoupled as in AdamW."""
+  gradient before the moment estimates, not decoupled as in AdamW.
+  ``weight_decay`` replaces ``cfg.weight_decay`` when given."""
   if cfg.schedule == 'constant':
     lr = cfg.lr
   elif cfg.schedule == 'cosine':
@@ -114,7 +117,17 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     )
   else:
     raise ValueError(f'config.train.schedule must be "constant" or "cosine", got {cfg.schedule!r}')
-  return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(lr))
+  wd = cfg.weight_decay if weight_decay is None else weight_decay
+  return optax.chain(optax.add_decayed_weights(wd), optax.adam(lr))
+
+
+def optimizer_for(config, total_steps: int) -> optax.GradientTransformation:
+  """The optimiser of what ``config`` trains: ``config.train``'s, with the
+  autoencoder's own weight decay (``defence.ae_weight_decay``, unless < 0)
+  when that is what it trains (its classifier keeps ``train.weight_decay``)."""
+  wd = config.defence.ae_weight_decay
+  ae = config.defence.name == 'autoencoder' and wd >= 0
+  return make_optimizer(config.train, total_steps, wd if ae else None)
 
 
 def init_state(model: nnx.Module, tx, seed: int):
@@ -143,6 +156,7 @@ def frozen_config(config, role: str) -> ml_collections.ConfigDict:
   c.defence.attention = False
   c.defence.bit_depth = c.defence.jpeg_quality = 0
   c.defence.autoencoder = ''  # the autoencoder's, not the classifier's
+  c.defence.ae_weight_decay = -1.0  # likewise (the value before the field existed)
   c.train.resume_step = c.eval.step = 0  # its own latest, whatever this run resumes from
   return c
 

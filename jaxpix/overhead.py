@@ -33,7 +33,7 @@ def train_step_timer(config, batch: int | None = None):
   name = config.defence.name
   classifier = _frozen(config, 'classifier', k) if name == 'autoencoder' else None
   teacher = _frozen(config, 'teacher', k) if name == 'dd' else None
-  tx = build.make_optimizer(config.train, 1000)
+  tx = build.optimizer_for(config, 1000)
   graphdef, state = build.init_state(build.build_model(config, k, classifier), tx, 0)
   state = jax.device_put(state, mesh.replicated(m))
   terms = defences.loss_terms(config, teacher)

@@ -303,7 +303,7 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
     frozen_predict(config, 'classifier', workdir, k, devices) if name == 'autoencoder' else None
   )
   teacher = frozen_predict(config, 'teacher', workdir, k, devices) if name == 'dd' else None
-  tx = build.make_optimizer(tcfg, plan.total)
+  tx = build.optimizer_for(config, plan.total)
   graphdef, state = build.init_state(build.build_model(config, k, classifier), tx, config.seed)
   state = jax.device_put(state, mesh.replicated(m))
   terms = defences.loss_terms(config, teacher)

@@ -665,3 +665,30 @@ def test_autoencoder_fits_in_front_of_every_zoo_classifier(name):
   leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
   assert np.isfinite(float(loss)) and leaves and all(np.all(np.isfinite(g)) for g in leaves)
   assert jax.jit(models.as_predict(model))(x).shape == (2, 10)
+
+
+def test_autoencoder_trains_with_its_own_weight_decay():
+  from jaxpix.configs import cifar_autoencoder
+
+  params = {'w': jnp.ones(3)}
+
+  def moved(cfg) -> float:  # |update| for a zero gradient: only weight decay moves it
+    tx = build.optimizer_for(cfg, 10)
+    update, _ = tx.update({'w': jnp.zeros(3)}, tx.init(params), params)
+    return float(jnp.abs(update['w']).max())
+
+  c = cifar_autoencoder.get_config('test')
+  c.train.schedule = 'constant'
+  assert c.defence.ae_weight_decay == 0 and c.train.weight_decay > 0
+  assert moved(c) == 0  # the autoencoder: no decay
+  classifier = build.frozen_config(c, 'classifier')
+  assert moved(classifier) > 0  # the classifier it guards: train.weight_decay
+  # The classifier's record is what it was before the field existed, so
+  # classifiers trained then are reused as they are.
+  assert (
+    configs.differences({}, {'defence.ae_weight_decay': classifier.defence.ae_weight_decay}) == []
+  )
+  c.defence.ae_weight_decay = 1e-3
+  assert moved(c) > 0
+  c.defence.ae_weight_decay = -1.0  # < 0: train.weight_decay, as every run before
+  assert moved(c) == moved(classifier)

@@ -74,6 +74,9 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.defence.autoencoder = ''
   c.defence.ae_width = 32
   c.defence.ae_max_pixels = 3  # training corruptions: 0..3 pixels set to extreme colours
+  # The autoencoder's own weight decay; < 0: train.weight_decay, what every
+  # run before this field did (configs/cifar_autoencoder.py sets 0).
+  c.defence.ae_weight_decay = -1.0
   # The training-time adversary (APR, AT). Default: the first-order one, every
   # pixel x extreme colour scored from the input gradient and the best k
   # verified (k forward passes + at most one backward pass per image), on a
