@@ -116,11 +116,29 @@ def evaluation_markdown(results: dict) -> str:
   if 'autoencoder_table4' in results:
     t = results['autoencoder_table4']
     lines += ['', '| Table 4 metric | Value |', '|---|---|'] + [
-      f'| {k} | {pct(v)} |' for k, v in t.items() if k != 'counts'
+      f'| {k} | {pct(v)} |' for k, v in t.items() if k not in ('counts', 'paired')
     ]
+    if 'paired' in t:
+      lines += ['', PAIRED_AE_NOTE, '', PAIRED_AE_HEAD, '|---|---|---|---|---|'] + [
+        _paired_ae_line(k, m) for k, m in t['paired'].items()
+      ]
   if results.get('figures'):
     lines += [''] + [f'![{f}]({f})' for f in results['figures']]
   return '\n'.join(lines) + '\n'
+
+
+PAIRED_AE_NOTE = (
+  'Paired tests (not in the paper): exact McNemar test over the attacked images of '
+  '"classified correctly after the attack", the autoencoder pipeline against the bare '
+  "classifier. transfer: the bare attack's images fed to the pipeline (images undone "
+  'against images the reconstruction breaks); adaptive: the attack run on the pipeline.'
+)
+PAIRED_AE_HEAD = '| Attack on the pipeline | correct only behind the autoencoder | correct only bare | images | p |'
+
+
+def _paired_ae_line(kind: str, m: dict, row: str = '') -> str:
+  head = f'| {row} | {kind}' if row else f'| {kind}'
+  return f'{head} | {m["only_a"]} | {m["only_b"]} | {m["n"]} | {m["p"]:.3g} |'
 
 
 def _rel(path: str, root: str) -> str:
@@ -182,6 +200,25 @@ def suite_markdown(res: dict, kind: str) -> str:
       'performance loss = misclassified by the pipeline though not fooled / (N - '
       'ASR-after-reconstruction count). Attacking the pipeline (adaptive) and the clean '
       'accuracy cost are not in the paper.',
+    ]
+  ae_tests = [
+    (name, p['seed'], p['autoencoder_table4']['paired'])
+    for name, r in rows.items()
+    for p in r['per_seed']
+    if 'paired' in p.get('autoencoder_table4', {})
+  ]
+  if ae_tests:
+    lines += [
+      '',
+      PAIRED_AE_NOTE,
+      '',
+      '| Row | seed ' + PAIRED_AE_HEAD,
+      '|---|---|---|---|---|---|---|',
+    ]
+    lines += [
+      _paired_ae_line(kind_, m, f'{name} | {seed}')
+      for name, seed, t in ae_tests
+      for kind_, m in t.items()
     ]
   tests = [(name, ref, t) for name, r in rows.items() for ref, t in r.get('mcnemar', {}).items()]
   if tests:

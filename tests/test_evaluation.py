@@ -206,10 +206,11 @@ def test_table4_counts_by_hand():
   # (so it undoes 1 of 3) and that of 2, which was not fooled: a loss of the
   # reconstruction, not of the attack. The pipeline already gets image 4
   # wrong on the clean image: no adaptive attack there, a defence failure.
-  bare = [_rec(True), _rec(True), _rec(False), _rec(True), _rec(False)]
+  bare = [_rec(s, i) for i, s in enumerate([True, True, False, True, False])]
   transferred = np.array([True, False, True, True, False])
   pipe_correct = np.array([1, 1, 1, 1, 0], bool)
-  adaptive = [_rec(False), _rec(True), _rec(False), _rec(False)]  # images 0-3
+  # Images 0-3, listed in another order than the bare attack's: matched by index.
+  adaptive = [_rec(False, 3), _rec(False, 0), _rec(True, 1), _rec(False, 2)]
   bare_all = np.array([1, 1, 1, 1, 1, 0], bool)
   pipe_all = np.array([1, 1, 1, 1, 0, 0], bool)
   t = metrics.table4(bare, adaptive, transferred, pipe_correct, bare_all, pipe_all)
@@ -225,6 +226,17 @@ def test_table4_counts_by_hand():
   assert t['performance_loss'] == pytest.approx(1 / 3)
   assert t['clean_accuracy_classifier'] == pytest.approx(5 / 6)
   assert t['clean_accuracy_cost'] == pytest.approx(1 / 6)
+  # Correct after the attack, pipeline against bare: the transfer test counts
+  # image 1 (undone) against image 2 (broken); the adaptive one images 0 and
+  # 3 (fooled bare, not through the pipeline) against image 4 (clean wrong).
+  paired = t['paired']
+  assert (paired['transfer']['only_a'], paired['transfer']['only_b']) == (1, 1)
+  assert (paired['adaptive']['only_a'], paired['adaptive']['only_b']) == (2, 1)
+  assert paired['adaptive']['n'] == 5 and paired['adaptive']['p'] == 1.0
+  with pytest.raises(ValueError, match=r'no adaptive attack record for test images \[2\]'):
+    metrics.table4(
+      bare, adaptive[:3] + [_rec(False, 7)], transferred, pipe_correct, bare_all, pipe_all
+    )
   # The paper's own counts (Pure CNN: 162 fooled, 139 undone, PL 131/977) fit.
   n, f, undone, lost = 1000, 162, 139, 131
   bare = [_rec(i < f) for i in range(n)]
@@ -237,6 +249,10 @@ def test_table4_counts_by_hand():
     [139, 162],
     [131, 977],
   )
+  # Undone 139 against broken 131: the paper's Pure CNN row does not show the
+  # autoencoder undoing more than it breaks (exact two-sided p = 0.67).
+  assert (t['paired']['transfer']['only_a'], t['paired']['transfer']['only_b']) == (139, 131)
+  assert t['paired']['transfer']['p'] == pytest.approx(0.6702, abs=1e-4)
   # Nothing fooled: the defence rate is undefined, not 0 or 1.
   one = np.array([True])
   none = metrics.table4([_rec(False)], [_rec(False)], np.array([False]), one, one, one)

@@ -117,6 +117,17 @@ def test_one_seed_autoencoder_suite_uses_wilson_and_reads_back(shared_data, tmp_
     assert row['summary'][m]['mean'] == pytest.approx(k / n)
   assert row['summary']['clean_accuracy_cost']['interval'] == 'none (one value)'
   assert row['paper'] == suite.paper.AE_TABLE4['LeNet']
+  # The paired tests of the pipeline against the bare classifier, per seed,
+  # in the suite's table and in the row's own results.md.
+  a = t['paired']['adaptive']
+  assert a['n'] == t['counts']['asr_no_defence'][1]
+  assert a['only_b'] - a['only_a'] == (
+    t['counts']['asr_adaptive'][0] - t['counts']['asr_no_defence'][0]
+  )
+  line = f'| LeNet | 0 | adaptive | {a["only_a"]} | {a["only_b"]} | {a["n"]} | {a["p"]:.3g} |'
+  assert line in (tmp_path / 'results.md').read_text()
+  own = (tmp_path / 'lenet' / 'seed0' / 'eval' / 'results.md').read_text()
+  assert line.replace('| LeNet | 0 ', '') in own
   md = (tmp_path / 'results.md').read_text()
   assert f'| LeNet | {stats.fmt_percent(row["summary"]["asr_no_defence"])} | 61.20% |' in md
   assert res['rows']['LeNet']['spec'] == 'cifar_autoencoder:lenet'
