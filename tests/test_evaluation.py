@@ -168,10 +168,16 @@ def test_eval_killed_midway_resumes_to_the_same_numbers(trained, tmp_path, monke
   lines = [json.loads(ln) for ln in (tmp_path / 'cut' / 'attack_de.jsonl').read_text().splitlines()]
   assert 'protocol' in lines[0] and sum('key' in ln for ln in lines) == 12
   assert len(resumed['attacks']['de']['sessions']) == 2  # the killed run and this one
-  # Same command again: nothing left to attack.
+  # Same command again: nothing left to attack, and a run that attacked
+  # nothing is not listed among the log's sessions.
   attacked.clear()
-  evaluation.evaluate(_eval_config(trained), str(tmp_path / 'cut'))
+  again = evaluation.evaluate(_eval_config(trained), str(tmp_path / 'cut'))
   assert attacked == []
+  assert again['attacks']['de']['sessions'] == resumed['attacks']['de']['sessions']
+  text = (tmp_path / 'cut' / 'attack_de.jsonl').read_text()
+  assert [json.loads(ln)['session'] for ln in text.splitlines() if '"session"' in ln] == (
+    resumed['attacks']['de']['sessions']
+  )
   # Another protocol does not mix into these results.
   with pytest.raises(ValueError, match=r'popsize: saved 16, now 20'):
     evaluation.evaluate(_eval_config(trained, popsize=20), str(tmp_path / 'cut'))

@@ -12,7 +12,10 @@ from jaxpix import configs, records
 
 class AttackLog:
   """A protocol header, then one line per attack, and a ``session`` line
-  (commit, device, date) each time a run opens it.
+  (commit, device, date) for each run that saved records to it: written
+  before the run's first record, so that reopening a finished log (a resumed
+  suite re-reading its finished evaluations) does not list a run that
+  attacked nothing.
 
   Lines are appended and flushed as images finish. On open, a line torn by a
   kill is dropped (``records.JsonlLog``); a header that differs from this
@@ -41,7 +44,7 @@ class AttackLog:
         )
     self.sessions = [r['session'] for r in lines[1:] if 'session' in r]
     self.records: dict[int, dict] = {r['key']: r for r in lines[1:] if 'key' in r}
-    self.sessions.append(session)
+    self._session = session  # into ``sessions`` and the log with this run's first record
     self._log.rewrite(
       [{'protocol': protocol}, *({'session': s} for s in self.sessions), *self.records.values()]
     )
@@ -51,9 +54,15 @@ class AttackLog:
     return sorted(self.path.parent.glob(self.path.name + '.process*'))
 
   def append(self, recs: list[dict]) -> None:
+    if not recs:
+      return
     self.records.update({r['key']: r for r in recs})
+    new_session = []
+    if self._session is not None:
+      self.sessions.append(self._session)
+      new_session, self._session = [{'session': self._session}], None
     if records.writer():
-      self._log.append(recs)
+      self._log.append([*new_session, *recs])
       return
     if self._shard is None:
       self._shard = records.JsonlLog(
