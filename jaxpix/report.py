@@ -51,6 +51,22 @@ def _which_images(results: dict) -> str:
   return f'{results["num_images"]} correctly classified {split} images drawn with seed {seed}'
 
 
+def _attack_runs(results: dict) -> list[str]:
+  """Which runs attacked, where that is not this one alone: a resumed
+  evaluation reads the records of earlier runs (a killed one, or a finished
+  one that a resumed suite re-reads) and writes the numbers anew."""
+  this = (results['commit'], results['date'])
+  runs = {n: a.get('sessions', []) for n, a in results['attacks'].items()}
+  if all([(s['commit'], s['date']) for s in ss] == [this] for ss in runs.values()):
+    return []
+  fmt = lambda ss: ', '.join(f'{s["date"]} (`{s["commit"][:12]}`)' for s in ss) or 'none'
+  return [
+    'The attacks ran in these runs (this one wrote the numbers from their '
+    'records): ' + '; '.join(f'{n}: {fmt(ss)}' for n, ss in runs.items()) + '.',
+    '',
+  ]
+
+
 def evaluation_markdown(results: dict) -> str:
   """results.md: the evaluation's numbers, each with its 95% interval."""
   cfg = results['config']
@@ -63,6 +79,7 @@ def evaluation_markdown(results: dict) -> str:
     f'Checkpoint `{results["checkpoint"]}` at step {results["step"]}; commit '
     f'`{results["commit"]}`; device {results["device"]}; {results["date"]}.',
     '',
+    *_attack_runs(results),
     f'Attack protocol: {_which_images(results)}; DE population {cfg["eval"]["popsize"]}, '
     f'{cfg["eval"]["maxiter"]} generations, {cfg["eval"]["pixels"]} pixel(s), '
     f'`{cfg["eval"]["mode"]}` mode, strategy `{cfg["eval"]["strategy"]}`. Intervals: Wilson '

@@ -178,6 +178,14 @@ def test_eval_killed_midway_resumes_to_the_same_numbers(trained, tmp_path, monke
   assert [json.loads(ln)['session'] for ln in text.splitlines() if '"session"' in ln] == (
     resumed['attacks']['de']['sessions']
   )
+  # results.md names the runs that attacked (this one only re-read them);
+  # a run that attacked everything itself names none.
+  runs = ', '.join(
+    f'{s["date"]} (`{s["commit"][:12]}`)' for s in resumed['attacks']['de']['sessions']
+  )
+  md = (tmp_path / 'cut' / 'results.md').read_text()
+  assert f'this one wrote the numbers from their records): de: {runs}.' in md
+  assert 'The attacks ran in' not in (tmp_path / 'full' / 'results.md').read_text()
   # Another protocol does not mix into these results.
   with pytest.raises(ValueError, match=r'popsize: saved 16, now 20'):
     evaluation.evaluate(_eval_config(trained, popsize=20), str(tmp_path / 'cut'))
