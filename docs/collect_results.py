@@ -11,7 +11,9 @@ behind unless ``--checkpoints`` is given: then each training run's latest
 checkpoint (one step folder, a few MB at the CPU widths) comes too, so that
 the committed model can be evaluated again (``--config.checkpoint`` names
 the copied ``train`` folder) and a suite copied back into a workdir resumes
-from it. The commands in docs/results.md train models of the same recipe,
+from it. A step folder an earlier collection copied there (the run was then
+still training) is removed, so each copied ``checkpoints`` folder holds
+that latest step alone. The commands in docs/results.md train models of the same recipe,
 but not bit for bit the same parameters on another machine (docs/results.md):
 a retrained model is another sample of the recipe, not the committed one.
 Symbolic links to other folders (a suite row reusing another suite's run)
@@ -85,7 +87,18 @@ def collect(src: pathlib.Path, dst: pathlib.Path, checkpoints: bool = False) -> 
         if out.name == 'commit_success.txt':  # orbax's note of where it saved
           out.write_text(out.read_text().replace(f'{records.REPO}{os.sep}', ''))
         n += 1
+  for rel, step in (latest or {}).items():
+    prune_steps(dst / rel, step)
   return n
+
+
+def prune_steps(folder: pathlib.Path, keep: str) -> None:
+  """Removes the step folders under a copied ``checkpoints`` folder other
+  than ``keep``: those an earlier collection copied while the run trained."""
+  for d in sorted(folder.iterdir()) if folder.is_dir() else []:
+    if d.is_dir() and d.name.isdigit() and d.name != keep:
+      shutil.rmtree(d)
+      print(f'{d}: removed, superseded by step {keep}')
 
 
 def make_portable(path: pathlib.Path) -> bool:

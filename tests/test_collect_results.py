@@ -127,3 +127,16 @@ def test_checkpoints_flag_copies_each_runs_latest_step_only(tmp_path, capsys):
     'saved to w/2808'
   )
   assert '5 files' in capsys.readouterr().out
+
+  # Collected again after the run saved a later step: the copy holds that
+  # step alone, the earlier collection's step folder is gone.
+  _touch(train / 'checkpoints' / '3000' / 'state' / 'manifest.ocdbt', '3000')
+  _touch(dst / 'apr/seed0/train/checkpoints/notes.txt')  # not a step folder: kept
+  collect_results.main(['--checkpoints', f'{src}:{dst}'])
+  got = _files(dst)
+  assert [g for g in got if g.startswith('apr/seed0/train/checkpoints/')] == [
+    'apr/seed0/train/checkpoints/3000/state/manifest.ocdbt',
+    'apr/seed0/train/checkpoints/notes.txt',
+  ]
+  assert 'lenet/seed0/train/checkpoints/999/state/x' in got
+  assert 'superseded by step 3000' in capsys.readouterr().out
