@@ -13,9 +13,10 @@ the committed model can be evaluated again (``--config.checkpoint`` names
 the copied ``train`` folder) and a suite copied back into a workdir resumes
 from it. A step folder an earlier collection copied there (the run was then
 still training) is removed, so each copied ``checkpoints`` folder holds
-that latest step alone. The commands in docs/results.md train models of the same recipe,
-but not bit for bit the same parameters on another machine (docs/results.md):
-a retrained model is another sample of the recipe, not the committed one.
+that latest step alone. The commands in docs/results.md train models of
+the same recipe, but not bit for bit the same parameters on another machine
+(docs/results.md): a retrained model is another sample of the recipe, not
+the committed one.
 Symbolic links to other folders (a suite row reusing another suite's run)
 are followed, so each copy stands alone. JSON files are written with
 absolute paths under the repository's parent folder made relative to the
