@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from jaxpix import checkpoint, defences, models
+from jaxpix import checkpoint, configs, defences, models
 
 DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 # What config.defence.name dispatches on (jaxpix.defences.loss_terms and
@@ -22,7 +22,10 @@ DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 # transformations), 'dd' (a distilled student; its teacher trains as
 # 'dd_teacher'), 'autoencoder' (before a frozen classifier).
 DEFENCES = ('none', 'at', 'apr', 'it', 'dd', 'dd_teacher', 'autoencoder')
-# The fields that make two checkpoints different models (refused on restore).
+# What makes two checkpoints different models even where their arrays have the
+# same shapes (refused on restore). Every field that shapes the parameters is
+# found from the model itself instead (:func:`shaping_fields`), so no list
+# has to name them.
 IDENTITY = ('model', 'width', 'defence', 'attention', 'dataset', 'num_classes')
 
 
@@ -171,6 +174,72 @@ def meta(config, num_classes: int, total_steps: int | None = None) -> dict:
     dataset=config.data.dataset,
     num_classes=num_classes,
     total_steps=total_steps,
+  )
+
+
+def structure(config, num_classes: int) -> dict[str, tuple[int, ...]]:
+  """The shape of every array of ``config``'s model by flat key (as the
+  checkpoints name them under ``params`` and ``rest``), built abstractly:
+  nothing is allocated."""
+
+  def make():
+    # The autoencoder's frozen classifier is not part of its state.
+    return build_model(config, num_classes, classifier_predict=lambda x: x)
+
+  model = nnx.eval_shape(make)
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  return {
+    k: tuple(v.shape)
+    for k, v in checkpoint.flat(dict(params=params, rest=rest)).items()
+    if hasattr(v, 'shape')
+  }
+
+
+def shaping_fields(saved_config: dict, config, num_classes: int) -> list[str]:
+  """``'field: saved X, now Y'`` for each config field that differs from
+  ``saved_config`` (a checkpoint's flattened config) and, set back to its
+  saved value alone, changes the model's array shapes: found by building the
+  model abstractly, so any field the model reads is covered."""
+  now = configs.flatten(config)
+  mine = structure(config, num_classes)
+  out = []
+  for field in sorted(set(saved_config) & set(now)):
+    if saved_config[field] == now[field]:
+      continue
+    c = ml_collections.ConfigDict(config.to_dict())
+    try:
+      configs.set_field(c, field, saved_config[field])
+      changed = structure(c, num_classes) != mine
+    except Exception:  # noqa: BLE001 - a value this model cannot take shapes nothing
+      continue
+    if changed:
+      out.append(f'{field}: saved {saved_config[field]!r}, now {now[field]!r}')
+  return out
+
+
+def check_structure(stored: dict, like, saved_meta: dict, config, num_classes, directory):
+  """Refuses a checkpoint whose arrays (``stored``: :meth:`Checkpointer.shapes`)
+  do not have the shapes of ``like``'s, naming the config fields that make the
+  difference, before any array is read."""
+  want = {k: tuple(v.shape) for k, v in checkpoint.flat(like).items() if hasattr(v, 'shape')}
+  if all(stored.get(k) == v for k, v in want.items()):
+    return
+  fields = shaping_fields(saved_meta.get('config', {}), config, num_classes)
+  if fields:
+    raise checkpoint.CheckpointError(
+      f'checkpoint in {directory} holds another model than the config builds: it was '
+      f'trained with {"; ".join(fields)}. Set those fields to the saved values (or load '
+      'the run with jaxpix.restore.from_workdir, which reads its own config.json)'
+    )
+  bad = [
+    f'{k}: saved {stored.get(k, "(absent)")}, now {v}'
+    for k, v in want.items()
+    if stored.get(k) != v
+  ]
+  raise checkpoint.CheckpointError(
+    f'checkpoint in {directory} holds arrays of other shapes than the config builds '
+    f'({"; ".join(bad[:4])}{"; ..." if len(bad) > 4 else ""}); it does not record a config '
+    'that names the field: use the config it was trained with'
   )
 
 

@@ -41,7 +41,8 @@ def _quiet_closed_loop_noise() -> None:
   sys.unraisablehook = hook
 
 
-def _flat(tree) -> dict[str, Any]:
+def flat(tree) -> dict[str, Any]:
+  """``tree``'s leaves by their key path (``"['params']['conv']..."``), as saved."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
@@ -97,7 +98,7 @@ class Checkpointer:
     self._mngr.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_flat(state)), meta=ocp.args.JsonSave(dict(meta, step=step))
+        state=ocp.args.StandardSave(flat(state)), meta=ocp.args.JsonSave(dict(meta, step=step))
       ),
     )
 
@@ -119,6 +120,20 @@ class Checkpointer:
         self._explain(step, f'its metadata cannot be read (orbax: {first})')
       ) from None
 
+  def shapes(self, step: int | None = None) -> dict[str, tuple[int, ...]]:
+    """The stored arrays' shapes by flat key (as :func:`flat` names the
+    leaves of a state), read from the checkpoint's metadata, no array."""
+    step = self._step(step)
+    try:
+      tree = ocp.StandardCheckpointer().metadata(self.directory / str(step) / 'state')
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise CheckpointError(
+        self._explain(step, f'its array metadata cannot be read (orbax: {first})')
+      ) from None
+    tree = getattr(tree, 'item_metadata', tree)
+    return {k: tuple(v.shape) for k, v in tree.items() if hasattr(v, 'shape')}
+
   def restore(self, like, step: int | None = None):
     """Restores ``step`` (default: the latest) into the structure of ``like``.
 
@@ -126,7 +141,7 @@ class Checkpointer:
     its shardings are used for the restored arrays.
     """
     step = self._step(step)
-    flat_like = _flat(like)
+    flat_like = flat(like)
     abstract = {
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, 'sharding', None))
       for k, v in flat_like.items()

@@ -10,14 +10,64 @@ reused by another autoencoder run (``reuse_autoencoder``).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxpix import build, checkpoint, configs, mesh, models
+from jaxpix import build, checkpoint, configs, mesh, models, zoo
+
+# config.checkpoint naming a model of the zoo instead of a workdir.
+ZOO_PREFIX = 'zoo:'
+
+
+def run_config(workdir) -> ml_collections.ConfigDict:
+  """The config a training run used, from its workdir's ``config.json``
+  (:func:`configs.from_dict`)."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.is_file():
+    raise checkpoint.CheckpointError(
+      f'{workdir} has no config.json, so it is not the workdir of a training run (run.py '
+      'writes one there): point at the folder given as --workdir when it trained'
+    )
+  return configs.from_dict(json.loads(path.read_text()))
+
+
+def from_workdir(workdir, step: int | None = None) -> Restored:
+  """Any training run's model, rebuilt from the run's own ``config.json``:
+  no config to guess.
+
+  Args:
+    workdir: the folder a run trained in (``run.py --workdir``), holding
+      ``config.json`` and ``checkpoints/``.
+    step: which checkpoint (default: the latest).
+
+  Returns:
+    :class:`Restored`: ``predict`` (pure, images in [0, 1] -> logits),
+    ``model``, ``step``, ``config``; for the autoencoder defence also the
+    frozen classifier (from ``<workdir>/classifier``).
+
+  Example::
+
+    restored = restore.from_workdir('workdir/cifar_apr')
+    logits = restored.predict(images)
+  """
+  config = run_config(workdir)
+  config.mode, config.checkpoint, config.eval.step = 'eval', str(workdir), step or 0
+  with checkpoint.Checkpointer(checkpoint_dir(str(workdir))) as ckpt:
+    num_classes = ckpt.meta(step).get('num_classes')
+  if num_classes is None:
+    raise checkpoint.CheckpointError(
+      f'the checkpoint in {workdir} does not record its number of classes (an older '
+      'jaxpix wrote it): load it with restore.load_predict(config, num_classes)'
+    )
+  restored = load_predict(config, num_classes)
+  restored.config = config
+  return restored
 
 
 def checkpoint_dir(path: str, key: str = 'checkpoint') -> pathlib.Path:
@@ -67,7 +117,10 @@ def load_state(config, num_classes: int, classifier=None):
   like = jax.device_put(like, mesh.replicated(mesh.make_mesh()))
   with checkpoint.Checkpointer(directory) as ckpt:
     step = config.eval.step or None
-    build.check_meta(ckpt.meta(step), build.meta(config, num_classes), ckpt.directory)
+    saved = ckpt.meta(step)
+    build.check_meta(saved, build.meta(config, num_classes), ckpt.directory)
+    arrays = dict(params=like['params'], rest=like['rest'])
+    build.check_structure(ckpt.shapes(step), arrays, saved, config, num_classes, ckpt.directory)
     state = ckpt.restore(like, step)
   return graphdef, state, int(state['step'])
 
@@ -155,13 +208,17 @@ class Restored:
 
   def __init__(self, model: nnx.Module, step: int, classifier: Restored | None = None):
     self.model, self.step = model, step
+    self.config = None  # set by from_workdir
     self.predict = models.as_predict(model)
     self.classifier = classifier.predict if classifier else None
     self.classifier_model = classifier.model if classifier else None
 
 
 def load_predict(config, num_classes: int) -> Restored:
-  """The deployed model of ``config.checkpoint``."""
+  """The deployed model of ``config.checkpoint``: a training workdir, or
+  ``zoo:NAME`` (a model of :mod:`jaxpix.zoo`)."""
+  if config.checkpoint.startswith(ZOO_PREFIX):
+    return from_zoo(config, num_classes)
   classifier = (
     load_classifier(config, num_classes) if config.defence.name == 'autoencoder' else None
   )
@@ -176,6 +233,58 @@ def load_predict(config, num_classes: int) -> Restored:
     (state['params'], state['rest']),
   )
   return Restored(nnx.merge(graphdef, *local), step, classifier)
+
+
+def source(path: str) -> str:
+  """What ``config.checkpoint`` loads, for the records: the checkpoint folder
+  of a workdir, or the zoo name with its file's sha256."""
+  if path.startswith(ZOO_PREFIX):
+    name = path[len(ZOO_PREFIX) :]
+    record = zoo.info(name)
+    parts = record.get('parts', {}).values() if record['kind'] == 'pipeline' else [name]
+    return path + ' (' + ', '.join(f'{p}: sha256 {zoo.info(p)["sha256"]}' for p in parts) + ')'
+  return str(checkpoint_dir(path))
+
+
+def from_zoo(config, num_classes: int) -> Restored:
+  """``config.checkpoint = 'zoo:NAME'``: the zoo's model, refused (naming the
+  fields) where it is not the model ``config`` describes, as a checkpoint of
+  another model is."""
+  name = config.checkpoint[len(ZOO_PREFIX) :]
+  try:
+    record = zoo.info(name)
+  except zoo.ZooError as e:
+    raise checkpoint.CheckpointError(f'--config.checkpoint={config.checkpoint!r}: {e}') from None
+  if record['kind'] == 'autoencoder':
+    raise checkpoint.CheckpointError(
+      f'--config.checkpoint={config.checkpoint!r} is an autoencoder alone, which classifies '
+      'nothing: name a pipeline of it (zoo.list() names them: *-autoencoder)'
+    )
+  parts = record.get('parts', {'model': name})
+  if record['kind'] == 'pipeline':
+    _check_zoo(parts['classifier'], build.frozen_config(config, 'classifier'), num_classes)
+    _check_zoo(parts['autoencoder'], config, num_classes)
+    clf = Restored(zoo.module(parts['classifier']), zoo.info(parts['classifier'])['step'])
+    return Restored(zoo.module(name), zoo.info(parts['autoencoder'])['step'], clf)
+  if config.defence.name == 'autoencoder':
+    raise checkpoint.CheckpointError(
+      f'--config.checkpoint={config.checkpoint!r} is a {record["kind"]}, but the config '
+      'evaluates the autoencoder defence: name a pipeline (*-autoencoder)'
+    )
+  _check_zoo(name, config, num_classes)
+  return Restored(zoo.module(name), record['step'])
+
+
+def _check_zoo(name: str, config, num_classes: int) -> None:
+  saved = configs.from_dict(zoo.info(name)['config'])
+  where = f'zoo model {name!r}'
+  build.check_meta(build.meta(saved, num_classes), build.meta(config, num_classes), where)
+  if build.structure(saved, num_classes) != build.structure(config, num_classes):
+    fields = build.shaping_fields(configs.flatten(saved), config, num_classes)
+    raise checkpoint.CheckpointError(
+      f'{where} is another model than the config builds: it was trained with '
+      f'{"; ".join(fields) or "other settings"}; set those fields to its values'
+    )
 
 
 def params_digest(model) -> str:

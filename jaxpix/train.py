@@ -10,6 +10,7 @@ what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -344,11 +345,68 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   return _finish(run, state, last_eval, log)
 
 
+# Steps the host may queue ahead of the device before it waits for the oldest:
+# enough to prepare the next batches while the device works, few enough that
+# the bar's count and ETA follow the device.
+_AHEAD = 4
+
+
+class _StepBar:
+  """The training bar (``records.progress_bar``), counting finished steps.
+
+  Dispatch is asynchronous: ``train_step`` returns once the step is queued. A
+  bar advanced per call runs ahead of the device, then stalls wherever the loop
+  next reads a result (the metrics, every ``log_every`` steps), and its ETA
+  swings between minutes and hours. Each step's loss (a scalar of its own; the
+  state's buffers are donated to the next step) tells when that step is done:
+  the bar advances as those become ready, and the host waits for the oldest
+  once ``_AHEAD`` steps are queued. The postfix shows the epoch reached and
+  the latest evaluation accuracy beside the logged loss and rate.
+  """
+
+  def __init__(self, plan: _Plan, start: int, enabled: bool):
+    self.bar = records.progress_bar(plan.total, start, 'train', 'step', enabled)
+    self.plan, self.done = plan, start
+    self.queued = collections.deque()  # (step count once finished, its loss)
+    self.postfix = {'epoch': f'{plan.epoch(start):.2f}'}
+
+  def queue(self, done: int, loss: jax.Array) -> None:
+    """Step ``done`` was dispatched; ``loss`` is ready once it has finished."""
+    self.queued.append((done, loss))
+    while len(self.queued) > _AHEAD:
+      self._advance(wait=True)
+    while self.queued and self.queued[0][1].is_ready():
+      self._advance(wait=False)
+
+  def wait(self) -> None:
+    """Waits for every queued step, advancing as each finishes: called where
+    the loop is about to read a result, which waits for all of them anyway."""
+    while self.queued:
+      self._advance(wait=True)
+
+  def show(self, **values: str) -> None:
+    self.postfix.update(values)
+    self.bar.set_postfix(self.postfix)
+
+  def close(self) -> None:
+    self.wait()
+    self.bar.close()
+
+  def _advance(self, wait: bool) -> None:
+    done, loss = self.queued.popleft()
+    if wait:
+      loss.block_until_ready()
+    self.postfix['epoch'] = f'{self.plan.epoch(done):.2f}'
+    self.bar.set_postfix(self.postfix, refresh=False)
+    self.bar.update(done - self.done)
+    self.done = done
+
+
 def _loop(run: _Run, state, start: int, log, ckpt, meta):
   """Steps ``start`` to the end: logging, epoch evaluations, checkpoints."""
   config, plan, train, m = run.config, run.plan, run.train, run.mesh
   tcfg = config.train
-  bar = records.progress_bar(plan.total, start, 'train', 'step', tcfg.progress)
+  bar = _StepBar(plan, start, tcfg.progress)
   window, t0, seen = [], time.perf_counter(), 0
   order, order_epoch = None, -1
   last_eval = (-1, None)
@@ -365,21 +423,25 @@ def _loop(run: _Run, state, start: int, log, ckpt, meta):
     if step == start:  # the first step compiled: time from here on
       jax.block_until_ready(metrics)
       t0, seen = time.perf_counter(), 0
+    bar.queue(done, metrics['loss'])
     if done % tcfg.log_every == 0 or done == plan.total:
+      bar.wait()
       avg = {key: float(np.mean([float(w[key]) for w in window])) for key in window[0]}
       rate = seen / max(time.perf_counter() - t0, 1e-9)
       log.append([dict(step=done, epoch=plan.epoch(done), images_per_s=rate, **avg)])
-      bar.set_postfix(loss=f'{avg["loss"]:.3f}', acc=f'{avg["accuracy"]:.3f}', img_s=f'{rate:.0f}')
+      bar.show(loss=f'{avg["loss"]:.3f}', acc=f'{avg["accuracy"]:.3f}', img_s=f'{rate:.0f}')
       window, t0, seen = [], time.perf_counter(), 0
     if done % plan.steps_per_epoch == 0 and tcfg.eval_every_epoch:
+      bar.wait()
       last_eval = (done, run.accuracy(state))
       log.append(
         [{'step': done, 'epoch': plan.epoch(done), f'{run.eval_name}_accuracy': last_eval[1]}]
       )
+      bar.show(**{f'{run.eval_name}_acc': f'{last_eval[1]:.3f}'})
       t0, seen = time.perf_counter(), 0  # images/s measures training only
     if done % tcfg.checkpoint_every == 0 or done == plan.total:
+      bar.wait()
       ckpt.save(done, state, meta)
-    bar.update(1)
   bar.close()
   return state, last_eval
 

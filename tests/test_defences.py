@@ -591,6 +591,13 @@ def test_an_autoencoder_is_the_same_before_any_classifier_and_is_reused(shared_d
     with pytest.raises(ValueError, match=match):
       train.train_and_evaluate(d, str(tmp_path / f'refused_{value}'))
     assert not (tmp_path / f'refused_{value}' / 'classifier').exists()  # refused first
+  # Evaluated with another width, the run is refused naming the field (the
+  # model's own structure finds it); rebuilt from its own config.json, it loads.
+  d = config('')
+  d.defence.ae_width, d.checkpoint = 16, str(tmp_path / 'a')
+  with pytest.raises(checkpoint.CheckpointError, match='defence.ae_width: saved 8, now 16'):
+    restore.load_predict(d, 10)
+  assert restore.from_workdir(tmp_path / 'a').config.defence.ae_width == 8
   d = config('lenet')
   d.defence.autoencoder = str(tmp_path / 'a' / 'classifier')  # no defence: not an autoencoder
   with pytest.raises(checkpoint.CheckpointError, match="defence 'none', not an autoencoder"):

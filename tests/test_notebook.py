@@ -2,6 +2,8 @@
 
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -38,3 +40,16 @@ def test_quickstart_notebook_runs_and_shows_its_results(shared_data):
   assert 'gradient-ranked: fooled' in text and 'behind the defence: fooled' in text
   assert images >= 3
   del shared_data
+
+
+@pytest.mark.slow
+def test_the_test_extras_run_the_notebook_from_the_command_line():
+  # `jupyter nbconvert --to notebook --execute examples/quickstart.ipynb` is how
+  # a user runs it outside the tests: the `jupyter` command (jupyter-core) beside
+  # this interpreter must find its nbconvert subcommand.
+  nbconvert = pytest.importorskip('nbconvert')
+  jupyter = pathlib.Path(sys.executable).parent / 'jupyter'
+  assert jupyter.is_file(), f'{jupyter} missing: `pip install -e .[test]` installs it'
+  r = subprocess.run([jupyter, 'nbconvert', '--version'], capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip() == nbconvert.__version__

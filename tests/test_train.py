@@ -1,5 +1,6 @@
 """Training loop, checkpoints and resume, on real CIFAR-10 with the `test` config."""
 
+import io
 import json
 import os
 import pathlib
@@ -9,8 +10,10 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
+import tqdm
 
 from jaxpix import build, checkpoint, configs, evaluation, records, train
 from jaxpix.configs import cifar_baseline
@@ -36,15 +39,29 @@ def _params(workdir, config, step=None):
   _, like = build.init_state(model, build.make_optimizer(config.train, 1), config.seed)
   state = ckpt.restore(like, step)
   ckpt.close()
-  return {k: np.asarray(v) for k, v in checkpoint._flat(state['params']).items()}
+  return {k: np.asarray(v) for k, v in checkpoint.flat(state['params']).items()}
 
 
 @pytest.mark.slow
-def test_train_end_to_end(shared_data, tmp_path):
+def test_train_end_to_end(shared_data, tmp_path, monkeypatch):
   del shared_data
+  bars = []
+
+  def progress_bar(total, initial, desc, unit, enabled):
+    del enabled  # the test variant turns the bar off; this one is read back
+    bars.append(tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit, file=io.StringIO()))
+    return bars[-1]
+
+  monkeypatch.setattr(records, 'progress_bar', progress_bar)
   cfg = _config()
   result = train.train_and_evaluate(cfg, str(tmp_path))
   lines = _lines(tmp_path)
+  # The bar ends at the last step, showing the epoch and the accuracy of the
+  # evaluation at the end of epoch 1 beside the last logged loss.
+  epoch_eval = next(ln['test_accuracy'] for ln in lines if 'test_accuracy' in ln)
+  assert bars[0].n == 12
+  assert bars[0].postfix.startswith(f'epoch=1.50, loss={lines[-2]["loss"]:.3f}, acc=')
+  assert bars[0].postfix.endswith(f', test_acc={epoch_eval:.3f}')
   assert [ln['step'] for ln in lines if 'loss' in ln] == [4, 8, 12]
   assert lines[-1] == result and result['final'] and 0 <= result['test_accuracy'] <= 1
   # 512 images at batch 64: epoch 1 ends at step 8 and is evaluated.
@@ -212,6 +229,49 @@ def test_bad_configs(shared_data, tmp_path):
     cifar_baseline.get_config('gpu')
   with pytest.raises(checkpoint.CheckpointError, match='holds no checkpoint'):
     evaluation.evaluate(_config(mode='eval', checkpoint=str(tmp_path / 'none')), str(tmp_path))
+
+
+class _FakeDevice:
+  """Runs queued steps in order, only as far as the test (or a wait) lets it."""
+
+  def __init__(self, finished: int):
+    self.finished = finished
+
+  def loss(self, step: int):
+    device = self
+
+    class Loss:
+      def is_ready(self):
+        return device.finished >= step
+
+      def block_until_ready(self):
+        device.finished = max(device.finished, step)
+        return self
+
+    return Loss()
+
+
+def test_the_bar_counts_finished_steps_and_shows_epoch_and_accuracy(capsys):
+  # 32 images at batch 4: 8 steps an epoch; resumed at step 2 of 20.
+  plan = train._Plan(ml_collections.ConfigDict(dict(batch_size=4, steps=20)), 32, 1)
+  device = _FakeDevice(finished=2)
+  bar = train._StepBar(plan, start=2, enabled=True)
+  for step in range(2, 20):
+    if step == 10:
+      device.finished = 9  # the device caught up on its own: shown at the next dispatch
+    bar.queue(step + 1, device.loss(step + 1))
+    # The bar shows what the device finished, never what was only dispatched,
+    # and the host stays at most _AHEAD steps ahead.
+    assert bar.bar.n == bar.done == device.finished
+    assert step + 1 - train._AHEAD <= device.finished
+  assert bar.bar.n == 20 - train._AHEAD
+  assert bar.postfix['epoch'] == f'{(20 - train._AHEAD) / 8:.2f}'
+  bar.wait()  # the loop is about to read a result: the bar catches up
+  assert bar.bar.n == device.finished == 20
+  bar.show(loss='1.234', test_acc='0.412')
+  assert bar.bar.postfix == 'epoch=2.50, loss=1.234, test_acc=0.412'
+  bar.close()
+  assert 'epoch=2.50, loss=1.234, test_acc=0.412' in capsys.readouterr().err
 
 
 def test_locked_config_rejects_typos():

@@ -112,6 +112,24 @@ def flatten(config, ignore: tuple[str, ...] = ()) -> dict:
 ADDED = {'defence.autoencoder': '', 'defence.ae_weight_decay': -1.0}
 
 
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+  """A config a run saved (its ``config.json``, nested) made whole again:
+  fields added to jaxpix since take the value of the behaviour the run had
+  (:data:`ADDED`), else today's default; a field jaxpix no longer has is
+  dropped (nothing reads it)."""
+  from jaxpix.configs import common
+
+  config = common.base(saved.get('data', {}).get('dataset', 'cifar10'))
+  for field, value in ADDED.items():
+    set_field(config, field, value)
+  for field, value in flatten(ml_collections.ConfigDict(saved)).items():
+    try:
+      set_field(config, field, tuple(value) if isinstance(value, list) else value)
+    except ValueError:
+      pass
+  return config
+
+
 def differences(saved: dict, now: dict) -> list[str]:
   """``'field: saved X, now Y'`` for every field that differs between two
   :func:`flatten` dicts (a field only one has counts, except one of

@@ -156,7 +156,7 @@ def _evaluate(config, out: pathlib.Path) -> dict:
     config=json.loads(config.to_json_best_effort()),
     seed=config.seed,
     eval_seed=ecfg.seed,
-    checkpoint=str(restore.checkpoint_dir(config.checkpoint)),
+    checkpoint=restore.source(config.checkpoint),
     step=restored.step,
     **session,
     test_split=config.data.eval_split,

@@ -1,0 +1,175 @@
+"""Publishes the trained models the docs quote to ``jaxpix/zoo``: each run's
+arrays as safetensors, its record (config, accuracies, the results they come
+from) in the manifest.
+
+    python -m jaxpix.repro.publish_zoo --runs workdir   # the folder holding the runs
+
+``--runs`` holds the training workdirs under the names of ``docs/results``
+(``table1_paired_full/apr/seed0/train``, ...): the suites' workdirs as they
+ran, whose checkpoints the repository does not keep. The records' numbers are
+read from the committed results under ``docs/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from jaxpix import restore, zoo
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RESULTS = REPO / 'docs' / 'results'
+
+# name: (run under --runs, its evaluation under docs/results, description)
+OPERATING_POINT = {
+  'resnet18_w0.25-none': (
+    'table1_paired_full/no_defence/seed0',
+    'ResNet-18 at width 0.25, no defence: the operating point (8 epochs on this CPU) '
+    'of the full-budget pair (docs/results.md, Part I)',
+  ),
+  'resnet18_w0.25-apr': (
+    'table1_paired_full/apr/seed0',
+    'ResNet-18 at width 0.25 trained with APR (attention, mixed loss with the first-order '
+    'one-pixel adversary, finite-difference input-gradient penalty): the full-budget pair',
+  ),
+}
+# The autoencoder suite (ae_zoo7): six classifiers and the one autoencoder
+# every row reuses (trained in front of LeNet).
+AE_SUITE = {
+  'lenet': ('lenet', 'LeNet'),
+  'pure_cnn': ('pure_cnn', 'Pure CNN'),
+  'nin': ('nin', 'Network in Network'),
+  'resnet32': ('resnet', 'pre-activation ResNet-32'),
+  'densenet_bc40_w0.5': ('densenet', 'DenseNet-BC-40 at width 0.5'),
+  'wrn16_8_w0.125': ('wideresnet', 'WRN-16-8 at width 0.125'),
+}
+AUTOENCODER = 'autoencoder_w32'
+
+
+def _results(rel: str) -> dict:
+  return json.loads((RESULTS / rel).read_text())
+
+
+def _attack(cfg: dict) -> str:
+  e = cfg['eval']
+  return f'DE {e["popsize"]} x {e["maxiter"]}, {e["pixels"]} pixel, {e["mode"]} mode, untargeted'
+
+
+def _record(kind: str, restored, description: str, **extra) -> dict:
+  return dict(
+    kind=kind,
+    description=description,
+    config=json.loads(restored.config.to_json_best_effort()),
+    num_classes=int(extra.pop('num_classes', 10)),
+    step=restored.step,
+    **extra,
+  )
+
+
+def publish_operating_point(runs: pathlib.Path, root) -> None:
+  for name, (row, description) in OPERATING_POINT.items():
+    restored = restore.from_workdir(runs / row / 'train')
+    ev = f'{row}/eval/results.json'
+    r = _results(ev)
+    de = r['attacks']['de']
+    targeted = row.replace('table1_paired_full', 'table1_paired_targeted') + '/eval/results.json'
+    results = [f'docs/results/{ev}']
+    if 'apr' in name:  # the targeted suite reused this checkpoint
+      results.append(f'docs/results/{targeted}')
+    record = _record(
+      'classifier',
+      restored,
+      description,
+      clean_accuracy=r['clean_accuracy'],
+      clean_accuracy_images=r['test_images'],
+      robust=dict(
+        attack=_attack(r['config']),
+        images=len(r['fixed_images']),
+        robust_accuracy=r['robust_accuracy'],
+        attack_success_rate=de['attack_success_rate'],
+        attacked=de['attacks'],
+      ),
+      results=results,
+    )
+    zoo.publish(name, restored.model, record, root)
+
+
+def publish_autoencoder_suite(runs: pathlib.Path, root) -> None:
+  for name, (row, title) in AE_SUITE.items():
+    train = runs / 'ae_zoo7' / row / 'seed0' / 'train'
+    ev = f'ae_zoo7/{row}/seed0/eval/results.json'
+    r = _results(ev)
+    t4 = r['autoencoder_table4']
+    attack = _attack(r['config'])
+    images = r['num_images']
+    clf = restore.from_workdir(train / 'classifier')
+    zoo.publish(
+      f'{name}-none',
+      clf.model,
+      _record(
+        'classifier',
+        clf,
+        f'{title}, no defence: a classifier of the autoencoder suite (ae_zoo7)',
+        clean_accuracy=t4['clean_accuracy_classifier'],
+        clean_accuracy_images=r['test_images'],
+        robust=dict(
+          attack=attack,
+          images=images,
+          attack_success_rate=t4['asr_no_defence'],
+          note='images drawn among the classifier’s correct ones',
+        ),
+        results=[f'docs/results/{ev}'],
+      ),
+      root,
+    )
+    pipeline = restore.from_workdir(train)
+    if name == 'lenet':  # every row reuses this autoencoder
+      zoo.publish(
+        AUTOENCODER,
+        pipeline.model,
+        _record(
+          'autoencoder',
+          pipeline,
+          'The autoencoder of the autoencoder suite (ae_zoo7), 32 channels: predict returns '
+          'the reconstructed images; trained in front of the LeNet classifier, reused by '
+          'every row',
+          results=[f'docs/results/{ev}'],
+        ),
+        root,
+      )
+    zoo.publish(
+      f'{name}-autoencoder',
+      None,
+      dict(
+        kind='pipeline',
+        description=f'{AUTOENCODER} before {name}-none: the autoencoder defence (ae_zoo7)',
+        parts=dict(autoencoder=AUTOENCODER, classifier=f'{name}-none'),
+        num_classes=10,
+        clean_accuracy=t4['clean_accuracy_pipeline'],
+        clean_accuracy_images=r['test_images'],
+        robust=dict(
+          attack=attack + ', on the pipeline (adaptive)',
+          images=images,
+          attack_success_rate=t4['asr_adaptive'],
+          defence_rate=t4['defence_rate'],
+          performance_loss=t4['performance_loss'],
+        ),
+        results=[f'docs/results/{ev}'],
+      ),
+      root,
+    )
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--runs', required=True, type=pathlib.Path)
+  parser.add_argument('--root', default=None, help='the zoo folder (default: jaxpix/zoo)')
+  args = parser.parse_args(argv)
+  publish_operating_point(args.runs, args.root)
+  publish_autoencoder_suite(args.runs, args.root)
+  print('\n'.join(zoo.list(args.root)))
+
+
+if __name__ == '__main__':
+  main()
