@@ -4,7 +4,7 @@
     python run.py --config configs/cifar_baseline.py --config.train.epochs=3 --workdir ...
     python run.py --config configs/cifar_apr.py --config.mode=eval \
         --config.checkpoint=workdir/apr --workdir workdir/apr_eval
-    python run.py --config configs/suite_table1.py:cpu --workdir workdir/table1_cpu
+    python run.py --config jaxpix/repro/configs/suite_table1.py:cpu --workdir workdir/table1_cpu
     python run.py --config ... --workdir ... --coordinator_address=HOST0:1234 \
         --num_processes=2 --process_id=0   # and =1 on the second host
 
@@ -54,7 +54,12 @@ def main(argv):
   )
   if _CACHE.value:
     experiment.enable_compilation_cache(_CACHE.value)
-  result = experiment.run(_CONFIG.value, _WORKDIR.value)
+  if _CONFIG.value.mode == 'suite':  # the papers' reproduction, built on the library
+    from jaxpix.repro import suite
+
+    result = suite.run(_CONFIG.value, _WORKDIR.value)
+  else:
+    result = experiment.run(_CONFIG.value, _WORKDIR.value)
   if jax.process_index():
     return  # process 0 reports for all
   table = pathlib.Path(_WORKDIR.value) / 'results.md'

@@ -1,6 +1,7 @@
 #!/bin/bash
 # The papers' full attack budget (DE, population 400 x 100 generations) on the
-# committed No Defence and APR checkpoints of Part I (docs/results.md), on the
+# No Defence and APR models of Part I (docs/results.md; the zoo's
+# resnet18_w0.25-none and resnet18_w0.25-apr), on the
 # 500 fixed test images, once at the platform's default matmul precision (TF32
 # on NVIDIA GPUs) and once at full float32; the wall time of each eval mode
 # run, compilation and loading included, goes to $OUT/log.txt. Meant for an
@@ -14,7 +15,6 @@
 set -u
 : "${OUT:?set OUT to the output folder}"
 PY=${PY:-python3}; DATA=${DATA:-../shared/data/cifar10}; N=${N:-500}; IT=${MAXITER:-100}
-R=docs/results/table1_paired_full
 mkdir -p "$OUT"; log=$OUT/log.txt
 $PY -c 'import jax; print(jax.__version__, jax.devices())' >>"$log" 2>&1 || exit 1
 ev() {  # name config checkpoint precision
@@ -27,8 +27,8 @@ ev() {  # name config checkpoint precision
     --workdir "$OUT/$name" >"$OUT/$name.log" 2>&1
   echo "$name rc $? wall_ms $(( ($(date +%s%N) - t0) / 1000000 ))" >>"$log"
 }
-ev no_defence_default cifar_baseline.py:cpu $R/no_defence/seed0/train ''
-ev apr_default cifar_apr.py:cpu $R/apr/seed0/train ''
-ev no_defence_float32 cifar_baseline.py:cpu $R/no_defence/seed0/train highest
-ev apr_float32 cifar_apr.py:cpu $R/apr/seed0/train highest
+ev no_defence_default cifar_baseline.py:cpu zoo:resnet18_w0.25-none ''
+ev apr_default cifar_apr.py:cpu zoo:resnet18_w0.25-apr ''
+ev no_defence_float32 cifar_baseline.py:cpu zoo:resnet18_w0.25-none highest
+ev apr_float32 cifar_apr.py:cpu zoo:resnet18_w0.25-apr highest
 cat "$log"

@@ -23,7 +23,8 @@ import argparse
 import json
 import sys
 
-from jaxpix import build, configs, overhead
+from jaxpix import build, configs
+from jaxpix.repro import overhead
 
 
 def load(spec: str):

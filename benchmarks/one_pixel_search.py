@@ -9,7 +9,7 @@ extreme-colour search, paired on the same images of several trained models.
         --figure benchmarks/results/one_pixel_search_cpu.png
 
 A model is ``NAME=cnn6`` (the CNN of benchmarks/attack_throughput.py, trained
-and cached there) or ``NAME=CONFIG@CHECKPOINT_DIR`` (a jaxpix config and the
+and cached there) or ``NAME=zoo:ZOO_NAME`` (a model of jaxpix.zoo) or ``NAME=CONFIG@CHECKPOINT_DIR`` (a jaxpix config and the
 run it trained; ``NAME=@DIR`` reads the run's own config.json). For each model, the first ``--images`` test images it
 classifies correctly are attacked by every search, untargeted, ``replace``
 mode:
@@ -31,49 +31,41 @@ pixel, fools too (is the best one-pixel change an extreme colour?).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for benchmarks/
-from jaxpix import attack, configs, data, restore  # noqa: E402
+from jaxpix import attack, configs, data, restore, zoo  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUDGET = 4400  # 10 DE generations of 400, initial population included
 
 
 def load_model(spec: str, data_dir: str):
-  """``predict`` for ``cnn6``, ``CONFIG@CHECKPOINT_DIR`` or ``@CHECKPOINT_DIR``."""
+  """``predict`` for ``cnn6``, ``zoo:NAME``, ``CONFIG@CHECKPOINT_DIR`` or
+  ``@CHECKPOINT_DIR`` (the run's own config.json)."""
   if spec == 'cnn6':
     from benchmarks.attack_throughput import train_cnn
     from jaxpix.models import as_predict
 
     train = data.load_npz('cifar10', 'train', data_dir)
     return as_predict(train_cnn(train, 300, 1.0))
+  if spec.startswith('zoo:'):
+    m = zoo.load(spec[4:])
+    return functools.partial(m.predict, m.params)
   config, ckpt = spec.split('@')
-  if config:
-    cfg = configs.load(config)
-  else:  # the run's own config.json, fields added since filled from today's base
-    saved = json.loads((pathlib.Path(ckpt) / 'config.json').read_text())
-    cfg = configs.load('cifar_baseline:cpu').to_dict()
-    _overlay(cfg, saved)
-    cfg = ml_collections.ConfigDict(cfg)
+  if not config:
+    return restore.from_workdir(ckpt).predict
+  cfg = configs.load(config)
   cfg.checkpoint = ckpt
   cfg.data.dir = data_dir
   return restore.load_predict(cfg, 10).predict
-
-
-def _overlay(base: dict, saved: dict) -> None:
-  for k, v in saved.items():
-    if isinstance(v, dict) and isinstance(base.get(k), dict):
-      _overlay(base[k], v)
-    else:
-      base[k] = v
 
 
 def curve_at(queries: np.ndarray, success: np.ndarray, budgets) -> list[float]:
@@ -198,7 +190,12 @@ def figure(rows: list[dict], path: str) -> None:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--model', action='append', required=True, help='NAME=cnn6 or NAME=CONFIG@DIR')
+  ap.add_argument(
+    '--model',
+    action='append',
+    required=True,
+    help='NAME=cnn6, NAME=zoo:ZOO_NAME or NAME=CONFIG@DIR',
+  )
   ap.add_argument('--data-dir', default=str(ROOT.parent / 'shared' / 'data' / 'cifar10'))
   ap.add_argument('--images', type=int, default=48)
   ap.add_argument('--maxiter', type=int, default=10)

@@ -21,8 +21,9 @@ import sys
 
 import numpy as np
 
-from jaxpix import configs, overhead
+from jaxpix import configs
 from jaxpix.configs import cifar_baseline
+from jaxpix.repro import overhead
 
 
 def config_of(spec: str):

@@ -1,4 +1,5 @@
-"""What ``run.py`` dispatches to, by ``config.mode``."""
+"""What ``run.py`` dispatches to, by ``config.mode``: train and eval here;
+run.py hands a suite (the papers' reproduction) to ``jaxpix.repro.suite``."""
 
 from __future__ import annotations
 
@@ -98,7 +99,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     return evaluation.evaluate(config, workdir)
   if config.mode == 'suite':
-    from jaxpix import suite
-
-    return suite.run(config, workdir)
+    raise ValueError(
+      'a suite (config.mode=suite) is part of the papers\' reproduction: run it with run.py '
+      '(python run.py --config jaxpix/repro/configs/suite_table1.py:cpu --workdir ...) or '
+      'jaxpix.repro.suite.run(config, workdir)'
+    )
   raise ValueError(f'config.mode must be one of {MODES}, got {config.mode!r}')

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import gzip
 import json
 import os
 import pathlib
@@ -23,6 +24,22 @@ def writer() -> bool:
   return jax.process_index() == 0
 
 
+def gz(path: str | pathlib.Path) -> pathlib.Path:
+  """Where ``path`` lies compressed: ``<path>.gz`` (how docs/results keeps
+  the per-image logs)."""
+  path = pathlib.Path(path)
+  return path.with_name(path.name + '.gz')
+
+
+def read_text(path: str | pathlib.Path) -> str:
+  """``path``'s text, or, where only its compressed copy (:func:`gz`) is
+  there, that copy's."""
+  path = pathlib.Path(path)
+  if not path.exists() and gz(path).exists():
+    return gzip.decompress(gz(path).read_bytes()).decode()
+  return path.read_text()
+
+
 class JsonlLog:
   """A JSON-lines file: ``lines`` (parsed) on open, ``append`` (flushed and
   fsynced, so a kill loses at most the line being written) and ``rewrite``
@@ -34,12 +51,16 @@ class JsonlLog:
 
   Process 0 writes it; with ``own=True`` it is this process's own file (a
   shard of a log that several processes fill) and this process writes it.
+  Where only its compressed copy is there (a committed log copied back into
+  a workdir), it is read from that, and written out whole before anything
+  is appended.
   """
 
   def __init__(self, path: str | pathlib.Path, own: bool = False):
     self.path = pathlib.Path(path)
     self._writes = own or writer()
-    text = self.path.read_text().splitlines() if self.path.exists() else []
+    packed = not self.path.exists() and gz(self.path).exists()
+    text = read_text(self.path).splitlines() if self.path.exists() or packed else []
     self.lines: list[dict] = []
     for j, ln in enumerate(text):
       try:
@@ -50,6 +71,8 @@ class JsonlLog:
             f'{self.path} line {j + 1} is not JSON (and is not the last line, so a '
             'kill did not tear it); delete the file, or the line, to go on'
           ) from None
+    if packed:
+      self.rewrite(self.lines)
 
   def rewrite(self, lines: list[dict]) -> None:
     self.lines = list(lines)

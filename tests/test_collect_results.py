@@ -1,15 +1,11 @@
-"""docs/collect_results.py: what it copies from a workdir into docs/results."""
+"""jaxpix.repro.collect_results: what it copies from a workdir into docs/results."""
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'collect_results.py'
-_spec = importlib.util.spec_from_file_location('collect_results', _PATH)
-collect_results = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(collect_results)
+from jaxpix.repro import collect_results
 
 
 def _touch(path: pathlib.Path, text: str = 'x') -> None:
@@ -21,7 +17,7 @@ def _files(root: pathlib.Path) -> list[str]:
   return sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.is_file())
 
 
-def test_copies_results_logs_and_figures_follows_links_skips_checkpoints(tmp_path):
+def test_copies_results_and_logs_follows_links_skips_checkpoints_and_figures(tmp_path):
   other = tmp_path / 'other_suite' / 'apr' / 'seed0'
   _touch(other / 'eval' / 'results.json', '{"reused": true}')
   _touch(other / 'train' / 'checkpoints' / '100' / 'state', 'big')
@@ -44,12 +40,12 @@ def test_copies_results_logs_and_figures_follows_links_skips_checkpoints(tmp_pat
   dst = tmp_path / 'docs' / 'suite'
   n = collect_results.collect(src, dst)
 
+  # No checkpoint (the zoo publishes models), no figure no doc page links,
+  # attack logs compressed.
   got = _files(dst)
   assert got == [
     'apr/seed0/eval/results.json',
-    'asr_vs_budget.png',
-    'none/seed0/eval/attack_de.jsonl',
-    'none/seed0/eval/gallery.png',
+    'none/seed0/eval/attack_de.jsonl.gz',
     'none/seed0/train/config.json',
     'none/seed0/train/metrics.jsonl',
     'results.json',
@@ -71,7 +67,7 @@ def test_committed_results_hold_no_absolute_paths_of_the_machine():
     if collect_results.records.portable(json.loads(p.read_text())) != json.loads(p.read_text())
   ]
   assert not bad, (
-    f'absolute paths in {bad[:5]}: python docs/collect_results.py --portable docs/results'
+    f'absolute paths in {bad[:5]}: python -m jaxpix.repro.collect_results --portable docs/results'
   )
 
 
@@ -96,47 +92,31 @@ def test_missing_workdir_and_bad_argument_are_clear_errors(tmp_path):
     collect_results.main(['workdir/table1_lenet'])
 
 
-def test_checkpoints_flag_copies_each_runs_latest_step_only(tmp_path, capsys):
+def test_figures_flag_copies_every_evaluation_figure_and_logs_read_back(tmp_path, capsys):
   src = tmp_path / 'suite'
-  train = src / 'apr' / 'seed0' / 'train'
-  _touch(train / 'metrics.jsonl')
-  for step in ('1000', '2000', '2808'):
-    _touch(train / 'checkpoints' / step / 'state' / 'manifest.ocdbt', step)
-    _touch(train / 'checkpoints' / step / '_CHECKPOINT_METADATA', step)
-  _touch(train / 'checkpoints' / '3000.orbax-checkpoint-tmp-1' / 'state' / 'x')  # in flight
-  repo = collect_results.records.REPO
-  _touch(train / 'checkpoints' / '2808' / 'commit_success.txt', f'saved to {repo}/w/2808')
-  _touch(src / 'lenet' / 'seed0' / 'train' / 'checkpoints' / '999' / 'state' / 'x', 'lenet')
-
-  bare = tmp_path / 'bare'
-  collect_results.collect(src, bare)
-  assert not [p for p in bare.rglob('*') if 'checkpoints' in p.parts]
-
+  _touch(src / 'asr_vs_budget.png')
+  _touch(src / 'apr' / 'seed0' / 'eval' / 'gallery.png')
+  _touch(src / 'apr' / 'seed0' / 'train' / 'attention_maps.png')  # repeated by eval/
+  _touch(src / 'apr' / 'seed0' / 'train' / 'checkpoints' / '2808' / 'state' / 'x', 'big')
+  log = '{"header": 1}\n{"index": 3}\n'
+  _touch(src / 'apr' / 'seed0' / 'eval' / 'attack_de.jsonl', log)
   dst = tmp_path / 'docs' / 'suite'
-  collect_results.main(['--checkpoints', f'{src}:{dst}'])
-  got = _files(dst)
-  assert got == [
-    'apr/seed0/train/checkpoints/2808/_CHECKPOINT_METADATA',
-    'apr/seed0/train/checkpoints/2808/commit_success.txt',
-    'apr/seed0/train/checkpoints/2808/state/manifest.ocdbt',
-    'apr/seed0/train/metrics.jsonl',
-    'lenet/seed0/train/checkpoints/999/state/x',
+  collect_results.main(['--figures', f'{src}:{dst}'])
+  assert _files(dst) == [
+    'apr/seed0/eval/attack_de.jsonl.gz',
+    'apr/seed0/eval/gallery.png',
+    'asr_vs_budget.png',
   ]
-  assert (dst / 'apr/seed0/train/checkpoints/2808/state/manifest.ocdbt').read_text() == '2808'
-  assert (dst / 'apr/seed0/train/checkpoints/2808/commit_success.txt').read_text() == (
-    'saved to w/2808'
-  )
-  assert '5 files' in capsys.readouterr().out
-
-  # Collected again after the run saved a later step: the copy holds that
-  # step alone, the earlier collection's step folder is gone.
-  _touch(train / 'checkpoints' / '3000' / 'state' / 'manifest.ocdbt', '3000')
-  _touch(dst / 'apr/seed0/train/checkpoints/notes.txt')  # not a step folder: kept
-  collect_results.main(['--checkpoints', f'{src}:{dst}'])
-  got = _files(dst)
-  assert [g for g in got if g.startswith('apr/seed0/train/checkpoints/')] == [
-    'apr/seed0/train/checkpoints/3000/state/manifest.ocdbt',
-    'apr/seed0/train/checkpoints/notes.txt',
-  ]
-  assert 'lenet/seed0/train/checkpoints/999/state/x' in got
-  assert 'superseded by step 3000' in capsys.readouterr().out
+  assert '3 files' in capsys.readouterr().out
+  copy = dst / 'apr' / 'seed0' / 'eval' / 'attack_de.jsonl'
+  assert collect_results.records.read_text(copy) == log
+  # Collected again, the compressed log is byte for byte the same.
+  before = collect_results.records.gz(copy).read_bytes()
+  collect_results.collect(src, dst)
+  assert collect_results.records.gz(copy).read_bytes() == before
+  # A log copied back into a workdir is read, then written out whole before
+  # the next record is appended (a suite resumes from committed logs).
+  jl = collect_results.records.JsonlLog(copy)
+  assert jl.lines == [{'header': 1}, {'index': 3}]
+  jl.append([{'index': 4}])
+  assert copy.read_text() == log + '{"index": 4}\n'

@@ -1,15 +1,13 @@
-"""docs/paired_tests.py: the paired tests docs/results.md quotes."""
+"""jaxpix.repro.paired_tests: the paired tests docs/results.md quotes."""
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
 
+from jaxpix.repro import paired_tests
+
 _DOCS = pathlib.Path(__file__).resolve().parents[1] / 'docs'
-_spec = importlib.util.spec_from_file_location('paired_tests', _DOCS / 'paired_tests.py')
-paired_tests = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(paired_tests)
 
 _T1 = _DOCS / 'results' / 'table1_paired'
 

@@ -1,4 +1,4 @@
-"""Suites (jaxpix.suite): rows x seeds trained, evaluated and tabulated; the
+"""Suites (jaxpix.repro.suite): rows x seeds trained, evaluated and tabulated; the
 overhead table."""
 
 import json
@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxpix import attack, experiment, overhead, stats, suite
-from jaxpix.configs import common, suite_table1, suite_table3
+from jaxpix import attack, experiment, stats
+from jaxpix.repro import overhead, suite
+from jaxpix.repro.configs import rows, suite_table1, suite_table3
 
 
 @pytest.mark.slow
@@ -15,7 +16,7 @@ def test_suite_trains_evaluates_tabulates_and_reuses(shared_data, tmp_path, monk
   del shared_data
   c = suite_table1.get_config('test')
   c.suite.only, c.suite.seeds = 'No Defence,IT', (0, 1)
-  res = experiment.run(c, str(tmp_path))
+  res = suite.run(c, str(tmp_path))
   rows = json.loads((tmp_path / 'results.json').read_text())['rows']
   assert list(rows) == ['No Defence', 'IT']
   for name, r in rows.items():
@@ -43,7 +44,7 @@ def test_suite_trains_evaluates_tabulates_and_reuses(shared_data, tmp_path, monk
   # Again: checkpoints and attack results are reused, the numbers unchanged.
   monkeypatch.setattr(attack, 'one_pixel', lambda *a, **k: pytest.fail('attacked again'))
   c.suite.overhead = False
-  again = experiment.run(c, str(tmp_path))
+  again = suite.run(c, str(tmp_path))
   assert again['rows']['IT']['summary'] == res['rows']['IT']['summary']
 
 
@@ -78,7 +79,7 @@ def test_suite_rows_configs_and_overrides():
     suite.select_rows(c.suite.rows, 'C')
   # A row's config: its module at its variants plus the suite's size, its
   # overrides, then the suite's; the seed sets both seeds.
-  row = common.row('X', 'cifar_apr', 'no_reg', defence__penalty__method='exact')
+  row = rows.row('X', 'cifar_apr', 'no_reg', defence__penalty__method='exact')
   c.suite.set = 'train.epochs=2'
   cfg = suite.row_config(row, c.suite, 3)
   assert (cfg.model.width, cfg.defence.beta, cfg.defence.penalty.method) == (0.25, 0.0, 'exact')
@@ -103,12 +104,12 @@ def test_suite_rows_configs_and_overrides():
 @pytest.mark.slow
 def test_one_seed_autoencoder_suite_uses_wilson_and_reads_back(shared_data, tmp_path):
   del shared_data
-  from jaxpix.configs import suite_autoencoder
+  from jaxpix.repro.configs import suite_autoencoder
 
   c = suite_autoencoder.get_config('test')
   c.suite.only = 'LeNet'
   c.suite.set = 'train.steps=20,eval.num_images=8'
-  res = experiment.run(c, str(tmp_path))
+  res = suite.run(c, str(tmp_path))
   row = json.loads((tmp_path / 'results.json').read_text())['rows']['LeNet']
   t = row['per_seed'][0]['autoencoder_table4']
   for m in ('asr_no_defence', 'asr_adaptive', 'asr_transfer', 'performance_loss'):
@@ -137,13 +138,13 @@ def test_one_seed_autoencoder_suite_uses_wilson_and_reads_back(shared_data, tmp_
 @pytest.mark.slow
 def test_autoencoder_rows_reuse_the_shared_rows_autoencoder(shared_data, tmp_path):
   del shared_data
-  from jaxpix.configs import suite_autoencoder
+  from jaxpix.repro.configs import suite_autoencoder
 
   c = suite_autoencoder.get_config('test')
   assert c.suite.shared_autoencoder == 'LeNet'
   c.suite.only = 'Pure CNN'  # the LeNet row's training runs all the same
   c.suite.set = 'train.steps=12,eval.num_images=4,eval.maxiter=1'
-  experiment.run(c, str(tmp_path))
+  suite.run(c, str(tmp_path))
   owner = tmp_path / 'lenet' / 'seed0' / 'train'
   assert (owner / 'checkpoints').is_dir() and not (tmp_path / 'lenet' / 'seed0' / 'eval').exists()
   logged = [
@@ -157,12 +158,12 @@ def test_autoencoder_rows_reuse_the_shared_rows_autoencoder(shared_data, tmp_pat
 
 
 def test_a_shared_autoencoder_must_name_a_row(tmp_path):
-  from jaxpix.configs import suite_autoencoder
+  from jaxpix.repro.configs import suite_autoencoder
 
   c = suite_autoencoder.get_config('test')
   c.suite.shared_autoencoder = 'Lenet'
   with pytest.raises(ValueError, match="shared_autoencoder='Lenet' is not a row; the rows are"):
-    experiment.run(c, str(tmp_path))
+    suite.run(c, str(tmp_path))
   assert not list(tmp_path.iterdir())  # refused before anything ran
 
 
@@ -181,11 +182,12 @@ def test_a_suite_runs_from_the_package_alone(shared_data, tmp_path):
   script = (
     'import jaxpix\n'
     f'assert jaxpix.__file__.startswith({str(site)!r}), jaxpix.__file__\n'
-    'from jaxpix import configs, experiment\n'
-    "c = configs.load('suite_table1:test')\n"
+    'from jaxpix.repro import suite\n'
+    'from jaxpix.repro.configs import suite_table1\n'
+    "c = suite_table1.get_config('test')\n"
     "c.suite.only, c.suite.overhead = 'No Defence', False\n"
     "c.suite.set = 'train.steps=4,eval.num_images=2,eval.popsize=4,eval.maxiter=1'\n"
-    "experiment.run(c, 'out')\n"
+    "suite.run(c, 'out')\n"
   )
   env = dict(PYTHONPATH=str(site), JAXPIX_DATA=str(shared_data), PATH='/usr/bin:/bin')
   r = subprocess.run(
@@ -206,7 +208,7 @@ def test_rows_on_a_fixed_image_set_are_paired_and_tested(shared_data, tmp_path):
     'eval.image_set=fixed,eval.num_images=16,eval.maxiter=2,eval.gradient_ranked=64,'
     'eval.targeted=True,eval.targeted_images=3'
   )
-  res = experiment.run(c, str(tmp_path))
+  res = suite.run(c, str(tmp_path))
   ev = {
     name: json.loads((tmp_path / suite.slug(name) / 'seed0' / 'eval' / 'results.json').read_text())
     for name in ('No Defence', 'IT')
@@ -234,3 +236,11 @@ def test_rows_on_a_fixed_image_set_are_paired_and_tested(shared_data, tmp_path):
   assert s['mean'] == tg['images_fooled_any_target']
   assert s['interval'] == f'Wilson 95% over {n} images'
   assert '| Targeted: fooled towards >= 1 class | paper |' in md
+
+
+def test_the_library_runner_hands_suites_to_the_reproduction():
+  c = suite_table1.get_config('test')
+  with pytest.raises(
+    ValueError, match=r'reproduction: run it with run.py .*jaxpix.repro.suite.run'
+  ):
+    experiment.run(c, 'unused')
