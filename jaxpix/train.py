@@ -204,6 +204,10 @@ def _resume(ckpt, state, config, want: dict, total: int):
     )
   if changed:
     logging.warning('resuming with a changed config (allowed): %s', '; '.join(changed))
+  # Even where the change is allowed, arrays of other shapes cannot be resumed.
+  arrays = dict(params=state['params'], rest=state['rest'])
+  stored = ckpt.shapes(tcfg.resume_step or None)
+  build.check_structure(stored, arrays, saved, config, want['num_classes'], ckpt.directory)
   state = ckpt.restore(state, tcfg.resume_step or None)
   start = int(state['step'])
   if start > total:

@@ -147,3 +147,18 @@ def test_eval_config_naming_a_zoo_model_is_checked_against_its_record():
   c.checkpoint = 'zoo:nope'
   with pytest.raises(checkpoint.CheckpointError, match='no model'):
     restore.load_predict(c, 10)
+
+
+@pytest.mark.slow
+def test_resuming_with_a_field_that_shapes_the_model_is_refused_even_when_allowed(
+  shared_data, tmp_path
+):
+  from jaxpix import train
+
+  del shared_data
+  c = cifar_apr.get_config('test')
+  c.train.steps = 4
+  train.train_and_evaluate(c, str(tmp_path))
+  c.train.steps, c.train.allow_changes, c.defence.attention_kernel = 8, True, 5
+  with pytest.raises(checkpoint.CheckpointError, match='defence.attention_kernel: saved 3, now 5'):
+    train.train_and_evaluate(c, str(tmp_path))
