@@ -47,6 +47,14 @@ def flat(tree) -> dict[str, Any]:
   return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
 
+def has_checkpoint(directory: str | pathlib.Path) -> bool:
+  """Whether ``directory`` holds a complete checkpoint."""
+  if not pathlib.Path(directory).is_dir():
+    return False
+  with Checkpointer(directory) as ckpt:
+    return ckpt.latest_step() is not None
+
+
 class CheckpointError(ValueError):
   """A checkpoint that is missing, corrupted or of another model / config."""
 

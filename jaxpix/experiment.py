@@ -100,7 +100,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return evaluation.evaluate(config, workdir)
   if config.mode == 'suite':
     raise ValueError(
-      'a suite (config.mode=suite) is part of the papers\' reproduction: run it with run.py '
+      "a suite (config.mode=suite) is part of the papers' reproduction: run it with run.py "
       '(python run.py --config jaxpix/repro/configs/suite_table1.py:cpu --workdir ...) or '
       'jaxpix.repro.suite.run(config, workdir)'
     )

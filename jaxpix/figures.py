@@ -134,7 +134,9 @@ def adversarial_gallery(
 ) -> pathlib.Path:
   """Original and attacked image side by side for up to ``n`` successful
   attacks (unsuccessful ones if none), the changed pixels circled, with the
-  labels and probabilities before and after.
+  labels and probabilities before and after. Images the model got wrong
+  before any change (``result.misclassified``) were not attacked and are
+  never drawn; if every image is one, the figure says so.
 
   Args:
     result: an :class:`jaxpix.attack.AttackResult` on ``images``.
@@ -142,9 +144,12 @@ def adversarial_gallery(
       ``jaxpix.data.class_names(dataset, directory)``; None (or a None entry)
       captions a class ``'class <label>'``.
   """
-  pick = np.flatnonzero(result.success)[:n]
+  attacked = ~np.asarray(result.misclassified, bool)
+  pick = np.flatnonzero(attacked & np.asarray(result.success, bool))[:n]
   if not len(pick):
-    pick = np.arange(min(n, len(images)))
+    pick = np.flatnonzero(attacked)[:n]
+  if not len(pick):
+    return _note(path, f'no image attacked: the model got all {len(attacked)} wrong unchanged')
   plt = _pyplot()
   fig, ax = plt.subplots(2, len(pick), figsize=(1.9 * len(pick), 4.2), squeeze=False)
   for j, i in enumerate(pick):
@@ -159,6 +164,18 @@ def adversarial_gallery(
     )
     for a in ax[:, j]:
       a.axis('off')
+  path = pathlib.Path(path)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def _note(path, text: str) -> pathlib.Path:
+  """A small PNG that says ``text``, where a figure has nothing to draw."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4, 1))
+  ax.text(0.5, 0.5, text, ha='center', va='center', fontsize=8)
+  ax.axis('off')
   path = pathlib.Path(path)
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -6,6 +6,7 @@ Only process 0 writes (``writer``); every process reads.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import fcntl
@@ -15,6 +16,7 @@ import os
 import pathlib
 import socket
 import subprocess
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -164,6 +166,63 @@ def progress_bar(total: int, initial: int, desc: str, unit: str, enabled: bool):
   from tqdm.auto import tqdm
 
   return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled)
+
+
+# Steps the host may queue ahead of the device before it waits for the oldest:
+# enough to prepare the next batches while the device works, few enough that
+# the bar's count and ETA follow the device.
+AHEAD = 4
+
+
+class StepBar:
+  """The training bar (:func:`progress_bar`), counting finished steps.
+
+  Dispatch is asynchronous: ``train_step`` returns once the step is queued. A
+  bar advanced per call runs ahead of the device, then stalls wherever the loop
+  next reads a result (the metrics, every ``log_every`` steps), and its ETA
+  swings between minutes and hours. Each step's loss (a scalar of its own; the
+  state's buffers are donated to the next step) tells when that step is done:
+  the bar advances as those become ready, and the host waits for the oldest
+  once ``AHEAD`` steps are queued. The postfix shows the epoch reached and
+  the latest evaluation accuracy beside the logged loss and rate.
+  """
+
+  def __init__(self, total: int, start: int, enabled: bool, epoch: Callable[[int], float]):
+    self.bar = progress_bar(total, start, 'train', 'step', enabled)
+    self.epoch, self.done = epoch, start  # epoch: steps done -> epochs done
+    self.queued = collections.deque()  # (step count once finished, its loss)
+    self.postfix = {'epoch': f'{epoch(start):.2f}'}
+
+  def queue(self, done: int, loss: jax.Array) -> None:
+    """Step ``done`` was dispatched; ``loss`` is ready once it has finished."""
+    self.queued.append((done, loss))
+    while len(self.queued) > AHEAD:
+      self._advance(wait=True)
+    while self.queued and self.queued[0][1].is_ready():
+      self._advance(wait=False)
+
+  def wait(self) -> None:
+    """Waits for every queued step, advancing as each finishes: called where
+    the loop is about to read a result, which waits for all of them anyway."""
+    while self.queued:
+      self._advance(wait=True)
+
+  def show(self, **values: str) -> None:
+    self.postfix.update(values)
+    self.bar.set_postfix(self.postfix)
+
+  def close(self) -> None:
+    self.wait()
+    self.bar.close()
+
+  def _advance(self, wait: bool) -> None:
+    done, loss = self.queued.popleft()
+    if wait:
+      loss.block_until_ready()
+    self.postfix['epoch'] = f'{self.epoch(done):.2f}'
+    self.bar.set_postfix(self.postfix, refresh=False)
+    self.bar.update(done - self.done)
+    self.done = done
 
 
 @contextlib.contextmanager

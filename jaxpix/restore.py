@@ -82,12 +82,7 @@ def checkpoint_dir(path: str, key: str = 'checkpoint') -> pathlib.Path:
   p = pathlib.Path(path)
   if (p / 'checkpoints').is_dir():
     p = p / 'checkpoints'
-  found = False
-  if p.is_dir():
-    ckpt = checkpoint.Checkpointer(p)
-    found = ckpt.latest_step() is not None
-    ckpt.close()
-  if not found:
+  if not checkpoint.has_checkpoint(p):
     raise checkpoint.CheckpointError(
       f'--config.{key}={str(path)!r} holds no checkpoint: point it at the workdir of a '
       'training run (the folder holding checkpoints/), or train first (mode=train)'
@@ -263,7 +258,8 @@ def from_zoo(config, num_classes: int) -> Restored:
   parts = record.get('parts', {'model': name})
   if record['kind'] == 'pipeline':
     _check_zoo(parts['classifier'], build.frozen_config(config, 'classifier'), num_classes)
-    _check_zoo(parts['autoencoder'], config, num_classes)
+    # The autoencoder is one whatever classifier it was trained before.
+    _check_zoo(parts['autoencoder'], config, num_classes, fields=('defence', 'dataset'))
     clf = Restored(zoo.module(parts['classifier']), zoo.info(parts['classifier'])['step'])
     return Restored(zoo.module(name), zoo.info(parts['autoencoder'])['step'], clf)
   if config.defence.name == 'autoencoder':
@@ -275,10 +271,13 @@ def from_zoo(config, num_classes: int) -> Restored:
   return Restored(zoo.module(name), record['step'])
 
 
-def _check_zoo(name: str, config, num_classes: int) -> None:
+def _check_zoo(name: str, config, num_classes: int, fields=build.IDENTITY) -> None:
+  """Refuses zoo model ``name`` where its ``fields`` of the checkpoint meta
+  or its arrays' shapes differ from what ``config`` builds."""
   saved = configs.from_dict(zoo.info(name)['config'])
   where = f'zoo model {name!r}'
-  build.check_meta(build.meta(saved, num_classes), build.meta(config, num_classes), where)
+  mine = {k: v for k, v in build.meta(saved, num_classes).items() if k in fields}
+  build.check_meta(mine, build.meta(config, num_classes), where)
   if build.structure(saved, num_classes) != build.structure(config, num_classes):
     fields = build.shaping_fields(configs.flatten(saved), config, num_classes)
     raise checkpoint.CheckpointError(

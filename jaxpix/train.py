@@ -10,7 +10,6 @@ what an uninterrupted one would have done.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
@@ -205,9 +204,8 @@ def _resume(ckpt, state, config, want: dict, total: int):
   if changed:
     logging.warning('resuming with a changed config (allowed): %s', '; '.join(changed))
   # Even where the change is allowed, arrays of other shapes cannot be resumed.
-  arrays = dict(params=state['params'], rest=state['rest'])
-  stored = ckpt.shapes(tcfg.resume_step or None)
-  build.check_structure(stored, arrays, saved, config, want['num_classes'], ckpt.directory)
+  stored, k = ckpt.shapes(tcfg.resume_step or None), want['num_classes']
+  build.check_structure(stored, state, saved, config, k, ckpt.directory)
   state = ckpt.restore(state, tcfg.resume_step or None)
   start = int(state['step'])
   if start > total:
@@ -227,13 +225,6 @@ def _resume(ckpt, state, config, want: dict, total: int):
   if dropped:
     logging.warning('resumed from step %d; deleted the newer checkpoints %s', start, dropped)
   return state, start
-
-
-def _has_checkpoint(directory: pathlib.Path) -> bool:
-  if not directory.is_dir():
-    return False
-  with checkpoint.Checkpointer(directory) as ckpt:
-    return ckpt.latest_step() is not None
 
 
 def metrics_log(path: pathlib.Path, keep_until: int) -> records.JsonlLog:
@@ -296,7 +287,7 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   meta = dict(build.meta(config, k, plan.total), config=configs.flatten(config, RESUMABLE_CHANGES))
   reuse = ''
   if name == 'autoencoder' and config.defence.autoencoder:
-    if _has_checkpoint(workdir / 'checkpoints'):
+    if checkpoint.has_checkpoint(workdir / 'checkpoints'):
       logging.warning(
         "config.defence.autoencoder is ignored: %s already holds this run's own checkpoint",
         workdir,
@@ -349,68 +340,11 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   return _finish(run, state, last_eval, log)
 
 
-# Steps the host may queue ahead of the device before it waits for the oldest:
-# enough to prepare the next batches while the device works, few enough that
-# the bar's count and ETA follow the device.
-_AHEAD = 4
-
-
-class _StepBar:
-  """The training bar (``records.progress_bar``), counting finished steps.
-
-  Dispatch is asynchronous: ``train_step`` returns once the step is queued. A
-  bar advanced per call runs ahead of the device, then stalls wherever the loop
-  next reads a result (the metrics, every ``log_every`` steps), and its ETA
-  swings between minutes and hours. Each step's loss (a scalar of its own; the
-  state's buffers are donated to the next step) tells when that step is done:
-  the bar advances as those become ready, and the host waits for the oldest
-  once ``_AHEAD`` steps are queued. The postfix shows the epoch reached and
-  the latest evaluation accuracy beside the logged loss and rate.
-  """
-
-  def __init__(self, plan: _Plan, start: int, enabled: bool):
-    self.bar = records.progress_bar(plan.total, start, 'train', 'step', enabled)
-    self.plan, self.done = plan, start
-    self.queued = collections.deque()  # (step count once finished, its loss)
-    self.postfix = {'epoch': f'{plan.epoch(start):.2f}'}
-
-  def queue(self, done: int, loss: jax.Array) -> None:
-    """Step ``done`` was dispatched; ``loss`` is ready once it has finished."""
-    self.queued.append((done, loss))
-    while len(self.queued) > _AHEAD:
-      self._advance(wait=True)
-    while self.queued and self.queued[0][1].is_ready():
-      self._advance(wait=False)
-
-  def wait(self) -> None:
-    """Waits for every queued step, advancing as each finishes: called where
-    the loop is about to read a result, which waits for all of them anyway."""
-    while self.queued:
-      self._advance(wait=True)
-
-  def show(self, **values: str) -> None:
-    self.postfix.update(values)
-    self.bar.set_postfix(self.postfix)
-
-  def close(self) -> None:
-    self.wait()
-    self.bar.close()
-
-  def _advance(self, wait: bool) -> None:
-    done, loss = self.queued.popleft()
-    if wait:
-      loss.block_until_ready()
-    self.postfix['epoch'] = f'{self.plan.epoch(done):.2f}'
-    self.bar.set_postfix(self.postfix, refresh=False)
-    self.bar.update(done - self.done)
-    self.done = done
-
-
 def _loop(run: _Run, state, start: int, log, ckpt, meta):
   """Steps ``start`` to the end: logging, epoch evaluations, checkpoints."""
   config, plan, train, m = run.config, run.plan, run.train, run.mesh
   tcfg = config.train
-  bar = _StepBar(plan, start, tcfg.progress)
+  bar = records.StepBar(plan.total, start, tcfg.progress, plan.epoch)
   window, t0, seen = [], time.perf_counter(), 0
   order, order_epoch = None, -1
   last_eval = (-1, None)

@@ -91,6 +91,92 @@ def test_extreme_colour_full_sweep_is_a_certificate():
 
 
 # --------------------------------------------------------------------------- #
+# Images the model already gets wrong
+# --------------------------------------------------------------------------- #
+
+
+def test_images_already_misclassified_are_not_attacked():
+  # Gray is class 8 of corner_classes: images 1 and 4, labelled otherwise, are
+  # wrong before any change. Count the images every forward pass sees: the
+  # clean pass, then only the populations of the three attacked images.
+  model = toy.corner_classes()
+  seen = []
+
+  def predict(images):
+    jax.debug.callback(lambda n: seen.append(int(n)), images.shape[0])
+    return model(images)
+
+  x = toy.gray_images(5, 6, 6)
+  y = np.array([8, 3, 8, 8, 0], np.int32)
+  wrong = np.array([False, True, False, False, True])
+  reports = []
+  r = attack.one_pixel(
+    predict, x, y, key=jax.random.key(2), popsize=40, maxiter=30, batch=40, progress=reports.append
+  )
+  np.testing.assert_array_equal(r.misclassified, wrong)
+  np.testing.assert_array_equal(r.success, ~wrong)  # every image attacked is fooled
+  np.testing.assert_array_equal(r.queries[wrong], 0)
+  assert np.all(r.queries[~wrong] > 0) and np.all(r.queries % 40 == 0)
+  assert seen[0] == 5 and sum(seen[1:]) == r.queries.sum()  # no pass for images 1 and 4
+  assert r.success_rate == 1.0 and r.success.mean() == pytest.approx(0.6)
+  # An image not attacked is reported as it is: unchanged, the model's outputs on it.
+  np.testing.assert_array_equal(r.adv_images[wrong], x[wrong])
+  np.testing.assert_array_equal(r.adv_label[wrong], 8)
+  np.testing.assert_allclose(r.true_prob[wrong], r.clean_true_prob[wrong])
+  np.testing.assert_allclose(r.fitness[wrong], r.true_prob[wrong])
+  np.testing.assert_array_equal(r.positions[wrong], 0)
+  np.testing.assert_array_equal(r.colors[wrong], 128)  # pixel (0, 0) keeps its own colour
+  # Progress: the two first, in one report, then the others, each once.
+  np.testing.assert_array_equal(reports[0]['gidx'], [1, 4])
+  assert reports[0]['misclassified'].all() and not reports[0]['queries'].any()
+  rest = np.concatenate([f['gidx'] for f in reports[1:]])
+  np.testing.assert_array_equal(np.sort(rest), [0, 2, 3])
+  assert not np.concatenate([f['misclassified'] for f in reports[1:]]).any()
+
+
+@pytest.mark.parametrize('run', ['extreme_colour', 'gradient_ranked'])
+def test_misclassified_images_in_the_sweeps_untargeted_and_targeted(run):
+  # Two classes: 0 unless pixel (1, 2) is magenta. Images 1 and 3 are
+  # labelled 1: the model gets them wrong before any change.
+  predict = toy.exact_corner((1, 2), (255, 0, 255))
+  x = toy.cifar_like(4, 4, 5)
+  x[:, 1, 2] = 128 / 255
+  y = np.array([0, 1, 0, 1], np.int32)
+  wrong = y == 1
+  attack_fn = getattr(attack, run)
+  r = attack_fn(predict, x, y, key=jax.random.key(0), chunk=16)
+  np.testing.assert_array_equal(r.misclassified, wrong)
+  np.testing.assert_array_equal(r.success, ~wrong)
+  assert np.all(r.queries[~wrong] > 0) and not r.queries[wrong].any()
+  assert r.success_rate == 1.0
+  # Targeted: images 1 and 3 are already classified as their target (0), but
+  # they are misclassified, so they are left out all the same.
+  t = 1 - y
+  rt = attack_fn(predict, x, y, targets=t, chunk=16)
+  np.testing.assert_array_equal(rt.misclassified, wrong)
+  np.testing.assert_array_equal(rt.success, ~wrong)
+  np.testing.assert_array_equal(rt.adv_label[~wrong], 1)
+  assert not rt.queries[wrong].any() and rt.success_rate == 1.0
+  np.testing.assert_allclose(rt.fitness[wrong], 1 - rt.target_prob[wrong])
+  # Nothing to attack: no search runs at all.
+  none = attack_fn(predict, x, np.ones(4, np.int32), chunk=16)
+  assert none.misclassified.all() and not none.queries.any() and not none.success.any()
+  assert np.isnan(none.success_rate)
+  np.testing.assert_array_equal(none.adv_images, x)
+
+
+def test_a_result_rebuilt_without_the_flag_derives_it():
+  r = attack.AttackResult(
+    *([np.zeros(3)] * 10),
+    labels=np.array([0, 1, 2]),
+    targets=None,
+    clean_label=np.array([0, 2, 2]),
+    clean_true_prob=np.zeros(3),
+  )
+  np.testing.assert_array_equal(r.misclassified, [False, True, False])
+
+
+# --------------------------------------------------------------------------- #
 # Budget and query accounting
 # --------------------------------------------------------------------------- #
 
@@ -424,31 +510,31 @@ def test_mutation_indices_are_distinct_exclude_self_and_uniform():
 
 
 def test_best_candidate_ranking():
-  def rec(success, stop, energy):
-    n = len(energy)
+  def rec(success, stop, fitness):
+    n = len(fitness)
     return dict(
       vec=jnp.arange(n, dtype=jnp.float32)[None, :, None],
-      energy=jnp.array([energy]),
+      fitness=jnp.array([fitness]),
       success=jnp.array([success]),
       stop=jnp.array([stop]),
-      true_prob=jnp.array([energy]),
+      true_prob=jnp.array([fitness]),
       pred=jnp.zeros((1, n), jnp.int32),
       pred_prob=jnp.zeros((1, n)),
       target_prob=jnp.zeros((1, n)),
     )
 
   best = engine.empty_best(1, 1)
-  # Stopping beats merely successful even at a higher (L2-penalised) energy,
+  # Stopping beats merely successful even at a higher (L2-penalised) fitness,
   # which beats unsuccessful even at a lower one.
   ev = rec([True, True, False], [True, False, False], [0.9, 0.5, 0.1])
   best = engine._merge_best(best, ev)
   assert float(best['vec'][0, 0]) == 0 and bool(best['stop'][0])
-  # A later, lower-energy but non-stopping candidate does not replace it...
+  # A later, lower-fitness but non-stopping candidate does not replace it...
   best = engine._merge_best(best, rec([True], [False], [0.01]))
-  assert float(best['energy'][0]) == pytest.approx(0.9)
-  # ...a lower-energy stopping one does.
+  assert float(best['fitness'][0]) == pytest.approx(0.9)
+  # ...a lower-fitness stopping one does.
   best = engine._merge_best(best, rec([True], [True], [0.2]))
-  assert float(best['energy'][0]) == pytest.approx(0.2)
+  assert float(best['fitness'][0]) == pytest.approx(0.2)
 
 
 def test_latin_hypercube_init_has_one_member_per_stratum():
@@ -516,10 +602,13 @@ def test_params_are_an_argument_of_the_compiled_attack():
   rng = np.random.default_rng(0)
   p1, p2 = ({'w': jnp.asarray(rng.normal(size=(h, w, 3, 4)).astype(np.float32))} for _ in range(2))
 
+  traced = []
+
   def fn(params, images):  # a per-example reduction: batch-independent, bitwise
+    traced.append(images.shape[0])
     return jnp.sum(images[..., None] * params['w'], axis=(1, 2, 3))
 
-  y = np.zeros(5, np.int32)
+  y = np.asarray(fn(p1, jnp.asarray(x))).argmax(1).astype(np.int32)  # p1 gets all right
   kw = dict(key=jax.random.key(1), popsize=8, maxiter=3, devices=jax.devices()[:1])
   # The same numbers as the closure over the same parameters.
   a = attack.one_pixel(fn, x, y, params=p1, **kw)
@@ -529,9 +618,14 @@ def test_params_are_an_argument_of_the_compiled_attack():
   np.testing.assert_allclose(a.true_prob, b.true_prob, rtol=1e-6)
   # New parameters of the same shapes: nothing compiles again.
   before = (loop._compiled.cache_info().misses, forward._logits_fn.cache_info().misses)
+  loop_traces = traced.count(40)  # passes of 5 slots x 8 candidates: the loop's
   c = attack.one_pixel(fn, x, y, params=p2, **kw)
   after = (loop._compiled.cache_info().misses, forward._logits_fn.cache_info().misses)
   assert after == before
+  # Not even for another number of images attacked: p2 gets some wrong (not
+  # attacked), and the loop's shapes are those of the five images.
+  assert 0 < c.misclassified.sum() < 5 and not a.misclassified.any()
+  assert traced.count(40) == loop_traces
   d = attack.one_pixel(lambda im: fn(p2, im), x, y, **kw)
   np.testing.assert_allclose(c.true_prob, d.true_prob, rtol=1e-6)
   assert not np.allclose(a.clean_true_prob, c.clean_true_prob)  # the parameters did change

@@ -113,3 +113,34 @@ def test_extreme_colour_checks_too():
     attack.extreme_colour(PREDICT, toy.cifar_like(3, H, W), np.zeros(3, np.int32), chunk=0)
   with pytest.raises(ValueError, match='labels must have shape'):
     attack.extreme_colour(PREDICT, toy.cifar_like(3, H, W), np.zeros(4, np.int32))
+
+
+@pytest.mark.parametrize('run', ['one_pixel', 'extreme_colour', 'gradient_ranked'])
+def test_the_attacks_share_their_keywords(run):
+  x = toy.cifar_like(3, H, W)
+  y = np.asarray(PREDICT(jnp.asarray(x))).argmax(1).astype(np.int32)  # all attacked
+  search = dict(popsize=8, maxiter=1) if run == 'one_pixel' else dict(chunk=48)
+  fn = getattr(attack, run)
+  # The key is checked by every attack, even a search that draws nothing...
+  with pytest.raises(TypeError, match=r'jax.random.key'):
+    fn(PREDICT, x, y, key=jax.random.PRNGKey(0), **search)
+  # ...and so are the run options, the same names everywhere.
+  with pytest.raises(TypeError, match=f"{run}\\(\\) got an unexpected keyword argument 'slot'"):
+    fn(PREDICT, x, y, key=jax.random.key(0), slot=2, **search)
+  with pytest.raises(ValueError, match='batch must be a positive int'):
+    fn(PREDICT, x, y, key=jax.random.key(0), batch=0, **search)
+  # One set of run options, passed to any of them.
+  seen = []
+  run_options = dict(slots=2, batch=96, devices=jax.devices()[:1], steps_per_call=3)
+  r = fn(
+    PREDICT,
+    x,
+    y,
+    key=jax.random.key(0),
+    indices=np.array([7, 8, 9]),
+    progress=seen.append,
+    **run_options,
+    **search,
+  )
+  assert isinstance(r, attack.AttackResult) and not r.misclassified.any() and r.queries.all()
+  np.testing.assert_array_equal(np.sort(np.concatenate([f['gidx'] for f in seen])), [7, 8, 9])

@@ -36,10 +36,11 @@ def _images(n, size=8):
   return np.random.default_rng(0).random((n, size, size, 3)).astype(np.float32)
 
 
-def _result(labels, adv_labels):
+def _result(labels, adv_labels, success=None, misclassified=None):
   n = len(labels)
   return types.SimpleNamespace(
-    success=np.ones(n, bool),
+    success=np.ones(n, bool) if success is None else np.asarray(success),
+    misclassified=np.zeros(n, bool) if misclassified is None else np.asarray(misclassified),
     labels=np.asarray(labels),
     clean_true_prob=np.full(n, 0.9),
     adv_images=_images(n),
@@ -112,6 +113,41 @@ def test_gallery_with_the_imagenet_sample_names(tmp_path, titles, shared_data):
   ]
 
 
+def test_gallery_never_draws_an_image_the_model_got_wrong_unchanged(tmp_path, titles):
+  # Image 0 was misclassified before any change: never drawn, even flagged a
+  # success (as results from before the flag counted it).
+  r = _result([0, 1, 2], [5, 6, 7], success=[True, True, False], misclassified=[1, 0, 0])
+  figures.adversarial_gallery(r, _images(3), tmp_path / 'g.png')
+  assert titles == ['class 1\np=0.90', 'class 6\np=0.60']
+  # No success among the attacked: the unsuccessful attacked ones, still not image 0.
+  titles.clear()
+  r = _result([0, 1, 2], [5, 1, 2], success=[True, False, False], misclassified=[1, 0, 0])
+  figures.adversarial_gallery(r, _images(3), tmp_path / 'g.png')
+  assert [t.split('\n')[0] for t in titles] == ['class 1', 'class 1', 'class 2', 'class 2']
+  # None attacked: a figure that says so, no image.
+  titles.clear()
+  r = _result([0, 1], [0, 1], success=[False, False], misclassified=[1, 1])
+  p = figures.adversarial_gallery(r, _images(2), tmp_path / 'g.png')
+  assert p.is_file() and titles == []
+
+
+def test_gallery_of_a_real_attack_leaves_out_the_misclassified(tmp_path, titles):
+  from jaxpix import attack
+
+  import toy_models as toy
+
+  # Class 0 unless pixel (1, 2) is magenta; image 1 is labelled 1: wrong already.
+  x = toy.cifar_like(3, 4, 5)
+  x[:, 1, 2] = 128 / 255
+  y = np.array([0, 1, 0], np.int32)
+  r = attack.extreme_colour(toy.exact_corner((1, 2), (255, 0, 255)), x, y, chunk=16)
+  assert list(r.misclassified) == [False, True, False] and r.success_rate == 1.0
+  figures.adversarial_gallery(r, x, tmp_path / 'g.png')
+  # Images 0 and 2, fooled into class 1; image 1 (a success under the old
+  # counting) is not among them.
+  assert [t.split('\n')[0] for t in titles] == ['class 0', 'class 1', 'class 0', 'class 1']
+
+
 def test_attention_summary_measures_how_much_each_map_varies():
   x = np.zeros((4, 10, 10, 3), np.float32)
   x[:2] = 0.5  # flat maps
@@ -125,24 +161,19 @@ def test_attention_summary_measures_how_much_each_map_varies():
 
 
 @pytest.mark.slow
-def test_attention_maps_script_on_the_committed_apr_checkpoint(shared_data, tmp_path, capsys):
-  """docs/attention_maps.py: the numbers docs/results.md quotes for the
-  operating-point APR model (its first 500 test images)."""
-  import importlib.util
+def test_attention_maps_script_on_the_retrained_apr(shared_data, tmp_path, capsys):
+  """jaxpix.repro.attention_maps: the numbers docs/results.md quotes for the
+  retrained APR (the zoo's resnet18_w0.25-apr; its first 500 test images)."""
   import json
-  import pathlib
+
+  from jaxpix.repro import attention_maps
 
   del shared_data
-  docs = pathlib.Path(__file__).resolve().parents[1] / 'docs'
-  spec = importlib.util.spec_from_file_location('attention_maps', docs / 'attention_maps.py')
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  ckpt = docs / 'results' / 'table1_paired_targeted' / 'apr' / 'seed0' / 'train'
-  s = script.main([str(ckpt), '--out', str(tmp_path / 'att.png')])
+  s = attention_maps.main(['zoo:resnet18_w0.25-apr', '--out', str(tmp_path / 'att.png')])
   assert json.loads(capsys.readouterr().out) == s
   assert (tmp_path / 'att.png').stat().st_size > 1000
   # Nearly flat maps: about 0.55 everywhere, each varying by under 0.1.
   assert s['images'] == 500 and 0.5 < s['mean'] < 0.6
   assert s['median_std'] < 0.03 and s['median_span_1_99'] < 0.1
   with pytest.raises(SystemExit):
-    script.main([str(ckpt), '--config', 'cifar_baseline:cpu'])
+    attention_maps.main(['zoo:resnet18_w0.25-apr', '--config', 'cifar_baseline:cpu'])

@@ -1,4 +1,5 @@
-"""The first-order one-pixel adversary (jaxpix.attack.first_order, in linearised.py)."""
+"""The first-order view: linearised gains, the first-order adversary (attack.first_order, in
+adversaries.py) and the gradient-ranked search (attack.gradient_ranked)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 
 from jaxpix import attack, models
-from jaxpix.attack.linearised import _spaced_top
+from jaxpix.attack.adversaries import _spaced_top
+from jaxpix.attack.linearised import linearised_gain
 
 import toy_models as toy
 
@@ -31,7 +33,7 @@ def test_finds_a_planted_one_pixel_trigger():
   res = jax.jit(lambda x, y: attack.first_order(_planted(), x, y, k=1))(x, jnp.zeros(3, int))
   assert bool(res.success.all())
   np.testing.assert_array_equal(np.asarray(res.positions), [[R0, C0]] * 3)
-  np.testing.assert_array_equal(np.asarray(res.colours), [[255, 0, 255]] * 3)
+  np.testing.assert_array_equal(np.asarray(res.colors), [[255, 0, 255]] * 3)
   adv = np.array(res.adv_images)
   np.testing.assert_array_equal(adv[:, R0, C0], [[1.0, 0.0, 1.0]] * 3)
   # Nothing else changed.
@@ -101,7 +103,7 @@ def test_linearised_gain_of_every_candidate():
   rng = np.random.default_rng(0)
   x = toy.cifar_like(2, 3, 4)
   g = rng.normal(size=x.shape).astype(np.float32)
-  gain = np.asarray(attack.linearised_gain(jnp.asarray(x), jnp.asarray(g)))
+  gain = np.asarray(linearised_gain(jnp.asarray(x), jnp.asarray(g)))
   assert gain.shape == (2, 12, 8)
   cube = ((np.arange(8)[:, None] >> np.arange(3)[None]) & 1).astype(np.float32)
   for b, p, j in [(0, 0, 0), (0, 5, 3), (1, 11, 7), (1, 7, 5)]:
@@ -129,7 +131,7 @@ def test_fixed_cost_and_the_given_gradient_is_used():
   res = jax.jit(lambda x, y, g: attack.first_order(predict, x, y, k=3, grads=g, radius=0))(x, y, g)
   assert shapes == [15]  # no gradient pass of its own
   # The given gradient decides the candidates: its largest-gain pixels.
-  gain = np.asarray(attack.linearised_gain(x, g)).max(-1)
+  gain = np.asarray(linearised_gain(x, g)).max(-1)
   best3 = np.argsort(-gain, axis=1)[:, :3]
   flat = np.asarray(res.positions) @ np.array([8, 1])
   assert all(flat[b] in best3[b] for b in range(5))
@@ -155,7 +157,7 @@ def test_budget_goes_to_the_correctly_classified_images():
   assert len(cands) == 8
   owner = [int(np.argmin(np.abs(cands[i][None] - x).sum(axis=(1, 2, 3)))) for i in range(8)]
   assert sorted(owner) == [0, 1, 2, 2, 2, 3, 3, 3]
-  gain = np.asarray(attack.linearised_gain(jnp.asarray(x), jnp.asarray(g))).max(-1)
+  gain = np.asarray(linearised_gain(jnp.asarray(x), jnp.asarray(g))).max(-1)
   for i in (2, 3):
     tried = {
       int(np.flatnonzero(np.any(c != x[i], -1).ravel())[0])

@@ -255,17 +255,17 @@ def test_the_bar_counts_finished_steps_and_shows_epoch_and_accuracy(capsys):
   # 32 images at batch 4: 8 steps an epoch; resumed at step 2 of 20.
   plan = train._Plan(ml_collections.ConfigDict(dict(batch_size=4, steps=20)), 32, 1)
   device = _FakeDevice(finished=2)
-  bar = train._StepBar(plan, start=2, enabled=True)
+  bar = records.StepBar(plan.total, 2, True, plan.epoch)
   for step in range(2, 20):
     if step == 10:
       device.finished = 9  # the device caught up on its own: shown at the next dispatch
     bar.queue(step + 1, device.loss(step + 1))
     # The bar shows what the device finished, never what was only dispatched,
-    # and the host stays at most _AHEAD steps ahead.
+    # and the host stays at most AHEAD steps ahead.
     assert bar.bar.n == bar.done == device.finished
-    assert step + 1 - train._AHEAD <= device.finished
-  assert bar.bar.n == 20 - train._AHEAD
-  assert bar.postfix['epoch'] == f'{(20 - train._AHEAD) / 8:.2f}'
+    assert step + 1 - records.AHEAD <= device.finished
+  assert bar.bar.n == 20 - records.AHEAD
+  assert bar.postfix['epoch'] == f'{(20 - records.AHEAD) / 8:.2f}'
   bar.wait()  # the loop is about to read a result: the bar catches up
   assert bar.bar.n == device.finished == 20
   bar.show(loss='1.234', test_acc='0.412')

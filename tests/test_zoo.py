@@ -12,7 +12,7 @@ import pytest
 
 from jaxpix import checkpoint, data, models, restore, zoo
 from jaxpix.attack import forward
-from jaxpix.configs import cifar_apr, cifar_baseline, common
+from jaxpix.configs import cifar_apr, cifar_autoencoder, cifar_baseline, common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -146,6 +146,15 @@ def test_eval_config_naming_a_zoo_model_is_checked_against_its_record():
     restore.load_predict(c, 10)
   c.checkpoint = 'zoo:nope'
   with pytest.raises(checkpoint.CheckpointError, match='no model'):
+    restore.load_predict(c, 10)
+  # A pipeline: its classifier is the config's model, its autoencoder the one
+  # every row shares (trained before LeNet), whatever the classifier.
+  c = cifar_autoencoder.get_config('cpu,nin')
+  c.defence.ae_width, c.checkpoint = 32, 'zoo:nin-autoencoder'
+  restored = restore.load_predict(c, 10)
+  assert restored.classifier is not None and restored.step == 2808
+  c.checkpoint = 'zoo:lenet-autoencoder'  # another classifier than the config's
+  with pytest.raises(checkpoint.CheckpointError, match="model='lenet'.*model='nin'"):
     restore.load_predict(c, 10)
 
 

@@ -3,8 +3,8 @@
 An engine step asks each slot's search for its P candidates, evaluates them
 (those of the slots in flight only, in forward passes of ``per_pass`` whole
 slots, or all at once inside a train step), folds them into each slot's best
-record and hands the energies back to the search. ``loop.py`` runs steps in a
-compiled loop over a queue of images; ``attacks.de_fixed_budget`` runs a fixed
+record and hands their fitness back to the search. ``loop.py`` runs steps in a
+compiled loop over a queue of images; ``adversaries.de_fixed_budget`` runs a fixed
 number of them inside a caller's jit.
 
 Per-image randomness is ``fold_in(key, global_index)`` and step ``s`` of an
@@ -28,7 +28,8 @@ Predict = Callable[[jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class Fitness:
-  """What the search minimises and when an image is finished.
+  """The fitness a search minimises (every candidate's, and the ``fitness`` an
+  attack reports for its best) and when an image is finished.
 
   Attributes:
     targeted: minimise 1 - p(target) instead of p(true class).
@@ -50,11 +51,20 @@ class Fitness:
 
 
 # Per-image record of the best candidate seen so far. Ranked by tier, then
-# energy: a candidate that meets the stop rule (tier 2) beats a merely
+# fitness: a candidate that meets the stop rule (tier 2) beats a merely
 # successful one (tier 1), which beats any unsuccessful one (tier 0); lower
-# energy breaks ties. (Energy alone would not do: with an L2 penalty a
-# candidate past the stop threshold can have the higher energy.)
-_BEST_FIELDS = ('vec', 'energy', 'success', 'stop', 'true_prob', 'pred', 'pred_prob', 'target_prob')
+# fitness breaks ties. (Fitness alone would not do: with an L2 penalty a
+# candidate past the stop threshold can have the higher fitness.)
+_BEST_FIELDS = (
+  'vec',
+  'fitness',
+  'success',
+  'stop',
+  'true_prob',
+  'pred',
+  'pred_prob',
+  'target_prob',
+)
 
 
 def _perturbed(images, cands, mode):
@@ -128,22 +138,22 @@ def score_candidates(
   true_p, tgt_p = pick(labels), pick(targets)
   pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   if fit.targeted:
-    energy, success = 1.0 - tgt_p, pred == targets[:, None]
+    fitness, success = 1.0 - tgt_p, pred == targets[:, None]
   else:
-    energy, success = true_p, pred != labels[:, None]
+    fitness, success = true_p, pred != labels[:, None]
   if fit.l2_penalty:
-    energy = energy + fit.l2_penalty * l2
+    fitness = fitness + fit.l2_penalty * l2
   # A candidate on which the model outputs NaN or +-inf says nothing about the
   # model's decision: never a success, never the best candidate.
   finite = jnp.all(jnp.isfinite(logits), axis=-1)
   success &= finite
-  energy = jnp.where(finite, energy, jnp.inf)
+  fitness = jnp.where(finite, fitness, jnp.inf)
   stop = success
   if fit.stop_threshold is not None:
     stop &= (tgt_p >= fit.stop_threshold) if fit.targeted else (true_p <= fit.stop_threshold)
   return dict(
     vec=cands,
-    energy=energy,
+    fitness=fitness,
     success=success,
     stop=stop,
     true_prob=true_p,
@@ -161,13 +171,13 @@ def _merge_best(best, ev):
   """Folds this step's candidates [S, P] into the per-slot best record [S]."""
   tier = _tier(ev)
   top = jnp.max(tier, axis=1, keepdims=True)
-  j = jnp.argmin(jnp.where(tier == top, ev['energy'], jnp.inf), axis=1)
+  j = jnp.argmin(jnp.where(tier == top, ev['fitness'], jnp.inf), axis=1)
   new = {
     k: jnp.take_along_axis(ev[k], j.reshape((-1,) + (1,) * (ev[k].ndim - 1)), axis=1)[:, 0]
     for k in _BEST_FIELDS
   }
   t_new, t_old = _tier(new), _tier(best)
-  better = (t_new > t_old) | ((t_new == t_old) & (new['energy'] < best['energy']))
+  better = (t_new > t_old) | ((t_new == t_old) & (new['fitness'] < best['fitness']))
   return {k: _where(better, new[k], best[k]) for k in _BEST_FIELDS}
 
 
@@ -180,7 +190,7 @@ def empty_best(n: int, dim: int):
     vec=jnp.zeros((n, dim), jnp.float32),
     # Typed: a weakly typed inf here would make the loop's first call compile
     # for a different input type than every later one.
-    energy=jnp.full((n,), jnp.inf, jnp.float32),
+    fitness=jnp.full((n,), jnp.inf, jnp.float32),
     success=jnp.zeros((n,), bool),
     stop=jnp.zeros((n,), bool),
     true_prob=jnp.ones((n,), jnp.float32),
@@ -222,7 +232,7 @@ def step(search: Search, predict: Predict, fit: Fitness, st, per_pass: int | Non
   ev = score_candidates(
     predict, st['image'], cands, st['label'], st['target'], fit, st['active'], per_pass
   )
-  new_search = jax.vmap(search.update)(st['search'], cands, ev['energy'], st['step'])
+  new_search = jax.vmap(search.update)(st['search'], cands, ev['fitness'], st['step'])
   best = _merge_best(st['best'], ev)
   steps = st['step'] + 1
   finished = steps >= search.max_steps

@@ -51,7 +51,7 @@ def batched_probs(predict: Predict, images, batch: int = 1024, *, params=None) -
       ``predict(params, images)``).
     images: [N, H, W, C], sliced on the host.
     batch: images per forward pass; bounds device memory.
-    params: as in :func:`one_pixel`.
+    params: as the attacks take it (:class:`jaxpix.attack.RunOptions`).
 
   Returns:
     float32 [N, K] numpy.

@@ -107,7 +107,7 @@ def _device_loop(
 # Keyed on the predict function (``(params, images) -> logits``), not on the
 # parameters, which are an argument: one compilation serves every parameter set
 # of the same shapes. A closure ``images -> logits`` is wrapped once per
-# object (attacks.py), so it compiles once per closure, its captured arrays
+# object (forward.py), so it compiles once per closure, its captured arrays
 # baked in as constants; the small cache bounds what those can pin. The
 # program has one shape per (slots, per_pass): the tail of a run, when fewer
 # images are in flight, runs fewer forward passes of the same shape instead
@@ -176,18 +176,19 @@ def run(
   on every device) is an argument of the compiled loop.
 
   Images are split into contiguous blocks, one per device; each device runs
-  ``slots`` images at a time over its block (fewer if its block is smaller),
-  evaluating ``per_pass`` of them (``per_pass * P`` candidates) per forward
-  pass. ``progress`` (optional) is called with the records finished after
-  every compiled call. ``data`` [N, ...]: each image's input to a search that
+  ``slots`` images at a time over its block, evaluating ``per_pass`` of them
+  (``per_pass * P`` candidates) per forward pass. The caller sizes both
+  (``runner.run`` sizes them by all the images of the attack, so that the
+  shapes, and the compiled program, do not depend on how many of them reach
+  the loop). ``progress`` (optional) is called with the records finished
+  after every compiled call. ``data`` [N, ...]: each image's input to a search that
   takes one (``search.data_shape``).
   """
   n = images.shape[0]
   nd = len(devices)
   mesh = Mesh(np.asarray(devices), ('data',))
   per_dev = -(-n // nd)
-  s = max(1, min(slots, per_dev))
-  per_pass = min(per_pass, s)
+  s = slots
   q = 4 * s
   start = np.minimum(np.arange(nd) * per_dev, n)
   end = np.minimum(start + per_dev, n)
@@ -277,14 +278,17 @@ class ProgressBar:
     from tqdm.auto import tqdm
 
     self.bar = tqdm(total=total, unit='img', desc='attack')
-    self.done = self.fooled = self.queries = 0
+    self.attacked = self.fooled = self.queries = 0
 
   def __call__(self, finished):
-    self.done += len(finished['gidx'])
+    # The rate is over the images attacked, as AttackResult.success_rate.
+    wrong = finished.get('misclassified')
+    self.attacked += len(finished['gidx']) - (0 if wrong is None else int(np.sum(wrong)))
     self.fooled += int(finished['success'].sum())
     self.queries += int(finished['queries'].sum())
     rate = self.queries / max(self.bar.format_dict['elapsed'], 1e-9)
-    self.bar.set_postfix(asr=f'{self.fooled / self.done:.3f}', evals_s=f'{rate:.0f}')
+    asr = self.fooled / self.attacked if self.attacked else float('nan')
+    self.bar.set_postfix(asr=f'{asr:.3f}', evals_s=f'{rate:.0f}')
     self.bar.update(len(finished['gidx']))
 
   def close(self):

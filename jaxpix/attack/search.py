@@ -3,7 +3,7 @@
 A strategy is a :class:`Search`: three pure per-image functions that the engine
 ``vmap``s over image slots. Each engine step asks every slot for
 ``num_candidates`` candidate vectors, evaluates them all in one forward pass and
-hands the energies (lower is better) back. Step 0 of differential evolution
+hands their fitness (lower is better) back. Step 0 of differential evolution
 evaluates the initial population; steps 1..maxiter evaluate trial vectors, so a
 full run costs exactly ``popsize * (maxiter + 1)`` model evaluations.
 """
@@ -34,7 +34,7 @@ class Search(NamedTuple):
       (e.g. its candidates in ranked order), given to the attack per image.
     propose: ``(state, key, step) -> (candidates [P, D], n_valid)``; only the
       first ``n_valid`` candidates count as queries (the rest are padding).
-    update: ``(state, candidates, energies [P], step) -> state``.
+    update: ``(state, candidates, fitness [P], step) -> state``.
     data_shape, data_dtype: the shape and dtype of one image's ``data``
       (None: the search takes none).
   """
@@ -175,11 +175,11 @@ def differential_evolution(
 
   def init(key):
     pop = _init_population(key, cfg, lo, hi, pixels, channels, mode)
-    # Energies start at +inf so that step 0 (which proposes the population
+    # Fitness starts at +inf so that step 0 (which proposes the population
     # itself) "selects" every member: the same update serves both phases.
     return pop, jnp.full((p,), jnp.inf, jnp.float32)
 
-  def trials(pop, energy, key):
+  def trials(pop, fit, key):
     k_idx, k_f, k_cr, k_j, k_b = jax.random.split(key, 5)
     if isinstance(cfg.mutation, tuple):
       f = jax.random.uniform(k_f, (), minval=cfg.mutation[0], maxval=cfg.mutation[1])
@@ -190,7 +190,7 @@ def differential_evolution(
       mutant = pop[r[:, 0]] + f * (pop[r[:, 1]] - pop[r[:, 2]])
     else:
       r = _distinct_others(k_idx, p, 2)
-      mutant = pop[jnp.argmin(energy)][None] + f * (pop[r[:, 0]] - pop[r[:, 1]])
+      mutant = pop[jnp.argmin(fit)][None] + f * (pop[r[:, 0]] - pop[r[:, 1]])
     if cfg.crossover is None:
       trial = mutant
     else:
@@ -204,16 +204,16 @@ def differential_evolution(
     return jnp.where(out, fresh, trial)
 
   def propose(state, key, step):
-    pop, energy = state
-    cands = jax.lax.cond(step == 0, lambda: pop, lambda: trials(pop, energy, key))
+    pop, fit = state
+    cands = jax.lax.cond(step == 0, lambda: pop, lambda: trials(pop, fit, key))
     return cands, jnp.int32(p)
 
-  def update(state, cands, energies, step):
+  def update(state, cands, fitness, step):
     del step
-    pop, energy = state
+    pop, fit = state
     # "<=" lets the population drift across plateaus of equal fitness.
-    better = energies <= energy
-    return jnp.where(better[:, None], cands, pop), jnp.where(better, energies, energy)
+    better = fitness <= fit
+    return jnp.where(better[:, None], cands, pop), jnp.where(better, fitness, fit)
 
   return Search(p, cfg.maxiter + 1, init, propose, update)
 
@@ -261,7 +261,7 @@ def exhaustive_corners(height: int, width: int, channels: int, chunk: int) -> Se
     coords = jnp.stack([pos // width, pos % width], axis=1).astype(jnp.float32) + 0.5
     return jnp.concatenate([coords, jnp.asarray(cube)[corner]], axis=1), n_valid
 
-  def update(state, cands, energies, step):
+  def update(state, cands, fitness, step):
     return state
 
   return Search(chunk, math.ceil(total / chunk), init, propose, update)
@@ -293,7 +293,7 @@ def ranked_corners(height: int, width: int, channels: int, budget: int, chunk: i
     coords = jnp.stack([pos // width, pos % width], axis=1).astype(jnp.float32) + 0.5
     return jnp.concatenate([coords, jnp.asarray(cube)[corner]], axis=1), n_valid
 
-  def update(state, cands, energies, step):
+  def update(state, cands, fitness, step):
     return state
 
   return Search(chunk, math.ceil(budget / chunk), init, propose, update, (budget,), np.int32)
@@ -310,7 +310,7 @@ def refined_corners(
   the objective for every candidate of :func:`exhaustive_corners` (the
   linearised gain), then the objective of the clean image. The objective is
   ``-log p(label)`` (untargeted) or ``log p(target)`` (targeted), read from the
-  engine's energies (``p(label)``, or ``1 - p(target)``).
+  engine's fitness (``p(label)``, or ``1 - p(target)``).
 
   Each step proposes the ``chunk`` untried candidates of highest estimate; the
   estimate of candidate (pixel q, corner j) is its gain plus a correction
@@ -370,15 +370,15 @@ def refined_corners(
     coords = jnp.stack([pos // width, pos % width], axis=1).astype(jnp.float32) + 0.5
     return jnp.concatenate([coords, jnp.asarray(cube)[corner]], axis=1), n_valid
 
-  def update(state, cands, energies, step):
+  def update(state, cands, fitness, step):
     gain, base, tried, err, cnt = state
     pos = cands[:, 0].astype(jnp.int32) * width + cands[:, 1].astype(jnp.int32)
     idx = pos * n_corner + jnp.sum((cands[:, 2:] > 127).astype(jnp.int32) * bits, axis=1)
-    p = 1.0 - energies if targeted else energies
+    p = 1.0 - fitness if targeted else fitness
     measured = jnp.log(jnp.maximum(p, 1e-30))
     measured = measured if targeted else -measured
-    # A non-finite energy (non-finite logits) teaches nothing; padding is not counted.
-    ok = jnp.isfinite(energies) & (jnp.arange(chunk) < valid(step))
+    # A non-finite fitness (non-finite logits) teaches nothing; padding is not counted.
+    ok = jnp.isfinite(fitness) & (jnp.arange(chunk) < valid(step))
     e = jnp.where(ok, measured - base - gain[idx], 0.0)
     err = err.at[pos].add(e)
     cnt = cnt.at[pos].add(ok.astype(jnp.float32))

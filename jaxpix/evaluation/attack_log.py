@@ -106,7 +106,7 @@ def records_of(finished: dict, targeted: bool, num_classes: int) -> list[dict]:
       true_prob=float(finished['true_prob'][j]),
       adv_label=int(finished['pred'][j]),
       adv_prob=float(finished['pred_prob'][j]),
-      fitness=float(finished['energy'][j]),
+      fitness=float(finished['fitness'][j]),
       vec=[float(v) for v in np.asarray(finished['vec'][j])],
     )
     if targeted:
