@@ -33,8 +33,8 @@ _CACHE = flags.DEFINE_string(
   str(experiment.DEFAULT_CACHE),
   "JAX's persistent compilation cache, shared by runs ('' = off).",
 )
-# Several processes (one per host, or several on one host): see the README's
-# "More than one host" and jaxpix.experiment.init_distributed.
+# Several processes (one per host, or several on one host): see docs/operations.md,
+# "More than one host", and jaxpix.experiment.init_distributed.
 _COORDINATOR = flags.DEFINE_string(
   'coordinator_address', None, 'host:port of process 0, for a run over several processes.'
 )

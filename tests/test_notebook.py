@@ -38,6 +38,9 @@ def test_quickstart_notebook_runs_and_shows_its_results(shared_data):
   fooled = int(re.search(r'fooled (\d+) of 16 images', text).group(1))
   assert 0 < fooled <= 16
   assert 'gradient-ranked: fooled' in text and 'behind the defence: fooled' in text
+  # The zoo's APR model scores its record; its misclassified images are not attacked.
+  assert 'clean accuracy 81.8% (recorded: 81.8%)' in text
+  assert re.search(r'\d+ of 24 misclassified \(not attacked\); fooled \d+ of the other', text)
   assert images >= 3
   del shared_data
 

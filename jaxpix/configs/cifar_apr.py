@@ -9,7 +9,7 @@ made per mini-batch from the current parameters + input-gradient penalty
 (beta = 0.01), on ResNet-18 with the paper's optimiser (Adam 1e-3, wd 5e-4,
 batch 128, 200 epochs).
 
-By default the training is the cheap form of the same loss (README, "Defended
+By default the training is the cheap form of the same loss (docs/defences.md, "Defended
 training"): the first-order adversary (every pixel x extreme colour scored
 from the input gradient, the best 4 verified) replaces a quarter of every batch
 in one forward-backward pass, and the penalty's parameter gradient is a

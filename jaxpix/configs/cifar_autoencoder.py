@@ -51,7 +51,7 @@ def get_config(arg=None):
   # coupled 5e-4 swamps a reconstruction loss of ~5e-3: one epoch of the
   # 32-channel autoencoder in front of the autoencoder suite's LeNet reached
   # training MSE 0.0082 with it and 0.0044 without, pipeline validation
-  # accuracy 44.2% against 48.5% (2026-11-30, README "Defences", docs/results.md).
+  # accuracy 44.2% against 48.5% (2026-11-30, docs/defences.md, docs/results.md).
   c.defence.ae_weight_decay = 0.0
   common.small(c, variants)
   for name in ZOO:  # after small(): 'test,lenet' tests LeNet, not the test CNN
