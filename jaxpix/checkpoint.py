@@ -140,6 +140,10 @@ class Checkpointer:
         self._explain(step, f'its array metadata cannot be read (orbax: {first})')
       ) from None
     tree = getattr(tree, 'item_metadata', tree)
+    if not hasattr(tree, 'items'):
+      raise CheckpointError(
+        self._explain(step, 'it cannot be read: corrupted or incomplete (no array metadata)')
+      )
     return {k: tuple(v.shape) for k, v in tree.items() if hasattr(v, 'shape')}
 
   def restore(self, like, step: int | None = None):
