@@ -29,6 +29,21 @@ DEFENCES = ('none', 'at', 'apr', 'it', 'dd', 'dd_teacher', 'autoencoder')
 IDENTITY = ('model', 'width', 'defence', 'attention', 'dataset', 'num_classes')
 
 
+# The float fields training reads: (lowest, whether it may equal it, highest
+# or None). Every float must also be finite (configs.check_finite).
+FLOAT_RANGES = {
+  'train.lr': (0, False, None),
+  'train.weight_decay': (0, True, None),
+  'train.checkpoint_minutes': (0, True, None),
+  'defence.temperature': (0, False, None),
+  'defence.alpha': (0, True, 1),
+  'defence.beta': (0, True, None),
+  'defence.penalty.h': (0, False, None),
+  'defence.penalty.fraction': (0, False, 1),
+  'defence.adv.fraction': (0, False, 1),
+}
+
+
 def _check_ints(config, fields: dict[str, int]) -> None:
   """Each dotted field an int >= its minimum, else an error naming it."""
   for field, least in fields.items():
@@ -56,13 +71,18 @@ def check_train_config(config) -> None:
       'data.train_subset': 0,
       'data.eval_subset': 0,
       'data.validation_size': 0,
+      'seed': 0,
+      'data.split_seed': 0,
     },
   )
-  if not config.train.lr > 0 or not config.train.weight_decay >= 0:
-    raise ValueError(
-      f'config.train.lr must be > 0 and weight_decay >= 0, got {config.train.lr!r} and '
-      f'{config.train.weight_decay!r}'
-    )
+  configs.check_finite(config)
+  for field, (low, low_ok, high) in FLOAT_RANGES.items():
+    node = config
+    for part in field.split('.'):
+      node = node[part]
+    if not (node > low or (low_ok and node == low)) or (high is not None and node > high):
+      bound = f'{">=" if low_ok else ">"} {low}' + (f' and <= {high}' if high is not None else '')
+      raise ValueError(f'config.{field} must be {bound}, got {node!r}')
   if config.dtype not in DTYPES:
     raise ValueError(f'config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}')
   check_defence(config)

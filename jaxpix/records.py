@@ -16,6 +16,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable
 
 import jax
@@ -62,7 +63,8 @@ class JsonlLog:
     self.path = pathlib.Path(path)
     self._writes = own or writer()
     packed = not self.path.exists() and gz(self.path).exists()
-    text = read_text(self.path).splitlines() if self.path.exists() or packed else []
+    raw = read_text(self.path) if self.path.exists() or packed else ''
+    text = raw.splitlines()
     self.lines: list[dict] = []
     for j, ln in enumerate(text):
       try:
@@ -73,22 +75,23 @@ class JsonlLog:
             f'{self.path} line {j + 1} is not JSON (and is not the last line, so a '
             'kill did not tear it); delete the file, or the line, to go on'
           ) from None
-    if packed:
+    # A torn last line (or one that lost its newline) is cut off the file
+    # before anything is appended, so no record is written onto it.
+    if packed or (raw and (len(self.lines) < len(text) or not raw.endswith('\n'))):
       self.rewrite(self.lines)
 
   def rewrite(self, lines: list[dict]) -> None:
     self.lines = list(lines)
     if self._writes:
-      tmp = self.path.with_suffix(self.path.suffix + '.tmp')
-      tmp.write_text(''.join(json.dumps(r) + '\n' for r in self.lines))
-      os.replace(tmp, self.path)
+      text = ''.join(json.dumps(_finite(r), allow_nan=False) + '\n' for r in self.lines)
+      replace_text(self.path, text)
 
   def append(self, lines: list[dict]) -> None:
     self.lines.extend(lines)
     if self._writes:
       with self.path.open('a') as f:
         for r in lines:
-          f.write(json.dumps(r) + '\n')
+          f.write(json.dumps(_finite(r), allow_nan=False) + '\n')  # strict JSON
         f.flush()
         os.fsync(f.fileno())
 
@@ -126,13 +129,51 @@ def portable(obj, root: pathlib.Path = REPO):
   return obj
 
 
-def write_json(path: str | pathlib.Path, obj) -> None:
-  """Writes strict JSON atomically (a kill never leaves half a file), paths
-  under the repository's parent folder relative to the repository."""
+def check_workdir(workdir) -> pathlib.Path:
+  """``workdir`` as a path, refused where it is empty or blank (an unset
+  shell variable would otherwise put a run's files in the current folder)."""
+  if workdir is None or not str(workdir).strip():
+    raise ValueError(
+      f'the workdir is empty ({workdir!r}): an unset variable? Give the folder for this '
+      "run's files, e.g. --workdir=workdir/apr"
+    )
+  return pathlib.Path(workdir)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once (os.umask can only be read by setting it)
+
+
+def replace_text(path: str | pathlib.Path, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically and durably: into a new temporary
+  file beside it (created exclusively, so a planted file or link there is
+  never followed), synced, then renamed over ``path`` and the folder synced:
+  a kill or a power loss leaves the old file or the new one, never half."""
   path = pathlib.Path(path)
-  tmp = path.with_suffix(path.suffix + '.tmp')
-  tmp.write_text(json.dumps(portable(_finite(obj)), indent=1, allow_nan=False) + '\n')
-  os.replace(tmp, path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # as open() would create it, not mkstemp's 0600
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+  with contextlib.suppress(OSError):  # not every filesystem syncs a folder
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+      os.fsync(folder)
+    finally:
+      os.close(folder)
+
+
+def write_json(path: str | pathlib.Path, obj) -> None:
+  """Writes strict JSON atomically (:func:`replace_text`), paths under the
+  repository's parent folder relative to the repository."""
+  replace_text(path, json.dumps(portable(_finite(obj)), indent=1, allow_nan=False) + '\n')
 
 
 def provenance() -> dict:

@@ -21,85 +21,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from jaxpix import build, checkpoint, configs, data, defences, mesh, records, restore
-
-# A loss term: (model in train mode, images [B, H, W, C] in [0, 1], labels [B],
-# key) -> (scalar, metrics). Defences add terms (adversarial examples, the
-# input-gradient penalty, distillation); the clean cross-entropy is the base.
-LossTerm = Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]
-
-
-# --------------------------------------------------------------------------- #
-# Steps
-# --------------------------------------------------------------------------- #
-
-
-def make_train_step(graphdef, tx, terms, augment: bool):
-  def train_step(state, images_u8, labels):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state['key']), state['step'])
-    k_aug, k_loss = jax.random.split(key)
-    x = data.augment(k_aug, images_u8) if augment else data.levels(images_u8)
-
-    model = nnx.merge(graphdef, state['params'], state['rest'])
-    model.train()
-
-    def loss_fn(model):
-      total, metrics = 0.0, {}
-      for i, (_, weight, term) in enumerate(terms):
-        value, m = term(model, x, labels, jax.random.fold_in(k_loss, i))
-        total = total + weight * value
-        metrics.update(m)
-      metrics['loss'] = total
-      return total, metrics
-
-    # Gradients w.r.t. the parameters only; batch statistics update in place.
-    (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    _, _, rest = nnx.split(model, nnx.Param, ...)
-    updates, opt = tx.update(grads, state['opt'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
-    return dict(state, params=params, rest=rest, opt=opt, step=state['step'] + 1), metrics
-
-  return train_step
-
-
-def compile_train_step(m, graphdef, tx, terms, augment: bool):
-  """The train step jitted over mesh ``m``: state replicated, batch sharded."""
-  repl, shard = mesh.replicated(m), mesh.sharded(m)
-  return jax.jit(
-    make_train_step(graphdef, tx, terms, augment),
-    in_shardings=(repl, shard, shard),
-    out_shardings=(repl, repl),
-    donate_argnums=0,
-  )
-
-
-def make_eval_step(graphdef):
-  def eval_step(state, images_u8, labels, mask):
-    model = nnx.merge(graphdef, state['params'], state['rest'])
-    model.eval()
-    logits = model(data.levels(images_u8))
-    return jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
-
-  return eval_step
-
-
-def accuracy(m, eval_step, state, split: data.Split, batch_size: int) -> float:
-  """Exact accuracy over a whole split (the last batch padded and masked)."""
-  batch_size = -(-batch_size // m.size) * m.size  # shardable over every device
-  correct = 0
-  for i in range(0, len(split), batch_size):
-    x, y = split.images[i : i + batch_size], split.labels[i : i + batch_size]
-    pad = batch_size - len(y)
-    mask = np.arange(batch_size) < len(y)
-    if pad:
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-      y = np.concatenate([y, np.zeros(pad, y.dtype)])
-    correct += int(eval_step(state, *mesh.global_batch(m, x, y, mask)))
-  return correct / len(split)
-
+from jaxpix import build, checkpoint, configs, data, defences, mesh, preemption, records, restore
+from jaxpix.steps import accuracy, compile_train_step, make_eval_step
 
 # --------------------------------------------------------------------------- #
 # Models this one builds on
@@ -154,6 +79,7 @@ RESUMABLE_CHANGES = (
   'train.progress',
   'train.log_every',
   'train.checkpoint_every',
+  'train.checkpoint_minutes',
   'train.keep_checkpoints',
   'train.resume_step',
   'train.eval_every_epoch',
@@ -249,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     The final metrics (also the last line of ``workdir/metrics.jsonl``).
   """
   build.check_train_config(config)
-  workdir = pathlib.Path(workdir)
+  workdir = records.check_workdir(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with records.workdir_lock(workdir):
     return _train(config, workdir, devices)
@@ -321,6 +247,10 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
       state, start = restore.reuse_autoencoder(ckpt, state, reused, reuse, meta)
     else:
       state, start = _resume(ckpt, state, config, meta, plan.total)
+    if start:
+      logging.info('%s: resuming from step %d of %d', workdir, start, plan.total)
+    else:
+      logging.info('%s: no checkpoint there, training from step 0 of %d', workdir, plan.total)
     # Paths under the repository's parent recorded relative to the repository,
     # so that a committed run folder names no machine's layout. A finished run
     # reopened with nothing left to train (a suite resumed with other eval
@@ -341,10 +271,21 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
 
 
 def _loop(run: _Run, state, start: int, log, ckpt, meta):
-  """Steps ``start`` to the end: logging, epoch evaluations, checkpoints."""
+  """Steps ``start`` to the end: logging, epoch evaluations, checkpoints
+  where :class:`preemption.Saver` says; a SIGTERM or Ctrl-C saves at the next
+  step and raises :class:`preemption.Stopped`."""
+  tcfg, plan = run.config.train, run.plan
+  bar = records.StepBar(plan.total, start, tcfg.progress, plan.epoch)
+  try:
+    with preemption.Saver(tcfg.checkpoint_every, plan.total, tcfg.checkpoint_minutes) as saver:
+      return _steps(run, state, start, log, ckpt, meta, bar, saver)
+  finally:
+    bar.close()
+
+
+def _steps(run: _Run, state, start, log, ckpt, meta, bar, saver):
   config, plan, train, m = run.config, run.plan, run.train, run.mesh
   tcfg = config.train
-  bar = records.StepBar(plan.total, start, tcfg.progress, plan.epoch)
   window, t0, seen = [], time.perf_counter(), 0
   order, order_epoch = None, -1
   last_eval = (-1, None)
@@ -364,10 +305,12 @@ def _loop(run: _Run, state, start: int, log, ckpt, meta):
     bar.queue(done, metrics['loss'])
     if done % tcfg.log_every == 0 or done == plan.total:
       bar.wait()
+      _check_finite(window, done, tcfg)
       avg = {key: float(np.mean([float(w[key]) for w in window])) for key in window[0]}
-      rate = seen / max(time.perf_counter() - t0, 1e-9)
+      # None where no step was timed (the window held only the compiling one).
+      rate = seen / max(time.perf_counter() - t0, 1e-9) if seen else None
       log.append([dict(step=done, epoch=plan.epoch(done), images_per_s=rate, **avg)])
-      bar.show(loss=f'{avg["loss"]:.3f}', acc=f'{avg["accuracy"]:.3f}', img_s=f'{rate:.0f}')
+      bar.show(loss=f'{avg["loss"]:.3f}', acc=f'{avg["accuracy"]:.3f}', img_s=f'{rate or 0:.0f}')
       window, t0, seen = [], time.perf_counter(), 0
     if done % plan.steps_per_epoch == 0 and tcfg.eval_every_epoch:
       bar.wait()
@@ -377,11 +320,39 @@ def _loop(run: _Run, state, start: int, log, ckpt, meta):
       )
       bar.show(**{f'{run.eval_name}_acc': f'{last_eval[1]:.3f}'})
       t0, seen = time.perf_counter(), 0  # images/s measures training only
-    if done % tcfg.checkpoint_every == 0 or done == plan.total:
+    save, stop = saver.due(done)
+    if save:
       bar.wait()
+      _check_finite(window, done, tcfg, state['params'])  # nothing non-finite is saved
       ckpt.save(done, state, meta)
-  bar.close()
+      saver.saved()
+    if stop:
+      raise preemption.Stopped(stop, preemption.stop_message(stop, done, plan.total, run.workdir))
   return state, last_eval
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite(window: list, done: int, tcfg, params=None) -> None:
+  """Stops training where its loss (over the steps since the last log) or,
+  before a save, its parameters are no longer finite: such a state is never
+  saved, and the error names the step and the learning rate."""
+  losses = [float(w['loss']) for w in window]
+  bad = next((i for i, v in enumerate(losses) if not np.isfinite(v)), None)
+  if bad is None and (params is None or bool(_all_finite(params))):
+    return
+  where = (
+    f'at step {done - len(window) + bad + 1} (loss {losses[bad]})'
+    if bad is not None
+    else (f'by step {done} (its parameters)')
+  )
+  raise FloatingPointError(
+    f'training became non-finite {where}; nothing after the last checkpoint was saved. '
+    f"Lower config.train.lr (now {tcfg.lr}) or check the defence's settings and the data"
+  )
 
 
 def _finish(run: _Run, state, last_eval, log) -> dict:

@@ -112,6 +112,14 @@ def test_de_fixed_budget_checks_shapes_and_dtypes_at_trace_time(images, labels, 
     ('train.log_every', 0, r'train.log_every must be an int >= 1'),
     ('train.keep_checkpoints', 0, r'train.keep_checkpoints must be an int >= 1'),
     ('train.lr', 0.0, r'train.lr must be > 0'),
+    ('train.lr', float('inf'), r'config.train.lr must be a finite number, got inf'),
+    ('train.lr', float('nan'), r'config.train.lr must be a finite number, got nan'),
+    ('defence.temperature', 0.0, r'config.defence.temperature must be > 0, got 0.0'),
+    ('defence.beta', float('inf'), r'config.defence.beta must be a finite number'),
+    ('defence.alpha', 1.5, r'config.defence.alpha must be >= 0 and <= 1, got 1.5'),
+    ('train.checkpoint_minutes', -1.0, r'train.checkpoint_minutes must be >= 0'),
+    ('seed', -1, r'config.seed must be an int >= 0, got -1'),
+    ('data.split_seed', -3, r'config.data.split_seed must be an int >= 0'),
     ('dtype', 'float16', r"config.dtype must be one of \['bfloat16', 'float32'\]"),
     ('defence.name', 'apr_no_adv', 'config.defence.name must be one of'),
   ],
@@ -133,6 +141,8 @@ def test_bad_training_numbers_are_refused_before_anything_runs(tmp_path, field, 
     ('num_images', 0, 'num_images must be a positive int'),
     ('batch_size', 0, 'eval.batch_size must be a positive int'),
     ('temperature', 0.0, 'temperature must be > 0'),
+    ('temperature', float('inf'), 'config.eval.temperature must be a finite number, got inf'),
+    ('seed', -1, r'config.eval.seed must be an int >= 0, got -1'),
     ('mode', 'swap', 'eval.mode must be one of'),
   ],
 )
@@ -291,3 +301,119 @@ def test_a_corrupted_checkpoints_error_is_the_last_thing_printed(tiny_checkpoint
   assert 'CheckpointError' in lines[-1] and 'cannot be read' in lines[-1], lines[-5:]
   assert f'steps {steps[:-1]}' in lines[-1]
   assert 'Event loop is closed' not in r.stderr
+
+
+# --------------------------------------------------------------------------- #
+# Non-finite numbers, empty paths, names, torn history, planted files
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize('value', [float('nan'), float('inf'), -0.5])
+def test_a_non_finite_or_negative_l2_penalty_is_refused(value):
+  x, y = toy.cifar_like(2, H, W), np.zeros(2, np.int32)
+  with pytest.raises(ValueError, match='l2_penalty must be a finite number >= 0'):
+    attack.one_pixel(_linear(), x, y, key=jax.random.key(0), l2_penalty=value)
+
+
+def test_a_config_seed_below_zero_is_refused_by_eval_mode(tmp_path):
+  c = cifar_baseline.get_config('test')
+  c.mode, c.checkpoint, c.seed = 'eval', str(tmp_path), -1
+  with pytest.raises(ValueError, match=r'config.seed must be an int >= 0, got -1'):
+    evaluation.evaluate(c, str(tmp_path / 'ev'))
+
+
+@pytest.mark.slow
+def test_training_that_turns_non_finite_stops_and_saves_nothing_non_finite(shared_data, tmp_path):
+  del shared_data
+  c = cifar_baseline.get_config('test')
+  c.train.steps, c.train.log_every, c.train.checkpoint_every, c.train.lr = 12, 4, 4, 1e30
+  with pytest.raises(FloatingPointError, match=r'training became non-finite (at|by) step \d+'):
+    train.train_and_evaluate(c, str(tmp_path))
+  with checkpoint.Checkpointer(tmp_path / 'checkpoints') as ckpt:
+    assert ckpt.steps() == []  # the first save found the parameters non-finite
+  text = (tmp_path / 'metrics.jsonl').read_text() if (tmp_path / 'metrics.jsonl').exists() else ''
+  assert 'NaN' not in text and 'Infinity' not in text
+
+
+@pytest.mark.parametrize('workdir', ['', '  '])
+def test_an_empty_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch, workdir):
+  from jaxpix.repro import suite
+  from jaxpix.repro.configs import suite_table1
+
+  monkeypatch.chdir(tmp_path)
+  c = cifar_baseline.get_config('test')
+  with pytest.raises(ValueError, match='the workdir is empty.*an unset variable'):
+    train.train_and_evaluate(c, workdir)
+  c.mode, c.checkpoint = 'eval', str(tmp_path)
+  with pytest.raises(ValueError, match='the workdir is empty'):
+    evaluation.evaluate(c, workdir)
+  with pytest.raises(ValueError, match='the workdir is empty'):
+    suite.run(suite_table1.get_config('test'), workdir)
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bare_config_name_is_ours_whatever_the_current_folder_holds(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'cifar_baseline.py').write_text('raise SystemExit("the user file ran")\n')
+  assert configs.load('cifar_baseline:test').model.name == 'cnn6'
+  (tmp_path / 'mine.py').write_text(
+    'from jaxpix.configs import cifar_baseline\n'
+    'def get_config(arg=None):\n'
+    '  c = cifar_baseline.get_config(arg)\n'
+    "  c.model.name = 'lenet'\n"
+    '  return c\n'
+  )
+  assert configs.load('./mine.py:test').model.name == 'lenet'  # a file by its path
+  with pytest.raises(FileNotFoundError, match=r'give its path, e.g. \./mine.py'):
+    configs.load('mine:test')
+
+
+def test_suite_rows_sharing_a_folder_or_with_a_bad_override_are_refused_first(tmp_path):
+  from jaxpix.repro import suite
+  from jaxpix.repro.configs import rows, suite_table1
+
+  c = suite_table1.get_config('test')
+  c.suite.rows = (rows.row('Base A', 'cifar_baseline'), rows.row('base-a', 'cifar_baseline'))
+  with pytest.raises(
+    ValueError, match="rows 'Base A' and 'base-a' would share the folder 'base_a'"
+  ):
+    suite.run(c, str(tmp_path / 's'))
+  c = suite_table1.get_config('test')
+  c.suite.set = 'eval.num_images=0'
+  with pytest.raises(ValueError, match="suite row 'No Defence' .*num_images must be a positive"):
+    suite.run(c, str(tmp_path / 's'))
+  c = suite_table1.get_config('test')
+  c.suite.rows = (*c.suite.rows, rows.row('Typo', 'cifar_baseline', defence__nope=1))
+  with pytest.raises(ValueError, match="suite row 'Typo' .*no field 'defence.nope'"):
+    suite.run(c, str(tmp_path / 's'))
+  assert not (tmp_path / 's').exists()  # refused before any row trained
+
+
+def test_a_torn_last_line_is_cut_before_the_next_record(tmp_path):
+  path = tmp_path / 'config_history.jsonl'
+  path.write_text('{"start_step": 0}\n{"start_step": 8, "conf')  # a kill mid-line
+  records.JsonlLog(path).append([{'start_step': 12}])
+  assert [json.loads(ln) for ln in path.read_text().splitlines()] == [
+    {'start_step': 0},
+    {'start_step': 12},
+  ]
+  path.write_text('{"a": 1}')  # a whole record whose newline was lost
+  records.JsonlLog(path).append([{'b': 2}])
+  assert path.read_text() == '{"a": 1}\n{"b": 2}\n'
+  records.JsonlLog(path).append([{'loss': float('nan')}])
+  assert path.read_text().splitlines()[-1] == '{"loss": null}'  # strict JSON
+
+
+def test_a_planted_temporary_file_or_link_is_never_followed(tmp_path):
+  target = tmp_path / 'elsewhere.txt'
+  target.write_text('keep me')
+  (tmp_path / 'config.json.tmp').symlink_to(target)
+  records.write_json(tmp_path / 'config.json', {'a': 1})
+  assert target.read_text() == 'keep me'
+  assert json.loads((tmp_path / 'config.json').read_text()) == {'a': 1}
+  assert oct((tmp_path / 'config.json').stat().st_mode & 0o777) != oct(0o600)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    'config.json',
+    'config.json.tmp',
+    'elsewhere.txt',
+  ]

@@ -140,9 +140,10 @@ def stop_threshold(value) -> None:
 
 
 def l2_penalty(value) -> None:
-  """A non-negative weight."""
-  if value < 0:
-    raise ValueError(f'l2_penalty must be >= 0, got {value!r}')
+  """A finite, non-negative weight (NaN or inf would make every candidate's
+  fitness undefined, and the attack invent its records)."""
+  if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value >= 0):
+    raise ValueError(f'l2_penalty must be a finite number >= 0, got {value!r}')
 
 
 def positive_int(name: str, value) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import math
 import pathlib
 
 import ml_collections
@@ -26,19 +27,29 @@ def names() -> list[str]:
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """``'cifar_apr:cpu,de'`` (or ``'cifar_apr.py:cpu,de'``, or a path to a
-  config file outside the package) -> its config."""
+  config file outside the package, ``./mine.py:cpu``) -> its config. A bare
+  name is always a jaxpix config, never a file of the current folder."""
   name, _, arg = spec.partition(':')
   path = pathlib.Path(name)
   path = path if path.suffix else path.with_suffix('.py')
-  if path.is_file() and path.resolve().parent != HERE:  # a file of the user's
+  # A bare name is one of ours, whatever files the current folder holds; a
+  # user's file is named by a path (a folder in it: ./my_config.py).
+  bare = '/' not in name  # ./mine.py is a path, mine.py a name
+  ours = path.stem in names() and (
+    bare
+    or (path.is_file() and path.resolve().parent == HERE)
+    or (not path.exists() and path.parent.name == 'configs')  # run.py's spelling, elsewhere
+  )
+  if ours:
+    module = importlib.import_module(f'jaxpix.configs.{path.stem}')
+  elif not bare and path.is_file():
     module_spec = importlib.util.spec_from_file_location(f'_jaxpix_config_{path.stem}', path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-  elif path.stem in names():  # ours, by name or through the configs/ link
-    module = importlib.import_module(f'jaxpix.configs.{path.stem}')
   else:
     raise FileNotFoundError(
       f'config {name!r} is neither a jaxpix config ({", ".join(names())}) nor a file'
+      + (f' (a file of yours: give its path, e.g. ./{path})' if bare else '')
     )
   return module.get_config(arg or None)
 
@@ -128,6 +139,16 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
     except ValueError:
       pass
   return config
+
+
+def check_finite(config) -> None:
+  """Every float field of ``config`` is a finite number, else an error
+  naming it (NaN or inf would pass every range check and train or attack on,
+  to NaN losses or a meaningless success rate)."""
+  for field, value in flatten(config).items():
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+      raise ValueError(f'config.{field} must be a finite number, got {value!r}')
 
 
 def differences(saved: dict, now: dict) -> list[str]:

@@ -157,6 +157,9 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.train.warmup_steps = 0
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
+  # Also save after this many minutes of training since the last save (0: off),
+  # so that a crash loses minutes, not checkpoint_every steps.
+  c.train.checkpoint_minutes = 5.0
   c.train.keep_checkpoints = 3
   c.train.resume_step = 0  # training resumes from this step's checkpoint (0: the latest)
   # Resuming with a config that changes what is trained (anything but the run

@@ -63,7 +63,7 @@ class Attended(nnx.Module):
 # The training loss
 #
 # One term, (model in train mode, x [B, H, W, C] in [0, 1], labels, key) ->
-# (scalar, metrics) (see jaxpix.train.LossTerm), because its parts share
+# (scalar, metrics) (see jaxpix.steps.LossTerm), because its parts share
 # work: the input gradient, the adversarial images and one forward pass.
 #
 # The batch is read in blocks of BLOCK images; a share of it (adversarial

@@ -11,7 +11,7 @@ import time
 import jax
 import numpy as np
 
-from jaxpix import attack, data, records, report, restore, stats
+from jaxpix import attack, configs, data, records, report, restore, stats
 from jaxpix.evaluation import attack_log, metrics
 from jaxpix.evaluation import protocol as proto
 
@@ -116,7 +116,12 @@ def evaluate(config, workdir: str) -> dict:
   """Runs the evaluation described in :mod:`jaxpix.evaluation`; returns
   results.json's dict."""
   proto.check_eval_config(config.eval)
-  out = pathlib.Path(workdir)
+  configs.check_finite(config)
+  for field in ('seed', 'eval.seed'):
+    value = config.seed if field == 'seed' else config.eval.seed
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f'config.{field} must be an int >= 0, got {value!r}')
+  out = records.check_workdir(workdir)
   out.mkdir(parents=True, exist_ok=True)
   with records.workdir_lock(out):
     return _evaluate(config, out)

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from jaxpix import build, data, defences, mesh, models, train
+from jaxpix import build, data, defences, mesh, models, steps
 
 
 def _frozen(config, role: str, num_classes: int):
@@ -37,7 +37,7 @@ def train_step_timer(config, batch: int | None = None):
   graphdef, state = build.init_state(build.build_model(config, k, classifier), tx, 0)
   state = jax.device_put(state, mesh.replicated(m))
   terms = defences.loss_terms(config, teacher)
-  step = train.compile_train_step(m, graphdef, tx, terms, config.data.augment)
+  step = steps.compile_train_step(m, graphdef, tx, terms, config.data.augment)
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
   y = rng.integers(0, k, batch).astype(np.int32)

@@ -33,7 +33,8 @@ import time
 
 import numpy as np
 
-from jaxpix import configs, evaluation, records, stats, train
+from jaxpix import build, configs, evaluation, records, stats, train
+from jaxpix.evaluation import protocol as proto
 from jaxpix.repro import overhead, paper, tables
 
 
@@ -72,6 +73,30 @@ def row_config(row, suite_cfg, seed: int):
   cfg.eval.seed = seed
   cfg.train.progress = cfg.eval.progress = suite_cfg.progress
   return cfg
+
+
+def check_rows(suite_cfg, rows, seeds) -> None:
+  """Before any row trains: no two rows share a folder (``slug``), and every
+  row's config builds with its overrides and passes the checks training and
+  eval mode make; an error names the row."""
+  folders: dict[str, str] = {}
+  for row in suite_cfg.rows:
+    if not slug(row.name):
+      raise ValueError(f'suite row {row.name!r} needs a letter or digit in its name (its folder)')
+    other = folders.setdefault(slug(row.name), row.name)
+    if other != row.name:
+      raise ValueError(
+        f'suite rows {other!r} and {row.name!r} would share the folder {slug(row.name)!r} '
+        '(row folders ignore case and punctuation): rename one'
+      )
+  for row in rows:
+    for seed in seeds:
+      try:
+        cfg = row_config(row, suite_cfg, seed)
+        build.check_train_config(cfg)
+        proto.check_eval_config(cfg.eval)
+      except (ValueError, KeyError, FileNotFoundError) as e:
+        raise ValueError(f'suite row {row.name!r} (seed {seed}): {e}') from None
 
 
 def run_one(row, suite_cfg, seed: int, root: pathlib.Path) -> dict:
@@ -201,7 +226,8 @@ def run(config, workdir: str) -> dict:
       f'config.suite.shared_autoencoder={scfg.shared_autoencoder!r} is not a row; the rows '
       f'are {[r.name for r in scfg.rows]}'
     )
-  root = pathlib.Path(workdir)
+  check_rows(scfg, rows, seeds)
+  root = records.check_workdir(workdir)
   root.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
   per_row: dict[str, list[dict]] = {}
