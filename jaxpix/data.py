@@ -19,6 +19,7 @@ expected; there is never a fallback to other data.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
 import zipfile
 
@@ -59,6 +60,19 @@ class Split:
 
   def __len__(self):
     return len(self.labels)
+
+
+def digest(images: np.ndarray, labels: np.ndarray, indices=None) -> str:
+  """sha1 (16 hex digits) of images' pixels and labels (``indices``: of
+  those only, and the indices too): what a checkpoint or an attack log
+  records of the data it saw."""
+  h = hashlib.sha1()
+  if indices is not None:
+    h.update(np.asarray(indices, np.int64).tobytes())
+    images, labels = images[indices], labels[indices]
+  h.update(np.ascontiguousarray(images).tobytes())
+  h.update(np.asarray(labels, np.int64).tobytes())
+  return h.hexdigest()[:16]
 
 
 def load_npz(dataset: str, split: str, directory: str | pathlib.Path) -> Split:

@@ -3,6 +3,8 @@ run.py hands a suite (the papers' reproduction) to ``jaxpix.repro.suite``."""
 
 from __future__ import annotations
 
+import logging
+import os
 import pathlib
 
 import ml_collections
@@ -16,11 +18,23 @@ DEFAULT_CACHE = pathlib.Path('~/.cache/jaxpix/xla').expanduser()
 
 def enable_compilation_cache(directory) -> None:
   """JAX's persistent compilation cache in ``directory`` (created if
-  missing); programs that take under a second to compile are not stored."""
+  missing); programs that take under a second to compile are not stored.
+  Where the folder cannot be made (a read-only home), the run goes on
+  without the cache, with a warning: it is an optimisation only."""
   import jax
 
   path = pathlib.Path(directory).expanduser()
-  path.mkdir(parents=True, exist_ok=True)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK):
+      raise PermissionError(f'{path} is not writable')
+  except OSError as e:
+    logging.warning(
+      'compilation cache off (%s): programs will be compiled again in each process; '
+      'pass --compilation_cache=DIR (a writable folder) to keep them',
+      e,
+    )
+    return
   jax.config.update('jax_compilation_cache_dir', str(path))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 

@@ -110,14 +110,24 @@ def load_state(config, num_classes: int, classifier=None):
   tx = build.make_optimizer(config.train, 1)
   graphdef, like = build.init_state(model, tx, config.seed)
   like = jax.device_put(like, mesh.replicated(mesh.make_mesh()))
-  with checkpoint.Checkpointer(directory) as ckpt:
-    step = config.eval.step or None
-    saved = ckpt.meta(step)
-    build.check_meta(saved, build.meta(config, num_classes), ckpt.directory)
-    arrays = dict(params=like['params'], rest=like['rest'])
-    build.check_structure(ckpt.shapes(step), arrays, saved, config, num_classes, ckpt.directory)
-    state = ckpt.restore(like, step)
-  return graphdef, state, int(state['step'])
+  # The latest step of a run still training can be pruned while it is read
+  # (keep_checkpoints): then the new latest is read instead, a few times.
+  for attempt in range(3):
+    with checkpoint.Checkpointer(directory) as ckpt:
+      step = config.eval.step or ckpt.latest_step()
+      try:
+        saved = ckpt.meta(step)
+        build.check_meta(saved, build.meta(config, num_classes), ckpt.directory)
+        arrays = dict(params=like['params'], rest=like['rest'])
+        stored = ckpt.shapes(step)
+        build.check_structure(stored, arrays, saved, config, num_classes, ckpt.directory)
+        state = ckpt.restore(like, step)
+      except checkpoint.CheckpointError:
+        if config.eval.step or attempt == 2 or (ckpt.directory / str(step)).exists():
+          raise
+        logging.warning('step %d of %s was removed while read (still training?)', step, directory)
+        continue
+    return graphdef, state, int(state['step'])
 
 
 def load_classifier(config, num_classes: int) -> Restored:

@@ -118,6 +118,12 @@ def _resume(ckpt, state, config, want: dict, total: int):
     return state, 0
   saved = ckpt.meta(tcfg.resume_step or None)
   build.check_meta(saved, want, ckpt.directory)
+  if saved.get('data_sha1', want['data_sha1']) != want['data_sha1']:  # older ones lack it
+    raise ValueError(
+      f'the checkpoint in {ckpt.directory} trained on other data than '
+      f'config.data.dir={config.data.dir!r} holds now (the training images or labels '
+      'differ): point data.dir at the data it trained on, or use another --workdir'
+    )
   changed = configs.differences(saved.get('config', want['config']), want['config'])
   if changed and not tcfg.allow_changes:
     raise ValueError(
@@ -211,6 +217,7 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   # --- model, optimiser, loss, steps
   name = config.defence.name
   meta = dict(build.meta(config, k, plan.total), config=configs.flatten(config, RESUMABLE_CHANGES))
+  meta['data_sha1'] = data.digest(train.images, train.labels)  # checked on resume
   reuse = ''
   if name == 'autoencoder' and config.defence.autoencoder:
     if checkpoint.has_checkpoint(workdir / 'checkpoints'):

@@ -417,3 +417,55 @@ def test_a_planted_temporary_file_or_link_is_never_followed(tmp_path):
     'config.json.tmp',
     'elsewhere.txt',
   ]
+
+
+@pytest.mark.slow
+def test_resuming_on_other_training_data_is_refused(shared_data, tmp_path):
+  other = tmp_path / 'other_cifar10'
+  other.mkdir()
+  for f in (shared_data / 'cifar10').iterdir():
+    if f.name != 'train_1.npz':
+      (other / f.name).symlink_to(f)
+  z = np.load(shared_data / 'cifar10' / 'train_1.npz')
+  arrays = {k: z[k] for k in z.files}
+  arrays['labels'] = (arrays['labels'] + 1) % 10
+  np.savez(other / 'train_1.npz', **arrays)
+  c = cifar_baseline.get_config('test')
+  c.train.steps = 4
+  train.train_and_evaluate(c, str(tmp_path / 'w'))
+  c.train.steps, c.data.dir = 8, str(other)  # data.dir may change (a copy elsewhere) ...
+  with pytest.raises(ValueError, match='trained on other data than config.data.dir'):
+    train.train_and_evaluate(c, str(tmp_path / 'w'))  # ... the data it holds may not
+
+
+def test_a_step_pruned_while_read_is_replaced_by_the_new_latest(
+  tiny_checkpoint, tmp_path, monkeypatch
+):
+  import shutil
+
+  from jaxpix import restore
+
+  run = tmp_path / 'run'
+  shutil.copytree(tiny_checkpoint, run)
+  c = cifar_baseline.get_config('test')
+  c.checkpoint = str(run)
+  real, calls = checkpoint.Checkpointer.latest_step, []
+
+  def pruned_first(self):  # the first read names a step the trainer has just pruned
+    calls.append(1)
+    return 999 if len(calls) == 1 else real(self)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, 'latest_step', pruned_first)
+  restored = restore.load_predict(c, 10)
+  assert restored.step == 40 and len(calls) >= 2
+
+
+def test_a_compilation_cache_that_cannot_be_made_is_skipped_with_a_warning(tmp_path, caplog):
+  from jaxpix import experiment
+
+  (tmp_path / 'home').write_text('a file, not a folder: as a read-only home, mkdir fails')
+  before = jax.config.jax_compilation_cache_dir
+  with caplog.at_level('WARNING'):
+    experiment.enable_compilation_cache(tmp_path / 'home' / '.cache' / 'jaxpix')
+  assert 'compilation cache off' in caplog.text and '--compilation_cache=DIR' in caplog.text
+  assert jax.config.jax_compilation_cache_dir == before

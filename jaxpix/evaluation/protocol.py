@@ -4,11 +4,10 @@ attacks listed, and the protocol that a resumed run must match."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import numpy as np
 
-from jaxpix import configs
+from jaxpix import configs, data
 from jaxpix.attack import perturb
 
 IMAGE_SETS = ('correct', 'fixed')
@@ -135,10 +134,7 @@ NOT_IN_PROTOCOL = (
 
 def images_digest(images: np.ndarray, labels: np.ndarray, chosen) -> str:
   """sha1 of the chosen images' indices, pixels and labels."""
-  h = hashlib.sha1(np.asarray(chosen, np.int64).tobytes())
-  h.update(np.ascontiguousarray(images[chosen]).tobytes())
-  h.update(np.asarray(labels[chosen], np.int64).tobytes())
-  return h.hexdigest()[:16]
+  return data.digest(images, labels, chosen)
 
 
 def protocol(config, spec: AttackSpec, step: int, params_sha1: dict, images_sha1: str) -> dict:
