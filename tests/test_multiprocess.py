@@ -207,3 +207,50 @@ def test_two_processes_share_the_attacks_and_one_resumes_their_shards(
   assert sorted(r['key'] for r in log(cut) if 'key' in r) == keys
   for k in ('successes', 'mean_queries', 'curve'):
     assert resumed['attacks']['de'][k] == one['attacks']['de'][k], k
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_every_process_after_the_same_saved_step(
+  shared_data, tmp_path
+):
+  del shared_data
+  import signal
+
+  port, workdir = _free_port(), tmp_path / 'w'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='2')
+  env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
+  cmd = [sys.executable, 'run.py', '--config=configs/cifar_baseline.py:test']
+  cmd += ['--config.train.steps=400', '--config.train.checkpoint_every=1000']
+  cmd += [f'--workdir={workdir}', '--compilation_cache=', f'--coordinator_address=127.0.0.1:{port}']
+  logs = [tmp_path / f'process_{i}.log' for i in range(2)]
+  procs = []
+  try:
+    for i, log in enumerate(logs):
+      with log.open('w') as f:
+        procs.append(
+          subprocess.Popen(
+            [*cmd, '--num_processes=2', f'--process_id={i}'],
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+          )
+        )
+    deadline = time.time() + 300
+    while (
+      not (workdir / 'metrics.jsonl').is_file() or not (workdir / 'metrics.jsonl').stat().st_size
+    ):
+      assert all(p.poll() is None for p in procs) and time.time() < deadline, logs[0].read_text()
+      time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)  # the process that writes nothing
+    codes = [p.wait(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert codes == [143, 143], [log.read_text()[-2000:] for log in logs]
+  steps = [int(log.read_text().split('training stopped after step ')[1].split()[0]) for log in logs]
+  assert steps[0] == steps[1] and 0 < steps[0] < 400
+  with checkpoint.Checkpointer(workdir / 'checkpoints') as ckpt:
+    assert ckpt.steps() == [steps[0]]
