@@ -22,7 +22,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxpix import checkpoint, experiment
+from jaxpix import checkpoint, experiment, preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Experiment config file.', lock_config=True
@@ -52,6 +52,9 @@ def main(argv):
   experiment.init_distributed(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
   )
+  # SIGTERM and Ctrl-C stop cleanly (training saves first); after joining the
+  # runtime, whose own SIGTERM handler would otherwise replace this one.
+  preemption.install()
   if _CACHE.value:
     experiment.enable_compilation_cache(_CACHE.value)
   if _CONFIG.value.mode == 'suite':  # the papers' reproduction, built on the library
@@ -90,3 +93,6 @@ if __name__ == '__main__':
   except checkpoint.CheckpointError as e:
     _quiet_after(e)
     sys.exit(1)
+  except preemption.Stopped as e:
+    print(e.message, file=sys.stderr)  # one line: where it stopped, how to resume
+    sys.exit(e.exit_code)

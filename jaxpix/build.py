@@ -242,7 +242,9 @@ def check_structure(stored: dict, like, saved_meta: dict, config, num_classes, d
   do not have the shapes of ``like``'s, naming the config fields that make the
   difference, before any array is read."""
   want = {k: tuple(v.shape) for k, v in checkpoint.flat(like).items() if hasattr(v, 'shape')}
-  if all(stored.get(k) == v for k, v in want.items()):
+  tops = {k.split(']')[0] for k in want}  # "['params'", ...: the parts compared
+  extra = [k for k in stored if k.split(']')[0] in tops and k not in want]
+  if not extra and all(stored.get(k) == v for k, v in want.items()):
     return
   fields = shaping_fields(saved_meta.get('config', {}), config, num_classes)
   if fields:
@@ -255,7 +257,7 @@ def check_structure(stored: dict, like, saved_meta: dict, config, num_classes, d
     f'{k}: saved {stored.get(k, "(absent)")}, now {v}'
     for k, v in want.items()
     if stored.get(k) != v
-  ]
+  ] + [f'{k}: saved {stored[k]}, now (absent)' for k in extra]
   raise checkpoint.CheckpointError(
     f'checkpoint in {directory} holds arrays of other shapes than the config builds '
     f'({"; ".join(bad[:4])}{"; ..." if len(bad) > 4 else ""}); it does not record a config '

@@ -132,13 +132,16 @@ class Checkpointer:
     """The stored arrays' shapes by flat key (as :func:`flat` names the
     leaves of a state), read from the checkpoint's metadata, no array."""
     step = self._step(step)
+    reader = ocp.StandardCheckpointer()
     try:
-      tree = ocp.StandardCheckpointer().metadata(self.directory / str(step) / 'state')
+      tree = reader.metadata(self.directory / str(step) / 'state')
     except Exception as e:  # noqa: BLE001 - re-raised with the path
       first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       raise CheckpointError(
         self._explain(step, f'its array metadata cannot be read (orbax: {first})')
       ) from None
+    finally:
+      reader.close()
     tree = getattr(tree, 'item_metadata', tree)
     if not hasattr(tree, 'items'):
       raise CheckpointError(

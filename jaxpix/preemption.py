@@ -22,8 +22,10 @@ import numpy as np
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Stopped(Exception):  # noqa: N818 - not an error: the run stopped as asked
-  """A run stopped by a signal, with everything saved that it had done.
+class Stopped(BaseException):  # noqa: N818 - not an error: the run stopped as asked
+  """A run stopped by a signal, with everything saved that it had done. A
+  ``BaseException``, as ``KeyboardInterrupt``: no ``except Exception`` on the
+  way (a checkpoint read, a data load) may take it for a failure of its own.
 
   Attributes:
     signum: the signal.
@@ -91,13 +93,19 @@ class Requests:
     self.signum = self.signum or signum
 
 
+# With several processes, how often (in steps) they decide together whether to
+# save or stop: the all-gather that decides makes the host wait for the device.
+AGREE_EVERY = 10
+
+
 class Saver(Requests):
   """When the training loop saves: every ``every`` steps and at the last
   (``total``), after ``minutes`` of wall time since the last save (0: never),
   and at a stop request (:class:`Requests`), which then ends the run. With
-  several processes all of them agree: each step's decision is the union of
-  theirs (one small all-gather a step), so every process saves the same
-  step and stops after it."""
+  several processes all of them agree: every ``AGREE_EVERY`` steps (and at
+  each scheduled save) the decision is the union of theirs, by one small
+  all-gather, so every process saves the same step and stops after it; in
+  between they go on, so a stop waits at most that many steps more."""
 
   def __init__(self, every: int, total: int, minutes: float):
     super().__init__()
@@ -108,12 +116,15 @@ class Saver(Requests):
     """(save after step ``done``?, the signal to stop for, or None)."""
     timed = self.seconds > 0 and time.monotonic() - self.last >= self.seconds
     stop = self.signum or 0
+    scheduled = done % self.every == 0 or done == self.total
     if jax.process_count() > 1:
+      if not scheduled and done % AGREE_EVERY:
+        return False, None  # decided together, every AGREE_EVERY steps
       from jax.experimental import multihost_utils
 
+      # A device collective: the host waits here for the queued steps.
       flags = multihost_utils.process_allgather(np.array([timed, stop], np.int32))
       timed, stop = bool(flags[..., 0].max()), int(flags[..., 1].max())
-    scheduled = done % self.every == 0 or done == self.total
     return bool(scheduled or timed or stop), (stop or None)
 
   def saved(self) -> None:

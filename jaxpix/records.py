@@ -14,9 +14,9 @@ import gzip
 import json
 import os
 import pathlib
+import secrets
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable
 
 import jax
@@ -140,20 +140,18 @@ def check_workdir(workdir) -> pathlib.Path:
   return pathlib.Path(workdir)
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once (os.umask can only be read by setting it)
-
-
 def replace_text(path: str | pathlib.Path, text: str) -> None:
   """Writes ``text`` to ``path`` atomically and durably: into a new temporary
   file beside it (created exclusively, so a planted file or link there is
   never followed), synced, then renamed over ``path`` and the folder synced:
   a kill or a power loss leaves the old file or the new one, never half."""
   path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  tmp = path.parent / f'.{path.name}.{secrets.token_hex(6)}.tmp'
+  # Created exclusively (never through a file or link planted at its name),
+  # with the permissions open() would give (the umask applies).
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
   try:
-    with os.fdopen(fd, 'w') as f:
-      os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # as open() would create it, not mkstemp's 0600
+    with os.fdopen(fd, 'w', encoding='utf-8') as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
@@ -276,7 +274,11 @@ def workdir_lock(workdir: str | pathlib.Path):
     yield
     return
   path = pathlib.Path(workdir) / '.lock'
-  f = path.open('a+')
+  try:  # never through a link planted there
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+  except OSError as e:
+    raise RuntimeError(f'{path} cannot be opened as a lock file ({e}): remove it') from None
+  f = os.fdopen(fd, 'r+')
   try:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:

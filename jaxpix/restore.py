@@ -114,7 +114,7 @@ def load_state(config, num_classes: int, classifier=None):
   # (keep_checkpoints): then the new latest is read instead, a few times.
   for attempt in range(3):
     with checkpoint.Checkpointer(directory) as ckpt:
-      step = config.eval.step or ckpt.latest_step()
+      step = config.eval.step or _agreed(ckpt.latest_step())
       try:
         saved = ckpt.meta(step)
         build.check_meta(saved, build.meta(config, num_classes), ckpt.directory)
@@ -128,6 +128,16 @@ def load_state(config, num_classes: int, classifier=None):
         logging.warning('step %d of %s was removed while read (still training?)', step, directory)
         continue
     return graphdef, state, int(state['step'])
+
+
+def _agreed(step: int | None) -> int | None:
+  """Process 0's ``step``, for every process: each must read the same
+  checkpoint, though a run still training may save or prune between reads."""
+  if jax.process_count() == 1 or step is None:
+    return step
+  from jax.experimental import multihost_utils
+
+  return int(multihost_utils.broadcast_one_to_all(np.int64(step)))
 
 
 def load_classifier(config, num_classes: int) -> Restored:
@@ -177,6 +187,8 @@ def reusable_autoencoder(config, want: dict) -> pathlib.Path:
   changed = configs.differences(mine(saved['config']), mine(want['config']))
   if saved.get('total_steps') != want['total_steps']:
     changed.append(f'total steps: saved {saved.get("total_steps")}, now {want["total_steps"]}')
+  if saved.get('data_sha1', want.get('data_sha1')) != want.get('data_sha1'):
+    changed.append('the training data (its sha1) differ')
   if changed:
     raise ValueError(
       f'--config.defence.autoencoder={src!r} trained another autoencoder than this run '

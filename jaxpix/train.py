@@ -285,9 +285,12 @@ def _loop(run: _Run, state, start: int, log, ckpt, meta):
   bar = records.StepBar(plan.total, start, tcfg.progress, plan.epoch)
   try:
     with preemption.Saver(tcfg.checkpoint_every, plan.total, tcfg.checkpoint_minutes) as saver:
-      return _steps(run, state, start, log, ckpt, meta, bar, saver)
-  finally:
-    bar.close()
+      out = _steps(run, state, start, log, ckpt, meta, bar, saver)
+  except BaseException:
+    bar.bar.close()  # without waiting on the queued steps: the error comes first
+    raise
+  bar.close()
+  return out
 
 
 def _steps(run: _Run, state, start, log, ckpt, meta, bar, saver):

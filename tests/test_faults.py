@@ -417,6 +417,11 @@ def test_a_planted_temporary_file_or_link_is_never_followed(tmp_path):
     'config.json.tmp',
     'elsewhere.txt',
   ]
+  (tmp_path / '.lock').symlink_to(target)  # nor the workdir's lock
+  with pytest.raises(RuntimeError, match=r'\.lock cannot be opened as a lock file'):
+    with records.workdir_lock(tmp_path):
+      pass
+  assert target.read_text() == 'keep me'
 
 
 @pytest.mark.slow

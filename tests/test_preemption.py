@@ -47,6 +47,8 @@ def test_saver_saves_on_schedule_by_wall_time_and_on_a_stop():
 
 def test_stopped_exits_as_a_shell_reports_the_signal():
   e = preemption.Stopped(signal.SIGTERM, 'x')
+  # Not an Exception: no `except Exception` on its way may take it for its own failure.
+  assert not isinstance(e, Exception) and isinstance(e, BaseException)
   assert e.exit_code == 143 and preemption.Stopped(signal.SIGINT, 'y').exit_code == 130
   msg = preemption.stop_message(signal.SIGTERM, 24, 400, '/w')
   assert msg.startswith('SIGTERM: training stopped after step 24 of 400, saved in /w')

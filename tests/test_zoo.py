@@ -27,9 +27,9 @@ def test_the_zoo_lists_the_models_the_docs_quote():
       f'{m}-{d}'
       for m in (
         'lenet',
-        'pure_cnn',
-        'nin',
-        'resnet32',
+        'pure_cnn_w0.25',
+        'nin_w0.25',
+        'resnet32_w0.5',
         'densenet_bc40_w0.5',
         'wrn16_8_w0.125',
       )
@@ -112,6 +112,8 @@ def test_publish_then_load_gives_the_same_function(tmp_path):
   np.testing.assert_allclose(
     np.asarray(m.predict(m.params, x)), np.asarray(models.as_predict(model)(x)), rtol=1e-6
   )
+  with pytest.raises(ValueError, match='use letters, digits'):
+    zoo.publish('../escape', model, record, root=tmp_path)
   assert zoo.info('cnn6_tiny', root=tmp_path)['sha256'] == zoo.sha256(
     tmp_path / 'weights' / 'cnn6_tiny.safetensors'
   )
@@ -150,7 +152,7 @@ def test_eval_config_naming_a_zoo_model_is_checked_against_its_record():
   # A pipeline: its classifier is the config's model, its autoencoder the one
   # every row shares (trained before LeNet), whatever the classifier.
   c = cifar_autoencoder.get_config('cpu,nin')
-  c.defence.ae_width, c.checkpoint = 32, 'zoo:nin-autoencoder'
+  c.defence.ae_width, c.checkpoint = 32, 'zoo:nin_w0.25-autoencoder'
   restored = restore.load_predict(c, 10)
   assert restored.classifier is not None and restored.step == 2808
   c.checkpoint = 'zoo:lenet-autoencoder'  # another classifier than the config's

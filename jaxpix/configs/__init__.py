@@ -138,6 +138,10 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
       set_field(config, field, tuple(value) if isinstance(value, list) else value)
     except ValueError:
       pass
+    except TypeError as e:
+      raise ValueError(
+        f'config.{field}={value!r} as saved does not fit the field today ({e})'
+      ) from None
   return config
 
 

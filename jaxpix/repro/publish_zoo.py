@@ -38,9 +38,9 @@ OPERATING_POINT = {
 # every row reuses (trained in front of LeNet).
 AE_SUITE = {
   'lenet': ('lenet', 'LeNet'),
-  'pure_cnn': ('pure_cnn', 'Pure CNN'),
-  'nin': ('nin', 'Network in Network'),
-  'resnet32': ('resnet', 'pre-activation ResNet-32'),
+  'pure_cnn_w0.25': ('pure_cnn', 'Pure CNN at width 0.25'),
+  'nin_w0.25': ('nin', 'Network in Network at width 0.25'),
+  'resnet32_w0.5': ('resnet', 'pre-activation ResNet-32 at width 0.5'),
   'densenet_bc40_w0.5': ('densenet', 'DenseNet-BC-40 at width 0.5'),
   'wrn16_8_w0.125': ('wideresnet', 'WRN-16-8 at width 0.125'),
 }

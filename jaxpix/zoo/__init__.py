@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -32,7 +33,7 @@ import numpy as np
 from flax import nnx
 from safetensors import numpy as safetensors_np
 
-from jaxpix import build, configs, models
+from jaxpix import build, configs, models, records
 
 ROOT = pathlib.Path(__file__).resolve().parent
 # What a manifest entry is: a classifier (predict -> logits), an autoencoder
@@ -122,8 +123,9 @@ def module(name: str, root=None) -> nnx.Module:
   arrays = _read(name, record, root)
   flat = nnx.to_flat_state(state)
   want = {_key(path): v.get_value() for path, v in flat}
-  if set(want) != set(arrays) or any(arrays[k].shape != want[k].shape for k in want):
-    diff = sorted(set(want) ^ set(arrays)) or [k for k in want if arrays[k].shape != want[k].shape]
+  fits = lambda k: arrays[k].shape == want[k].shape and arrays[k].dtype == want[k].dtype
+  if set(want) != set(arrays) or not all(fits(k) for k in want):
+    diff = sorted(set(want) ^ set(arrays)) or [k for k in want if not fits(k)]
     raise ZooError(
       f'zoo model {name!r}: its file does not hold the arrays its config builds '
       f'({", ".join(diff[:4])}); the manifest entry and the file disagree'
@@ -179,6 +181,11 @@ def publish(name: str, model: nnx.Module, record: dict, root=None) -> dict:
   ``num_classes``; a pipeline names its ``parts``. Returns the record."""
   if record.get('kind') not in KINDS:
     raise ValueError(f"record['kind'] must be one of {KINDS}, got {record.get('kind')!r}")
+  if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.+-]*', name) or '..' in name:
+    raise ValueError(
+      f'zoo name {name!r}: use letters, digits and _ . + - (it names a file), e.g. '
+      "'resnet18_w0.25-apr'"
+    )
   root = _root(root)
   entries = manifest(root) if (root / 'manifest.json').is_file() else {}
   record = dict(record)
@@ -194,7 +201,7 @@ def publish(name: str, model: nnx.Module, record: dict, root=None) -> dict:
     safetensors_np.save_file(arrays, root / file)
     record.update(file=file.as_posix(), sha256=sha256(root / file))
   entries[name] = record
-  (root / 'manifest.json').write_text(json.dumps(entries, indent=1, sort_keys=True) + '\n')
+  records.replace_text(root / 'manifest.json', json.dumps(entries, indent=1, sort_keys=True) + '\n')
   return record
 
 
