@@ -443,6 +443,7 @@ def test_resuming_on_other_training_data_is_refused(shared_data, tmp_path):
     train.train_and_evaluate(c, str(tmp_path / 'w'))  # ... the data it holds may not
 
 
+@pytest.mark.slow
 def test_a_step_pruned_while_read_is_replaced_by_the_new_latest(
   tiny_checkpoint, tmp_path, monkeypatch
 ):

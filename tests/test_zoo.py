@@ -119,6 +119,7 @@ def test_publish_then_load_gives_the_same_function(tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_a_run_folder_comes_back_from_its_own_config(tiny_checkpoint):
   c = cifar_baseline.get_config('test')
   c.checkpoint = str(tiny_checkpoint)
@@ -134,6 +135,7 @@ def test_a_run_folder_comes_back_from_its_own_config(tiny_checkpoint):
     restore.from_workdir(tiny_checkpoint / 'checkpoints')
 
 
+@pytest.mark.slow
 def test_eval_config_naming_a_zoo_model_is_checked_against_its_record():
   c = cifar_apr.get_config('cpu')
   c.checkpoint = 'zoo:resnet18_w0.25-apr'
