@@ -595,6 +595,7 @@ def test_apply_candidates_matches_apply_vectors_per_image(mode):
   _assert_valid_uint8(adv)
 
 
+@pytest.mark.slow  # several compilations: seconds, kept out of the quick loop
 def test_params_are_an_argument_of_the_compiled_attack():
   # predict(params, images): the same function with two parameter sets.
   h = w = 6

@@ -226,6 +226,7 @@ def test_finite_difference_penalty_in_the_mixed_batch_agrees_with_double_backpro
   assert np.linalg.norm(fd - exact) < 0.01 * np.linalg.norm(pen)
 
 
+@pytest.mark.slow  # several compilations: seconds, kept out of the quick loop
 def test_penalty_on_a_sub_batch_is_the_first_positions_of_each_block():
   model = _Tiny()
   x = jnp.asarray(toy.cifar_like(16, 4, 4, seed=3))
@@ -307,6 +308,7 @@ def test_every_variant_has_finite_gradients(config, variant):
   assert sum(np.abs(g).sum() for g in leaves) > 0
 
 
+@pytest.mark.slow  # several compilations: seconds, kept out of the quick loop
 @pytest.mark.parametrize('method', ['first_order', 'de'])
 def test_adversary_changes_at_most_one_pixel_per_image(method):
   cfg = cifar_apr.get_config('test')

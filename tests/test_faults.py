@@ -45,6 +45,7 @@ def test_non_finite_logits_are_an_error_not_a_success(run):
     getattr(attack, run)(inf_one, x, y, **kw)
 
 
+@pytest.mark.slow  # several compilations: seconds, kept out of the quick loop
 def test_a_model_that_turns_nan_on_perturbed_images_is_never_fooled():
   # Finite on the clean (gray) images, NaN as soon as any pixel changes: the
   # NaN logits' argmax (class 0) differs from the label, which used to count

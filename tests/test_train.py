@@ -84,6 +84,7 @@ def test_train_end_to_end(shared_data, tmp_path, monkeypatch):
   meta = ckpt.meta()
   # What was trained, for resume to compare (jaxpix.train.RESUMABLE_CHANGES aside).
   assert meta.pop('config')['model.width'] == 0.125
+  assert len(meta.pop('data_sha1')) == 16  # the training data, checked on resume
   assert meta == dict(
     model='cnn6',
     width=0.125,
