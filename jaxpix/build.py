@@ -44,7 +44,7 @@ FLOAT_RANGES = {
 }
 
 
-def _check_ints(config, fields: dict[str, int]) -> None:
+def check_ints(config, fields: dict[str, int]) -> None:
   """Each dotted field an int >= its minimum, else an error naming it."""
   for field, least in fields.items():
     node = config
@@ -56,7 +56,7 @@ def _check_ints(config, fields: dict[str, int]) -> None:
 
 def check_train_config(config) -> None:
   """The numbers training reads, checked before anything runs."""
-  _check_ints(
+  check_ints(
     config,
     {
       'train.batch_size': 1,
@@ -206,13 +206,13 @@ def structure(config, num_classes: int) -> dict[str, tuple[int, ...]]:
     # The autoencoder's frozen classifier is not part of its state.
     return build_model(config, num_classes, classifier_predict=lambda x: x)
 
-  model = nnx.eval_shape(make)
-  _, params, rest = nnx.split(model, nnx.Param, ...)
-  return {
-    k: tuple(v.shape)
-    for k, v in checkpoint.flat(dict(params=params, rest=rest)).items()
-    if hasattr(v, 'shape')
-  }
+  _, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+  return shapes(dict(params=params, rest=rest))
+
+
+def shapes(tree) -> dict[str, tuple[int, ...]]:
+  """Every array's shape in ``tree`` by flat key, as checkpoints name them."""
+  return {k: tuple(v.shape) for k, v in checkpoint.flat(tree).items() if hasattr(v, 'shape')}
 
 
 def shaping_fields(saved_config: dict, config, num_classes: int) -> list[str]:
@@ -237,19 +237,20 @@ def shaping_fields(saved_config: dict, config, num_classes: int) -> list[str]:
   return out
 
 
-def check_structure(stored: dict, like, saved_meta: dict, config, num_classes, directory):
-  """Refuses a checkpoint whose arrays (``stored``: :meth:`Checkpointer.shapes`)
-  do not have the shapes of ``like``'s, naming the config fields that make the
-  difference, before any array is read."""
-  want = {k: tuple(v.shape) for k, v in checkpoint.flat(like).items() if hasattr(v, 'shape')}
+def check_structure(stored: dict, want: dict, saved_config: dict, config, num_classes, where):
+  """Refuses stored arrays (``stored``: their shapes by flat key, e.g.
+  :meth:`Checkpointer.shapes`) that do not have the shapes ``config`` builds
+  (``want``, :func:`shapes`), naming the config fields that make the
+  difference (``saved_config``: the flattened config they were trained
+  with), before any array is read."""
   tops = {k.split(']')[0] for k in want}  # "['params'", ...: the parts compared
   extra = [k for k in stored if k.split(']')[0] in tops and k not in want]
   if not extra and all(stored.get(k) == v for k, v in want.items()):
     return
-  fields = shaping_fields(saved_meta.get('config', {}), config, num_classes)
+  fields = shaping_fields(saved_config, config, num_classes)
   if fields:
     raise checkpoint.CheckpointError(
-      f'checkpoint in {directory} holds another model than the config builds: it was '
+      f'{where} holds another model than the config builds: it was '
       f'trained with {"; ".join(fields)}. Set those fields to the saved values (or load '
       'the run with jaxpix.restore.from_workdir, which reads its own config.json)'
     )
@@ -259,7 +260,7 @@ def check_structure(stored: dict, like, saved_meta: dict, config, num_classes, d
     if stored.get(k) != v
   ] + [f'{k}: saved {stored[k]}, now (absent)' for k in extra]
   raise checkpoint.CheckpointError(
-    f'checkpoint in {directory} holds arrays of other shapes than the config builds '
+    f'{where} holds arrays of other shapes than the config builds '
     f'({"; ".join(bad[:4])}{"; ..." if len(bad) > 4 else ""}); it does not record a config '
     'that names the field: use the config it was trained with'
   )

@@ -118,9 +118,11 @@ def load_state(config, num_classes: int, classifier=None):
       try:
         saved = ckpt.meta(step)
         build.check_meta(saved, build.meta(config, num_classes), ckpt.directory)
-        arrays = dict(params=like['params'], rest=like['rest'])
-        stored = ckpt.shapes(step)
-        build.check_structure(stored, arrays, saved, config, num_classes, ckpt.directory)
+        want = build.shapes(dict(params=like['params'], rest=like['rest']))
+        where = f'checkpoint in {ckpt.directory}'
+        build.check_structure(
+          ckpt.shapes(step), want, saved.get('config', {}), config, num_classes, where
+        )
         state = ckpt.restore(like, step)
       except checkpoint.CheckpointError:
         if config.eval.step or attempt == 2 or (ckpt.directory / str(step)).exists():
@@ -277,8 +279,8 @@ def from_zoo(config, num_classes: int) -> Restored:
       f'--config.checkpoint={config.checkpoint!r} is an autoencoder alone, which classifies '
       'nothing: name a pipeline of it (zoo.list() names them: *-autoencoder)'
     )
-  parts = record.get('parts', {'model': name})
   if record['kind'] == 'pipeline':
+    parts = record['parts']
     _check_zoo(parts['classifier'], build.frozen_config(config, 'classifier'), num_classes)
     # The autoencoder is one whatever classifier it was trained before.
     _check_zoo(parts['autoencoder'], config, num_classes, fields=('defence', 'dataset'))
@@ -300,12 +302,14 @@ def _check_zoo(name: str, config, num_classes: int, fields=build.IDENTITY) -> No
   where = f'zoo model {name!r}'
   mine = {k: v for k, v in build.meta(saved, num_classes).items() if k in fields}
   build.check_meta(mine, build.meta(config, num_classes), where)
-  if build.structure(saved, num_classes) != build.structure(config, num_classes):
-    fields = build.shaping_fields(configs.flatten(saved), config, num_classes)
-    raise checkpoint.CheckpointError(
-      f'{where} is another model than the config builds: it was trained with '
-      f'{"; ".join(fields) or "other settings"}; set those fields to its values'
-    )
+  build.check_structure(
+    build.structure(saved, num_classes),
+    build.structure(config, num_classes),
+    configs.flatten(saved),
+    config,
+    num_classes,
+    where,
+  )
 
 
 def params_digest(model) -> str:

@@ -136,8 +136,10 @@ def _resume(ckpt, state, config, want: dict, total: int):
   if changed:
     logging.warning('resuming with a changed config (allowed): %s', '; '.join(changed))
   # Even where the change is allowed, arrays of other shapes cannot be resumed.
-  stored, k = ckpt.shapes(tcfg.resume_step or None), want['num_classes']
-  build.check_structure(stored, state, saved, config, k, ckpt.directory)
+  stored = ckpt.shapes(tcfg.resume_step or None)
+  arrays = build.shapes(dict(params=state['params'], rest=state['rest']))
+  where, k = f'checkpoint in {ckpt.directory}', want['num_classes']
+  build.check_structure(stored, arrays, saved.get('config', {}), config, k, where)
   state = ckpt.restore(state, tcfg.resume_step or None)
   start = int(state['step'])
   if start > total:

@@ -11,7 +11,7 @@ import time
 import jax
 import numpy as np
 
-from jaxpix import attack, configs, data, records, report, restore, stats
+from jaxpix import attack, build, configs, data, records, report, restore, stats
 from jaxpix.evaluation import attack_log, metrics
 from jaxpix.evaluation import protocol as proto
 
@@ -117,10 +117,7 @@ def evaluate(config, workdir: str) -> dict:
   results.json's dict."""
   proto.check_eval_config(config.eval)
   configs.check_finite(config)
-  for field in ('seed', 'eval.seed'):
-    value = config.seed if field == 'seed' else config.eval.seed
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      raise ValueError(f'config.{field} must be an int >= 0, got {value!r}')
+  build.check_ints(config, {'seed': 0, 'eval.seed': 0})
   out = records.check_workdir(workdir)
   out.mkdir(parents=True, exist_ok=True)
   with records.workdir_lock(out):
