@@ -20,7 +20,13 @@ gradient).
 # Grouped by what the names are for, not sorted by module.
 # isort: off
 # The attacks: a data set in, an AttackResult out; swap one for another by name.
-from jaxpix.attack.attacks import RunOptions, extreme_colour, gradient_ranked, one_pixel
+from jaxpix.attack.attacks import (
+  RunOptions,
+  extreme_colour,
+  gradient_ranked,
+  one_pixel,
+  random_search,
+)
 from jaxpix.attack.runner import AttackResult
 
 # Training adversaries: pure and jittable, a fixed cost, for inside a train step.
@@ -44,6 +50,7 @@ from jaxpix.attack.runner import default_batch
 __all__ = [
   # attacks
   'one_pixel',
+  'random_search',
   'extreme_colour',
   'gradient_ranked',
   'AttackResult',

@@ -23,7 +23,7 @@ from typing import Any, TypedDict, Unpack
 import jax
 import numpy as np
 
-from jaxpix.attack import checks, linearised, perturb, runner, search
+from jaxpix.attack import blackbox, checks, forward, linearised, perturb, runner, search
 from jaxpix.attack.engine import Fitness, Predict
 from jaxpix.attack.runner import AttackResult
 
@@ -266,6 +266,91 @@ def gradient_ranked(
   return runner.run(
     srch, fit, predict, x, labels, targets, key, 1, run, steps_per_call=16, search_data=data
   )
+
+
+def random_search(
+  predict: Predict,
+  images,
+  labels,
+  *,
+  key: jax.Array,
+  targets=None,
+  pixels: int = 1,
+  budget: int = 10_000,
+  mode: perturb.Mode = 'replace',
+  **run: Unpack[RunOptions],
+) -> AttackResult:
+  """A black-box search over extreme colours for one or ``pixels`` pixels,
+  query-efficient from its first query: only ``predict``'s outputs are used.
+
+  One pixel: the H * W * 2^C extreme-colour candidates, never one twice, best
+  first by an estimate that every measured loss corrects (a pixel's other
+  corners and its neighbours rise when it measured well), starting from a
+  prior (corners far from the pixel's own colour first). ``pixels`` > 1:
+  Sparse-RS's L0 random search (Croce et al., AAAI 2022): a set of k pixels
+  with corner colours, each query moving some of them (fewer as the budget
+  goes) to random new positions and corners, kept when the loss drops.
+  :mod:`jaxpix.attack.blackbox` says more.
+
+  Every step gives each image in flight as many candidates as fill the
+  forward passes (``batch`` candidates each): one or a few while many
+  images are in flight (the search adapts after each), more as they finish,
+  so a small N and a run's tail still use whole passes. So an image's result
+  depends on the key, the image and how many images run beside it (the slots
+  and the batch): a rerun of the same call gives the same result, a run over
+  another set of images may give an equally valid other one.
+
+  Args:
+    predict, images, labels, targets, **run: as in :func:`one_pixel`
+      (``batch``: candidates per forward pass; ``slots``: images in flight,
+      default ``batch // 4``, at least 16).
+    key: a ``jax.random.key``; image i uses ``fold_in(key, indices[i])``.
+    pixels: how many pixels the attack may change (k).
+    budget: model evaluations per image at most; one pixel: at most
+      H * W * 2^C (every extreme colour of every pixel, then it stops).
+    mode: ``'replace'`` (colours 0 or 255 per channel) or ``'add'`` (deltas
+      of -255 or +255, clipped: the same images).
+
+  Returns:
+    An :class:`AttackResult` (``colors`` in {0, 255}, or {-255, 255} for
+    ``add``); ``queries`` counts every evaluation, as Sparse-RS counts them.
+
+  Example:
+    >>> r = attack.random_search(predict, images, labels, key=jax.random.key(0), budget=1000)
+  """
+  _check_run('random_search', run)
+  x = checks.images(images)
+  n, h, w, c = x.shape
+  checks.pixels(pixels, h, w)
+  checks.mode(mode)
+  checks.key(key)
+  total = h * w * 2**c
+  if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+    raise ValueError(f'budget must be an int >= 1 (model evaluations per image), got {budget!r}')
+  budget, targeted = int(budget), targets is not None
+  fit = Fitness(targeted=targeted, mode=mode)
+  if pixels == 1:
+    budget = min(budget, total)
+    make = lambda p: blackbox.corner_search(h, w, c, budget, min(p, budget), targeted, mode)  # noqa: E731
+    data = _corner_data
+  else:
+    make = lambda p: blackbox.sparse_search(h, w, c, pixels, budget, min(p, budget), mode)  # noqa: E731
+    data = lambda fn, params, xs, ys, ts: blackbox.own_corners(xs)  # noqa: E731
+  return runner.run(
+    make, fit, predict, x, labels, targets, key, pixels, run, steps_per_call=32, search_data=data
+  )
+
+
+def _corner_data(fn, params, x, y, t) -> np.ndarray:
+  """The one-pixel search's data: the prior's distances, then the clean
+  objective (-log p(label), or log p(target)), float32 [N, T + 1]."""
+  logits = forward.batched_logits(fn, x, params=params)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp = logp - np.log(np.sum(np.exp(logp), -1, keepdims=True))
+  cls = y if t is None else t
+  own = logp[np.arange(len(x)), cls]
+  base = own if t is not None else -own
+  return np.concatenate([blackbox.corner_prior(x), base[:, None]], 1).astype(np.float32)
 
 
 def _unused_key(key):

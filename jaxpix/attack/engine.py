@@ -118,17 +118,71 @@ def _forward_active(predict: Predict, images, cands, fit: Fitness, active, per_p
   return logits[back], l2[back] if fit.l2_penalty else None
 
 
+def _forward_packed(predict: Predict, images, cands, fit: Fitness, n_valid, rows: int):
+  """As :func:`_forward`, but only the first ``n_valid[s]`` candidates of each
+  slot are evaluated, packed across slots into forward passes of ``rows``
+  candidates: ceil(sum(n_valid) / rows) passes run, each of the one compiled
+  shape, so a search that gives few images many candidates each (``fill``)
+  costs what it evaluates. Other rows hold zeros."""
+  s, p, _ = cands.shape
+  n = s * p
+  n_pass = -(-n // rows)
+  valid = (jnp.arange(p)[None] < n_valid[:, None]).reshape(n)
+  # The valid (slot, candidate) entries, in order, then padding that repeats
+  # the last one (its writes are dropped).
+  at = jnp.where(valid, jnp.cumsum(valid) - 1, n_pass * rows)
+  order = (
+    jnp.zeros((n_pass * rows,), jnp.int32).at[at].set(jnp.arange(n, dtype=jnp.int32), mode='drop')
+  )
+  total = jnp.sum(valid)
+  order = jnp.where(jnp.arange(n_pass * rows) < total, order, order[jnp.maximum(total - 1, 0)])
+  flat = cands.reshape(n, -1)
+  probe = jax.ShapeDtypeStruct((rows,) + images.shape[1:], jnp.float32)
+  k = jax.eval_shape(predict, probe).shape[-1]
+
+  def one_pass(i, bufs):
+    logits, l2 = bufs
+    sl = jax.lax.dynamic_slice_in_dim(order, i * rows, rows)
+    base = images[sl // p]
+    adv = perturb.apply_each(base, flat[sl], fit.mode)
+    out = predict(adv).astype(jnp.float32)
+    dest = jnp.where(jnp.arange(rows) + i * rows < total, sl, n)  # padding: dropped
+    logits = logits.at[dest].set(out, mode='drop')
+    if fit.l2_penalty:
+      d = adv - base
+      l2 = l2.at[dest].set(jnp.sqrt(jnp.sum(d * d, axis=(1, 2, 3))), mode='drop')
+    return logits, l2
+
+  bufs = (jnp.zeros((n, k), jnp.float32), jnp.zeros((n,), jnp.float32))
+  logits, l2 = jax.lax.fori_loop(0, -(-total // rows), one_pass, bufs)
+  return logits.reshape(s, p, k), l2.reshape(s, p) if fit.l2_penalty else None
+
+
 def score_candidates(
-  predict: Predict, images, cands, labels, targets, fit: Fitness, active=None, per_pass=None
+  predict: Predict,
+  images,
+  cands,
+  labels,
+  targets,
+  fit: Fitness,
+  active=None,
+  per_pass=None,
+  n_valid=None,
 ):
   """Scores candidates [S, P, D] on images [S, H, W, C]; returns dict of [S, P].
 
   With ``per_pass`` (and ``active`` [S]), only the active slots are evaluated,
-  ``per_pass`` slots per forward pass (:func:`_forward_active`); without, all
-  S * P candidates in one pass."""
+  ``per_pass`` slots per forward pass (:func:`_forward_active`); with
+  ``n_valid`` [S] too, only each slot's first ``n_valid`` candidates, packed
+  ``per_pass`` candidates per forward pass (:func:`_forward_packed`; the
+  others score fitness +inf, never a success); without, all S * P candidates
+  in one pass."""
   s, p, _ = cands.shape
   if per_pass is None:
     logits, l2 = _forward(predict, images, cands, fit)
+  elif n_valid is not None:
+    n_valid = jnp.where(active, n_valid, 0)
+    logits, l2 = _forward_packed(predict, images, cands, fit, n_valid, per_pass)
   else:
     logits, l2 = _forward_active(predict, images, cands, fit, active, per_pass)
   probs = jax.nn.softmax(logits, axis=-1)
@@ -146,6 +200,8 @@ def score_candidates(
   # A candidate on which the model outputs NaN or +-inf says nothing about the
   # model's decision: never a success, never the best candidate.
   finite = jnp.all(jnp.isfinite(logits), axis=-1)
+  if n_valid is not None:
+    finite &= jnp.arange(p)[None] < n_valid[:, None]  # the rows not evaluated
   success &= finite
   fitness = jnp.where(finite, fitness, jnp.inf)
   stop = success
@@ -221,31 +277,58 @@ def init_slots(search: Search, key, images, labels, targets, gidx, dim: int, dat
   )
 
 
+def widths(active, p: int, rows: int):
+  """Candidates per slot this step for a ``fill`` search: the slots in flight
+  share ceil(in flight / rows) whole forward passes of ``rows`` candidates,
+  as evenly as they can (at most ``p`` each); 0 for a slot not in flight."""
+  n_act = jnp.sum(active)
+  total = jnp.maximum(-(-n_act // rows), 1) * rows
+  per, extra = total // jnp.maximum(n_act, 1), total % jnp.maximum(n_act, 1)
+  rank = jnp.cumsum(active) - 1
+  return jnp.where(active, jnp.minimum(per + (rank < extra), p), 0).astype(jnp.int32)
+
+
 def step(search: Search, predict: Predict, fit: Fitness, st, per_pass: int | None = None):
   """One engine step for every slot; inactive slots are left unchanged (and,
   with ``per_pass``, not evaluated: see :func:`score_candidates`).
 
+  For a ``fill`` search ``per_pass`` is the candidates per forward pass
+  (required), shared among the slots in flight by :func:`widths`.
+
   Returns the new state and ``finished`` [S]: slots that completed this step.
   """
   keys = jax.vmap(jax.random.fold_in)(st['key'], st['step'])
-  cands, n_valid = jax.vmap(search.propose)(st['search'], keys, st['step'])
-  ev = score_candidates(
-    predict, st['image'], cands, st['label'], st['target'], fit, st['active'], per_pass
-  )
-  new_search = jax.vmap(search.update)(st['search'], cands, ev['fitness'], st['step'])
+  act = st['active']
+  if search.fill:
+    width = widths(act, search.num_candidates, per_pass)
+    cands, n_valid = jax.vmap(search.propose)(st['search'], keys, st['step'], width)
+    n_valid = jnp.where(act, n_valid, 0)
+    ev = score_candidates(
+      predict, st['image'], cands, st['label'], st['target'], fit, act, per_pass, n_valid
+    )
+    new_search = jax.vmap(search.update)(st['search'], cands, ev['fitness'], st['step'], n_valid)
+  else:
+    cands, n_valid = jax.vmap(search.propose)(st['search'], keys, st['step'])
+    ev = score_candidates(
+      predict, st['image'], cands, st['label'], st['target'], fit, act, per_pass
+    )
+    new_search = jax.vmap(search.update)(st['search'], cands, ev['fitness'], st['step'])
   best = _merge_best(st['best'], ev)
   steps = st['step'] + 1
-  finished = steps >= search.max_steps
+  queries = st['queries'] + n_valid
+  if search.fill:
+    finished = (queries >= search.max_queries) | (n_valid == 0)
+  else:
+    finished = steps >= search.max_steps
   if fit.early_stop:
     finished |= best['stop']
-  act = st['active']
   keep = lambda new, old: jax.tree.map(lambda a, b: _where(act, a, b), new, old)
   new = dict(
     st,
     search=keep(new_search, st['search']),
     best=keep(best, st['best']),
     step=jnp.where(act, steps, st['step']),
-    queries=jnp.where(act, st['queries'] + n_valid, st['queries']),
+    queries=jnp.where(act, queries, st['queries']),
     active=act & ~finished,
   )
   return new, act & finished

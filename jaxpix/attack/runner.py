@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,16 @@ from jaxpix.attack.engine import Fitness, Predict
 # measures one).
 DEFAULT_BATCH = {'cpu': 400}
 _ACCELERATOR_BATCH = 4096
+# A fill search (search.Search.fill) keeps a forward pass's worth of
+# candidates in flight at FILL_WIDTH per image (batch // FILL_WIDTH images,
+# at least 16), so that it adapts after every few queries while the queue
+# lasts; as images finish, the others get more candidates per step (up to
+# FILL_WIDEN passes' worth in all), so that a run's tail and a small N still
+# fill whole passes. Width 4 cost the one-pixel search nothing measurable
+# against width 1 in replays on candidate tables, and amortises its per-step
+# work (benchmarks/README.md).
+FILL_WIDTH = 4
+FILL_WIDEN = 8
 
 
 def default_batch(devices=None) -> int:
@@ -103,7 +114,7 @@ _decode = jax.jit(perturb.decode, static_argnums=(1, 2, 3, 4))
 
 
 def run(
-  srch: search.Search,
+  srch: search.Search | Callable[[int], search.Search],
   fit: Fitness,
   predict: Predict,
   x: np.ndarray,
@@ -119,7 +130,9 @@ def run(
   """Runs ``srch`` over the checked images ``x``, each scored by ``fit``.
 
   Args:
-    srch, fit: the search and its fitness.
+    srch, fit: the search and its fitness. A ``fill`` search is given as
+      ``p -> Search``, built once the run knows how many images are in flight
+      (``p``: the most candidates an image may get in one step).
     predict, labels, targets, key: as the attack was given them (checked here).
     pixels: pixels per candidate (its length is ``pixels * (2 + C)``).
     options: the attack's run options (``attacks.RunOptions``).
@@ -138,17 +151,25 @@ def run(
   batch = options.get('batch')
   batch = default_batch(devices) if batch is None else batch
   checks.positive_int('batch', batch)
-  per_pass = max(1, batch // srch.num_candidates)
   slots = options.get('slots')
-  slots = max(4 * per_pass, 16) if slots is None else slots
-  checks.positive_int('slots', slots)
+  if slots is not None:
+    checks.positive_int('slots', slots)
   steps = options.get('steps_per_call')
   steps = steps_per_call if steps is None else steps
   checks.positive_int('steps_per_call', steps)
-  # Sized by all N images, attacked or not: the compiled loop's shapes do not
-  # depend on how many the model gets right (new parameters compile nothing).
-  slots = max(1, min(slots, -(-n // len(devices))))
-  per_pass = min(per_pass, slots)
+  per_dev = -(-n // len(devices))
+  if callable(srch):  # a fill search, built for its share of each pass
+    # Sized by all N images, attacked or not: the compiled loop's shapes do not
+    # depend on how many the model gets right (new parameters compile nothing).
+    slots = max(16, batch // FILL_WIDTH) if slots is None else slots
+    slots = max(1, min(slots, per_dev))
+    srch = srch(min(batch, -(-FILL_WIDEN * batch // slots)))
+    per_pass = batch  # candidates per forward pass
+  else:
+    per_pass = max(1, batch // srch.num_candidates)
+    slots = max(4 * per_pass, 16) if slots is None else slots
+    slots = max(1, min(slots, per_dev))
+    per_pass = min(per_pass, slots)
 
   clean = checks.outputs(forward.batched_logits(fn, x, params=params), idx)  # [N, K]
   clean = np.exp(clean - clean.max(-1, keepdims=True))  # softmax, on the host

@@ -37,6 +37,14 @@ class Search(NamedTuple):
     update: ``(state, candidates, fitness [P], step) -> state``.
     data_shape, data_dtype: the shape and dtype of one image's ``data``
       (None: the search takes none).
+    fill: the engine decides how many candidates each image gets per step,
+      ``width`` [1, P], so that the images in flight fill whole forward
+      passes (few images: many candidates each); then ``propose`` is
+      ``(state, key, step, width) -> (candidates [P, D], n_valid <= width)``,
+      ``update`` also takes ``n_valid``, only the first ``n_valid``
+      candidates are evaluated (the rest have fitness +inf), and an image
+      ends at ``max_queries`` evaluations or when ``n_valid`` is 0.
+    max_queries: with ``fill``, the evaluations per image at most.
   """
 
   num_candidates: int
@@ -46,6 +54,8 @@ class Search(NamedTuple):
   update: Callable[[Any, jax.Array, jax.Array, jax.Array], Any]
   data_shape: tuple[int, ...] | None = None
   data_dtype: Any = np.int32
+  fill: bool = False
+  max_queries: int | None = None
 
 
 # --------------------------------------------------------------------------- #
@@ -330,58 +340,94 @@ def refined_corners(
   No candidate is tried twice: with ``budget = H * W * 2^C`` it tries every
   one, so it fools exactly the images :func:`exhaustive_corners` fools.
   """
-  n_corner = 2**channels
-  hw = height * width
-  total = hw * n_corner
-  cube = corners(channels).astype(np.float32)
-  bits = (2 ** np.arange(channels)).astype(np.int32)
-  window = 2 * radius + 1
+  total = height * width * 2**channels
+  refine = CornerRefiner(height, width, channels, radius, targeted)
 
   def init(key, data):
     del key
-    z = jnp.zeros((hw,), jnp.float32)
-    return data[:total], data[total], jnp.zeros((total,), bool), z, z
-
-  def box(v):  # the sum over each pixel's (2r + 1)^2 neighbourhood, [HW]
-    v = v.reshape(height, width)
-    s = jax.lax.reduce_window(v, 0.0, jax.lax.add, (window, window), (1, 1), 'SAME')
-    return s.reshape(hw)
+    return refine.init(data[:total], data[total])
 
   def valid(step):
     return jnp.clip(budget - step * chunk, 0, chunk).astype(jnp.int32)
 
   def propose(state, key, step):
     del key
+    return refine.propose(state, chunk, valid(step))
+
+  def update(state, cands, fitness, step):
+    return refine.update(state, cands, fitness, valid(step))
+
+  return Search(chunk, math.ceil(budget / chunk), init, propose, update, (total + 1,), np.float32)
+
+
+class CornerRefiner(NamedTuple):
+  """The extreme-colour candidates of one image best first by an estimate
+  that measured losses correct (:func:`refined_corners`; the black-box
+  ``random_search`` starts it from a prior instead of a gradient).
+
+  The state is (gain [T], base, tried [T], err [HW], cnt [HW]), T = H * W *
+  2^C: the estimated objective increase of each candidate, the clean
+  objective, which were tried, and per pixel the summed error (measured
+  minus estimated) and how many were measured.
+  """
+
+  height: int
+  width: int
+  channels: int
+  radius: int
+  targeted: bool
+
+  def init(self, gain, base):
+    hw = self.height * self.width
+    z = jnp.zeros((hw,), jnp.float32)
+    return gain, base, jnp.zeros(gain.shape, bool), z, z
+
+  def _box(self, v):  # the sum over each pixel's (2r + 1)^2 neighbourhood, [HW]
+    k = 2 * self.radius + 1
+    v = v.reshape(self.height, self.width)
+    s = jax.lax.reduce_window(v, 0.0, jax.lax.add, (k, k), (1, 1), 'SAME')
+    return s.reshape(-1)
+
+  def propose(self, state, p: int, n_valid):
+    """The ``p`` untried candidates of highest estimate [p, 2 + C]; those past
+    ``n_valid`` repeat the last counted one (padding finds nothing new)."""
     gain, _, tried, err, cnt = state
+    n_corner = 2**self.channels
     own = err / jnp.maximum(cnt, 1.0)
     has = (cnt > 0).astype(jnp.float32)
-    if radius > 0:
-      near_sum, near_cnt = box(own * has), box(has)
+    if self.radius > 0:
+      near_sum, near_cnt = self._box(own * has), self._box(has)
       near = jnp.where(near_cnt > 0, near_sum / jnp.maximum(near_cnt, 1.0), 0.0)
     else:
       near = jnp.zeros_like(own)
     delta = jnp.where(cnt > 0, own, near)
     est = gain + jnp.repeat(delta, n_corner)
-    _, idx = jax.lax.top_k(jnp.where(tried, -jnp.inf, est), chunk)
-    n_valid = valid(step)
-    # Padding repeats the last counted candidate, so it can find nothing new.
-    idx = jnp.where(jnp.arange(chunk) < n_valid, idx, idx[jnp.maximum(n_valid - 1, 0)])
+    _, idx = jax.lax.top_k(jnp.where(tried, -jnp.inf, est), p)
+    idx = jnp.where(jnp.arange(p) < n_valid, idx, idx[jnp.maximum(n_valid - 1, 0)])
     pos, corner = idx // n_corner, idx % n_corner
-    coords = jnp.stack([pos // width, pos % width], axis=1).astype(jnp.float32) + 0.5
-    return jnp.concatenate([coords, jnp.asarray(cube)[corner]], axis=1), n_valid
+    coords = jnp.stack([pos // self.width, pos % self.width], 1).astype(jnp.float32) + 0.5
+    cube = jnp.asarray(corners(self.channels), jnp.float32)
+    return jnp.concatenate([coords, cube[corner]], axis=1), n_valid
 
-  def update(state, cands, fitness, step):
+  def update(self, state, cands, fitness, n_valid):
+    """Folds the measured fitness of the first ``n_valid`` candidates in."""
     gain, base, tried, err, cnt = state
-    pos = cands[:, 0].astype(jnp.int32) * width + cands[:, 1].astype(jnp.int32)
-    idx = pos * n_corner + jnp.sum((cands[:, 2:] > 127).astype(jnp.int32) * bits, axis=1)
-    p = 1.0 - fitness if targeted else fitness
+    bits = (2 ** np.arange(self.channels)).astype(np.int32)
+    pos = cands[:, 0].astype(jnp.int32) * self.width + cands[:, 1].astype(jnp.int32)
+    idx = pos * 2**self.channels + jnp.sum((cands[:, 2:] > 127).astype(jnp.int32) * bits, axis=1)
+    p = 1.0 - fitness if self.targeted else fitness
     measured = jnp.log(jnp.maximum(p, 1e-30))
-    measured = measured if targeted else -measured
+    measured = measured if self.targeted else -measured
     # A non-finite fitness (non-finite logits) teaches nothing; padding is not counted.
-    ok = jnp.isfinite(fitness) & (jnp.arange(chunk) < valid(step))
+    ok = jnp.isfinite(fitness) & (jnp.arange(cands.shape[0]) < n_valid)
     e = jnp.where(ok, measured - base - gain[idx], 0.0)
     err = err.at[pos].add(e)
     cnt = cnt.at[pos].add(ok.astype(jnp.float32))
-    return gain, base, tried.at[idx].set(True), err, cnt
-
-  return Search(chunk, math.ceil(budget / chunk), init, propose, update, (total + 1,), np.float32)
+    counted = jnp.arange(cands.shape[0]) < n_valid
+    return (
+      gain,
+      base,
+      tried.at[jnp.where(counted, idx, tried.shape[0])].set(True, mode='drop'),
+      err,
+      cnt,
+    )
