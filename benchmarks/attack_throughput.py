@@ -18,6 +18,14 @@ measures:
 - large N (``--images`` x ``--maxiter``): the warm attack's rate.
 
 Each attack's rate is model evaluations (queries summed) / wall time.
+
+``--search random`` measures ``attack.random_search`` instead (one pixel,
+``--small-budget`` and ``--budget`` queries per image; default 500 images for
+the large run), and, on the small images, the whole evaluation's wall time
+beside DE's at the same budget (``--small-budget`` = 400 x (maxiter + 1)):
+
+    python benchmarks/attack_throughput.py --search random --images 500 \
+        --json benchmarks/results/attack_throughput_random_cpu.json
 """
 
 from __future__ import annotations
@@ -91,9 +99,14 @@ def forward_rate(predict, x: np.ndarray, reps: int) -> float:
   return reps * len(x) / (time.perf_counter() - t0)
 
 
-def timed_attack(predict, x, y, **kw) -> dict:
+def timed_attack(predict, x, y, search='de', **kw) -> dict:
   t0 = time.perf_counter()
-  r = attack.one_pixel(predict, x, y, **kw)
+  if search == 'random':
+    kw = {k: v for k, v in kw.items() if k not in ('popsize', 'maxiter')}
+    r = attack.random_search(predict, x, y, **kw)
+  else:
+    kw.pop('budget', None)
+    r = attack.one_pixel(predict, x, y, **kw)
   wall = time.perf_counter() - t0
   evals = int(r.queries.sum())
   return dict(
@@ -122,6 +135,9 @@ def main(argv=None):
   ap.add_argument('--forward-reps', type=int, default=5)
   ap.add_argument('--rounds', type=int, default=3, help='forward sweeps and warm small runs')
   ap.add_argument('--json', default=None, help='also write the figures to this file')
+  ap.add_argument('--search', choices=('de', 'random'), default='de')
+  ap.add_argument('--small-budget', type=int, default=10_000, help='random: queries per image')
+  ap.add_argument('--budget', type=int, default=2000, help='random, large run: queries per image')
   args = ap.parse_args(argv)
 
   train = data.load_npz('cifar10', 'train', args.data_dir)
@@ -150,10 +166,10 @@ def main(argv=None):
   best_b = max(rates, key=rates.get)
   best = rates[best_b]
 
-  kw = dict(key=jax.random.key(0), popsize=args.popsize, batch=batch)
+  kw = dict(key=jax.random.key(0), popsize=args.popsize, batch=batch, search=args.search)
   small = correct[: args.small]
   xs, ys = x_test[small], test.labels[small]
-  skw = dict(kw, maxiter=args.small_maxiter)
+  skw = dict(kw, maxiter=args.small_maxiter, budget=args.small_budget)
   runs = {}
   runs['small_first_call'] = timed_attack(predict, xs, ys, **skw)
   warm = [timed_attack(predict, xs, ys, **skw) for _ in range(args.rounds)]
@@ -165,8 +181,12 @@ def main(argv=None):
   runs['small_params_new_params'] = timed_attack(fn, xs, ys, params=other, **skw)
   large = correct[args.small : args.small + args.images]
   runs['large_warm'] = timed_attack(
-    predict, x_test[large], test.labels[large], maxiter=args.maxiter, **kw
+    predict, x_test[large], test.labels[large], maxiter=args.maxiter, budget=args.budget, **kw
   )
+  if args.search == 'random':  # the whole evaluation at DE's budget, DE beside it
+    same = dict(kw, maxiter=args.small_maxiter, budget=args.popsize * (args.small_maxiter + 1))
+    runs['small_at_de_budget'] = timed_attack(predict, xs, ys, **same)
+    runs['small_de_same_budget'] = timed_attack(predict, xs, ys, **dict(same, search='de'))
   for name, r in runs.items():
     r['efficiency'] = r['evals_per_s'] / best
     print(
@@ -186,8 +206,11 @@ def main(argv=None):
     device=str(dev.device_kind),
     backend=jax.default_backend(),
     jax=jax.__version__,
+    search=args.search,
     popsize=args.popsize,
     batch=batch,
+    small_budget=args.small_budget if args.search == 'random' else None,
+    large_budget=args.budget if args.search == 'random' else None,
     small_maxiter=args.small_maxiter,
     large_maxiter=args.maxiter,
     clean_accuracy=acc,

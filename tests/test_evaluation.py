@@ -284,6 +284,7 @@ def test_fixed_image_set_is_chosen_before_the_model_and_pairs(trained, tmp_path)
     targeted=True,
     targeted_images=3,
     gradient_ranked=8192,
+    random_search=300,
   )
   res = evaluation.evaluate(cfg, str(tmp_path))
   fixed = res['fixed_images']
@@ -315,10 +316,19 @@ def test_fixed_image_set_is_chosen_before_the_model_and_pairs(trained, tmp_path)
   # With the whole budget (8,192) its outcome is the exhaustive search's, not
   # an accident of its order: here it fools 1 of the 7 attacked, DE none.
   assert ranked - fooled  # the second attack fools some image DE did not
-  assert res['robust_attacks'] == ['de', 'gradient_ranked']
-  assert res['robust_images_all'] == [i for i in res['robust_images'] if i not in ranked]
+  random = [
+    json.loads(ln) for ln in (tmp_path / 'attack_random_search.jsonl').read_text().splitlines()
+  ]
+  random = [r for r in random if 'index' in r]
+  assert sorted(r['index'] for r in random) == res['images']
+  assert all(r['queries'] <= 300 for r in random)
+  random_fooled = {r['index'] for r in random if r['success']}
+  assert res['robust_attacks'] == ['de', 'gradient_ranked', 'random_search']
+  assert res['robust_images_all'] == [
+    i for i in res['robust_images'] if i not in ranked | random_fooled
+  ]
   assert res['robust_accuracy_all'] == len(res['robust_images_all']) / 20
   assert (
-    'not fooled by any of de, gradient_ranked, over the 20 fixed images'
+    'not fooled by any of de, gradient_ranked, random_search, over the 20 fixed images'
     in (tmp_path / 'results.md').read_text()
   )

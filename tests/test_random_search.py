@@ -178,6 +178,7 @@ def test_new_parameters_compile_nothing_and_bad_arguments_are_named():
   a = attack.random_search(fn, x, y, params=p1, **kw)
   before = (loop._compiled.cache_info().misses, forward._logits_fn.cache_info().misses)
   attack.random_search(fn, x, y, params=p2, **kw)
+  attack.random_search(fn, x, y, params=p2, **dict(kw, budget=70))  # the budget is data
   assert (loop._compiled.cache_info().misses, forward._logits_fn.cache_info().misses) == before
   b = attack.random_search(lambda im: fn(p1, im), x, y, **kw)
   np.testing.assert_array_equal(a.queries, b.queries)

@@ -330,27 +330,29 @@ def random_search(
   budget, targeted = int(budget), targets is not None
   fit = Fitness(targeted=targeted, mode=mode)
   if pixels == 1:
-    budget = min(budget, total)
-    make = lambda p: blackbox.corner_search(h, w, c, budget, min(p, budget), targeted, mode)  # noqa: E731
-    data = _corner_data
+    make = lambda p: blackbox.corner_search(h, w, c, min(p, total), targeted, mode)  # noqa: E731
+    data = functools.partial(_corner_data, budget=min(budget, total))
   else:
-    make = lambda p: blackbox.sparse_search(h, w, c, pixels, budget, min(p, budget), mode)  # noqa: E731
-    data = lambda fn, params, xs, ys, ts: blackbox.own_corners(xs)  # noqa: E731
+    make = lambda p: blackbox.sparse_search(h, w, c, pixels, p, mode)  # noqa: E731
+    data = lambda fn, params, xs, ys, ts: np.concatenate(  # noqa: E731
+      [blackbox.own_corners(xs), np.full((len(xs), 1), budget, np.int32)], 1
+    )
   return runner.run(
     make, fit, predict, x, labels, targets, key, pixels, run, steps_per_call=32, search_data=data
   )
 
 
-def _corner_data(fn, params, x, y, t) -> np.ndarray:
-  """The one-pixel search's data: the prior's distances, then the clean
-  objective (-log p(label), or log p(target)), float32 [N, T + 1]."""
+def _corner_data(fn, params, x, y, t, *, budget: int) -> np.ndarray:
+  """The one-pixel search's data: the prior's distances, the clean objective
+  (-log p(label), or log p(target)), the budget; float32 [N, T + 2]."""
   logits = forward.batched_logits(fn, x, params=params)
   logp = logits - logits.max(-1, keepdims=True)
   logp = logp - np.log(np.sum(np.exp(logp), -1, keepdims=True))
   cls = y if t is None else t
   own = logp[np.arange(len(x)), cls]
   base = own if t is not None else -own
-  return np.concatenate([blackbox.corner_prior(x), base[:, None]], 1).astype(np.float32)
+  tail = np.stack([base, np.full(len(x), budget)], 1)
+  return np.concatenate([blackbox.corner_prior(x), tail], 1).astype(np.float32)
 
 
 def _unused_key(key):

@@ -68,41 +68,41 @@ def _corner_colours(cands, mode):
 
 @functools.cache
 def corner_search(
-  height: int, width: int, channels: int, budget: int, p: int, targeted: bool, mode: str
+  height: int, width: int, channels: int, p: int, targeted: bool, mode: str
 ) -> Search:
   """The one-pixel search: a ``fill`` search, at most ``p`` candidates per
-  step, ``budget`` (<= H * W * 2^C) per image. ``data`` per image: float32
-  [T + 1], the prior's distances (:func:`corner_prior`) then the clean
-  objective (-log p(label), or log p(target))."""
+  step. ``data`` per image: float32 [T + 2], the prior's distances
+  (:func:`corner_prior`), the clean objective (-log p(label), or log
+  p(target)), then the budget (<= T): data, not a static argument, so that
+  another budget compiles nothing."""
   total = height * width * 2**channels
   refine = CornerRefiner(height, width, channels, RADIUS, targeted)
 
   def init(key, data):
     gain = ALPHA * data[:total] + _NOISE * jax.random.uniform(key, (total,))
-    return refine.init(gain, data[total]), jnp.int32(0)
+    return refine.init(gain, data[total]), jnp.int32(0), data[total + 1].astype(jnp.int32)
 
   def propose(state, key, step, n):
     del key, step
-    rs, q = state
+    rs, q, budget = state
     n_valid = jnp.clip(jnp.minimum(n, budget - q), 0, p).astype(jnp.int32)
     cands, n_valid = refine.propose(rs, p, n_valid)
     return _colour_genes(cands, mode), n_valid
 
   def update(state, cands, fitness, step, n_valid):
     del step
-    rs, q = state
-    return refine.update(rs, _corner_colours(cands, mode), fitness, n_valid), q + n_valid
+    rs, q, budget = state
+    rs = refine.update(rs, _corner_colours(cands, mode), fitness, n_valid)
+    return rs, q + n_valid, budget
 
-  return Search(
-    p, budget, init, propose, update, (total + 1,), np.float32, fill=True, max_queries=budget
-  )
+  return Search(p, total, init, propose, update, (total + 2,), np.float32, fill=True)
 
 
 def moved_pixels(queries, budget: int, pixels: int, p_init: float = 0.8):
   """How many of the ``pixels`` a proposal moves after ``queries``: Sparse-RS's
   L0 schedule (``p_selection``, its query count rescaled to a budget of
   10,000 as its default ``resc_schedule`` does), at least one."""
-  it = jnp.floor(jnp.asarray(queries) * 10000 / budget)
+  it = jnp.floor(jnp.asarray(queries, jnp.float32) * 10000 / budget)
   edges = jnp.array([0, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
   div = jnp.array([1.0, 2, 4, 5, 6, 8, 10, 12, 15, 20])
   frac = p_init / div[jnp.sum(it[..., None] > edges, -1)]
@@ -124,25 +124,25 @@ def _distinct_outside(key, excluded, n: int, total: int):
 
 
 @functools.cache
-def sparse_search(
-  height: int, width: int, channels: int, pixels: int, budget: int, p: int, mode: str
-) -> Search:
+def sparse_search(height: int, width: int, channels: int, pixels: int, p: int, mode: str) -> Search:
   """The k-pixel search: a ``fill`` search, at most ``p`` proposals per step.
-  ``data`` per image: int32 [H * W], the corner each pixel already has (-1 if
-  none), so that a proposal that moves one pixel never proposes its own
-  colour (as Sparse-RS)."""
+  ``data`` per image: int32 [H * W + 1], the corner each pixel already has
+  (-1 if none), so that a proposal that moves one pixel never proposes its
+  own colour (as Sparse-RS), then the budget (data: another budget compiles
+  nothing)."""
   hw, n_corner, k = height * width, 2**channels, pixels
   cube = jnp.asarray(corners(channels), jnp.float32)
   bits = (2 ** np.arange(channels)).astype(np.int32)
 
-  def init(key, own):
+  def init(key, data):
     # A distinct placeholder set (the first proposals replace all of it), so
     # that "outside the set" is always well defined.
     pos = _distinct_outside(key, jnp.zeros((0,), jnp.int32), k, hw)
-    return pos, jnp.zeros((k,), jnp.int32), jnp.float32(jnp.inf), jnp.int32(0), own
+    return pos, jnp.zeros((k,), jnp.int32), jnp.float32(jnp.inf), jnp.int32(0), data
 
   def one(state, key, q):
-    pos, corner, _, _, own = state
+    pos, corner, _, _, data = state
+    own, budget = data[:hw], data[hw]
     k_keep, k_pos, k_col, k_alt = jax.random.split(key, 4)
     first = q == 0  # no set yet: a fresh random one
     n_move = jnp.where(first, k, moved_pixels(q, budget, k))
@@ -160,7 +160,7 @@ def sparse_search(
 
   def propose(state, key, step, n):
     del step
-    q = state[3]
+    q, budget = state[3], state[4][hw]
     n_valid = jnp.clip(jnp.minimum(n, budget - q), 0, p).astype(jnp.int32)
     genes = jax.vmap(lambda kk: one(state, kk, q))(jax.random.split(key, p))  # [p, k, 2 + C]
     genes = jax.vmap(lambda g: _colour_genes(g, mode))(genes)
@@ -168,7 +168,7 @@ def sparse_search(
 
   def update(state, cands, fitness, step, n_valid):
     del step
-    pos, corner, fit, q, own = state
+    pos, corner, fit, q, data = state
     fitness = jnp.where(jnp.arange(p) < n_valid, fitness, jnp.inf)
     j = jnp.argmin(fitness)
     genes = _corner_colours(cands[j].reshape(k, -1), mode)
@@ -180,10 +180,10 @@ def sparse_search(
       jnp.where(better, new_corner, corner),
       jnp.where(better, fitness[j], fit),
       q + n_valid,
-      own,
+      data,
     )
 
-  return Search(p, budget, init, propose, update, (hw,), np.int32, fill=True, max_queries=budget)
+  return Search(p, 1, init, propose, update, (hw + 1,), np.int32, fill=True)
 
 
 def own_corners(images: np.ndarray) -> np.ndarray:

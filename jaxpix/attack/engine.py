@@ -317,7 +317,7 @@ def step(search: Search, predict: Predict, fit: Fitness, st, per_pass: int | Non
   steps = st['step'] + 1
   queries = st['queries'] + n_valid
   if search.fill:
-    finished = (queries >= search.max_queries) | (n_valid == 0)
+    finished = n_valid == 0  # the step after its last query: it evaluates nothing
   else:
     finished = steps >= search.max_steps
   if fit.early_stop:

@@ -43,8 +43,8 @@ class Search(NamedTuple):
       ``(state, key, step, width) -> (candidates [P, D], n_valid <= width)``,
       ``update`` also takes ``n_valid``, only the first ``n_valid``
       candidates are evaluated (the rest have fitness +inf), and an image
-      ends at ``max_queries`` evaluations or when ``n_valid`` is 0.
-    max_queries: with ``fill``, the evaluations per image at most.
+      ends at the first step with ``n_valid`` 0 (its budget is the search's
+      to keep); ``max_steps`` is unused.
   """
 
   num_candidates: int
@@ -55,7 +55,6 @@ class Search(NamedTuple):
   data_shape: tuple[int, ...] | None = None
   data_dtype: Any = np.int32
   fill: bool = False
-  max_queries: int | None = None
 
 
 # --------------------------------------------------------------------------- #

@@ -135,6 +135,9 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # the model must be differentiable JAX), at this many candidates per image
   # (0: off; 8192 = all of a CIFAR image's, the exhaustive search's outcome)
   c.eval.gradient_ranked = 0
+  # also the black-box random search (attack.random_search: extreme colours,
+  # eval.pixels pixels, eval.mode) at this many queries per image (0: off)
+  c.eval.random_search = 0
   c.eval.gallery = 8  # adversarial examples in gallery.png (0 = none)
   # The attack's fitness reads softmax(logits / temperature). 1 = the deployed
   # model's own probabilities. A distilled model deployed at T = 1 saturates

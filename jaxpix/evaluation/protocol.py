@@ -28,6 +28,7 @@ def check_eval_config(ecfg) -> None:
     ('pixels', 1),
     ('step', 0),
     ('gradient_ranked', 0),
+    ('random_search', 0),
   ):
     v = ecfg[field]
     if isinstance(v, bool) or not isinstance(v, int) or v < least:
@@ -73,7 +74,7 @@ class AttackSpec:
   """One attack of the evaluation: what it runs and on which keys."""
 
   name: str
-  kind: str  # 'de', 'extreme' or 'ranked'
+  kind: str  # 'de', 'extreme', 'ranked' or 'random'
   targeted: bool
   predict: object
   max_budget: int
@@ -81,8 +82,8 @@ class AttackSpec:
 
 def attack_specs(ecfg, predict, classifier, image_shape) -> list[AttackSpec]:
   """The attacks ``config.eval`` asks for: DE untargeted always; targeted DE,
-  the exhaustive extreme-colour search and its gradient-ranked order if
-  asked; for the autoencoder defence,
+  the exhaustive extreme-colour search, its gradient-ranked order and the
+  black-box random search if asked; for the autoencoder defence,
   DE on the bare ``classifier`` too."""
   h, w, c = image_shape
   de_budget = ecfg.popsize * (ecfg.maxiter + 1)
@@ -94,6 +95,8 @@ def attack_specs(ecfg, predict, classifier, image_shape) -> list[AttackSpec]:
     specs.append(AttackSpec('extreme_colour', 'extreme', False, attacked, h * w * 2**c))
   if ecfg.gradient_ranked:
     specs.append(AttackSpec('gradient_ranked', 'ranked', False, attacked, ecfg.gradient_ranked))
+  if ecfg.random_search:
+    specs.append(AttackSpec('random_search', 'random', False, attacked, ecfg.random_search))
   if classifier is not None:
     specs.append(AttackSpec('de_classifier', 'de', False, classifier, de_budget))
   return specs
@@ -129,6 +132,7 @@ NOT_IN_PROTOCOL = (
   'eval.targeted_images',  # recorded for the targeted attack only
   'eval.extreme_colour',
   'eval.gradient_ranked',  # recorded for the gradient-ranked attack only
+  'eval.random_search',  # recorded for the random search only
 )
 
 
@@ -147,6 +151,8 @@ def protocol(config, spec: AttackSpec, step: int, params_sha1: dict, images_sha1
   extra = {'eval.targeted_images': config.eval.targeted_images} if spec.targeted else {}
   if spec.kind == 'ranked':
     extra['eval.gradient_ranked'] = config.eval.gradient_ranked
+  if spec.kind == 'random':
+    extra['eval.random_search'] = config.eval.random_search
   return dict(
     **extra,
     attack=spec.name,

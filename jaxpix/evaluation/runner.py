@@ -79,6 +79,17 @@ def run_attack(
       )
     elif spec.kind == 'ranked':
       attack.gradient_ranked(spec.predict, x, y, budget=spec.max_budget, **common)
+    elif spec.kind == 'random':
+      attack.random_search(
+        spec.predict,
+        x,
+        y,
+        key=jax.random.key(ecfg.seed),
+        pixels=ecfg.pixels,
+        budget=spec.max_budget,
+        mode=ecfg.mode,
+        **common,
+      )
     else:
       attack.extreme_colour(spec.predict, x, y, **common)
   bar.close()
@@ -208,8 +219,8 @@ def _evaluate(config, out: pathlib.Path) -> dict:
       robust_accuracy=len(robust) / len(fixed),
       robust_accuracy_wilson95=list(stats.wilson(len(robust), len(fixed))),
     )
-    # With a second untargeted attack (the exhaustive or gradient-ranked
-    # search), also the worst case: not fooled by any of them. DE is the
+    # With a second untargeted attack (the exhaustive, gradient-ranked or
+    # random search), also the worst case: not fooled by any of them. DE is the
     # papers' attack, so robust_accuracy stays DE's.
     others = [s.name for s in specs if not s.targeted and s.name not in ('de', 'de_classifier')]
     if others:
