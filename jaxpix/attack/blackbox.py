@@ -109,18 +109,12 @@ def moved_pixels(queries, budget: int, pixels: int, p_init: float = 0.8):
   return jnp.maximum(jnp.floor(frac * pixels), 1).astype(jnp.int32)
 
 
-def _distinct_outside(key, excluded, n: int, total: int):
-  """``n`` distinct integers in [0, total) outside ``excluded`` [m] (distinct),
-  uniformly: the a-th integer not yet excluded, for a drawn a."""
-  ex = excluded
-  out = []
-  for j in range(n):
-    a = jax.random.randint(jax.random.fold_in(key, j), (), 0, total - ex.shape[0], jnp.int32)
-    for e in jnp.sort(ex):  # walk the sorted exclusions
-      a = a + (a >= e)
-    out.append(a)
-    ex = jnp.concatenate([ex, a[None]])
-  return jnp.stack(out)
+def fresh_pixels(key, taken, hw: int, m: int):
+  """``m`` distinct pixels in [0, hw) outside ``taken`` [k], in random order
+  (the top ``m`` of uniform scores, ``taken`` scored below all): one ranking
+  per image and step, from which every proposal takes its own ``k``."""
+  score = jax.random.uniform(key, (hw,)).at[taken].set(-1.0)
+  return jax.lax.top_k(score, m)[1].astype(jnp.int32)
 
 
 @functools.cache
@@ -137,22 +131,23 @@ def sparse_search(height: int, width: int, channels: int, pixels: int, p: int, m
   def init(key, data):
     # A distinct placeholder set (the first proposals replace all of it), so
     # that "outside the set" is always well defined.
-    pos = _distinct_outside(key, jnp.zeros((0,), jnp.int32), k, hw)
+    pos = jax.lax.top_k(jax.random.uniform(key, (hw,)), k)[1].astype(jnp.int32)
     return pos, jnp.zeros((k,), jnp.int32), jnp.float32(jnp.inf), jnp.int32(0), data
 
-  def one(state, key, q):
+  def one(state, u, q, fresh):
+    """A proposal from the set: ``u`` [k, 3] uniforms (which pixels move, their
+    corners, the other corner), ``fresh`` [k] new pixels."""
     pos, corner, _, _, data = state
     own, budget = data[:hw], data[hw]
-    k_keep, k_pos, k_col, k_alt = jax.random.split(key, 4)
     first = q == 0  # no set yet: a fresh random one
     n_move = jnp.where(first, k, moved_pixels(q, budget, k))
-    order = jax.random.permutation(k_keep, k)
+    order = jnp.argsort(u[:, 0])  # a random order of the set: its first n_move move
     move = jnp.zeros((k,), bool).at[order].set(jnp.arange(k) < n_move)
-    fresh = _distinct_outside(k_pos, pos, k, hw)
     new_pos = jnp.where(move, fresh, pos)
-    colour = jax.random.randint(k_col, (k,), 0, n_corner)
+    colour = jnp.minimum(u[:, 1] * n_corner, n_corner - 1).astype(jnp.int32)
     # A single moved pixel never gets the colour it already has.
-    alt = (colour + 1 + jax.random.randint(k_alt, (k,), 0, n_corner - 1)) % n_corner
+    other = jnp.minimum(u[:, 2] * (n_corner - 1), n_corner - 2).astype(jnp.int32)
+    alt = (colour + 1 + other) % n_corner
     colour = jnp.where((n_move == 1) & (colour == own[fresh]), alt, colour)
     new_corner = jnp.where(move, colour, corner)
     coords = jnp.stack([new_pos // width, new_pos % width], 1).astype(jnp.float32) + 0.5
@@ -162,7 +157,17 @@ def sparse_search(height: int, width: int, channels: int, pixels: int, p: int, m
     del step
     q, budget = state[3], state[4][hw]
     n_valid = jnp.clip(jnp.minimum(n, budget - q), 0, p).astype(jnp.int32)
-    genes = jax.vmap(lambda kk: one(state, kk, q))(jax.random.split(key, p))  # [p, k, 2 + C]
+    k_fresh, k_each = jax.random.split(key)
+    # Proposal j's new pixels: the j-th k of one random ranking of the free
+    # pixels (wrapping when p * k exceed them): distinct within a proposal,
+    # outside the set, and disjoint across proposals while they last. One
+    # draw of uniforms serves every proposal (a key per proposal made the
+    # program slow to compile).
+    m = min(p * k, hw - k)
+    fresh = fresh_pixels(k_fresh, state[0], hw, m)
+    fresh = fresh[(np.arange(p)[:, None] * k + np.arange(k)[None]) % m]  # [p, k]
+    u = jax.random.uniform(k_each, (p, k, 3))
+    genes = jax.vmap(lambda uj, f: one(state, uj, q, f))(u, fresh)  # [p, k, 2 + C]
     genes = jax.vmap(lambda g: _colour_genes(g, mode))(genes)
     return genes.reshape(p, -1), n_valid
 
