@@ -73,6 +73,9 @@ def run_sparse_rs(predict, x, y, pixels: int, budget: int, seed: int, checkout: 
   import torch
   from rs_attacks import RSAttack
 
+  # The PyTorch side only indexes small tensors: one thread leaves the cores
+  # to the model (two threads spinning beside JAX's made it slower).
+  torch.set_num_threads(1)
   model = torch_callback(predict)
   xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   yt = torch.from_numpy(y.astype(np.int64))
@@ -131,9 +134,46 @@ def table(result: dict) -> str:
   return '\n'.join(lines)
 
 
+def figure(result: dict, path: str) -> None:
+  """Images fooled (%) against queries, one panel per one-pixel row, each
+  search's mean over its runs (the band: its lowest and highest run)."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  rows = [(k, r) for k, r in result['rows'].items() if r['pixels'] == 1]
+  cols = min(2, len(rows))
+  nrows = -(-len(rows) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.8 * nrows), squeeze=False)
+  style = {
+    'jaxpix': ('jaxpix random_search', 'C3'),
+    'sparse-rs': ("Sparse-RS (authors' code)", 'C0'),
+    'gradient': ('gradient_ranked (white-box)', 'C2'),
+  }
+  for ax, (key, row) in zip(axes.flat, rows, strict=False):
+    budgets = np.arange(0, row['budget'] + 1, 20)
+    for search, runs in row['runs'].items():
+      label, colour = style[search]
+      c = 100 * np.array([fooled_at(r, budgets) for r in runs.values()]) / row['images']
+      ax.plot(budgets, c.mean(0), color=colour, label=f'{label}, {len(runs)} run(s)')
+      if len(runs) > 1:
+        ax.fill_between(budgets, c.min(0), c.max(0), color=colour, alpha=0.2, lw=0)
+    ax.set_xscale('symlog', linthresh=100)
+    ax.set_title(key, fontsize=10)
+    ax.set_xlabel('queries per image')
+    ax.set_ylabel('images fooled (%)')
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(rows) :]:
+    ax.axis('off')
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--model', action='append', required=True, help='NAME=SPEC')
+  ap.add_argument('--model', action='append', default=[], help='NAME=SPEC')
   ap.add_argument('--search', action='append', choices=('jaxpix', 'sparse-rs', 'gradient'))
   ap.add_argument('--sparse-rs', default=str(ROOT.parent / 'sparse-rs'))
   ap.add_argument('--pixels', type=int, default=1)
@@ -142,13 +182,15 @@ def main(argv=None):
   ap.add_argument('--seeds', default='0,1,2')
   ap.add_argument('--data-dir', default=str(ROOT.parent / 'shared' / 'data' / 'cifar10'))
   ap.add_argument('--json', required=True)
+  ap.add_argument('--figure', default='', help='also draw the one-pixel curves here')
+  ap.add_argument('--report', action='store_true', help='only print the table (and figure)')
   args = ap.parse_args(argv)
   path = pathlib.Path(args.json)
   result = json.loads(path.read_text()) if path.exists() else dict(rows={})
   result.update(jax=jax.__version__, device=str(jax.devices()[0].device_kind))
   test = data.load_npz('cifar10', 'test', args.data_dir)
   x_all = data.to_float(test.images)
-  for m in args.model:
+  for m in [] if args.report else args.model:
     name, spec = m.split('=', 1)
     predict = load_model(spec, args.data_dir)
     correct = np.flatnonzero(attack.batched_probs(predict, x_all, 500).argmax(-1) == test.labels)
@@ -180,6 +222,8 @@ def main(argv=None):
         print(f'{key} {search} seed {seed}: {fooled_at(run, BUDGETS)} ({run["wall_s"]:.0f}s)')
         path.write_text(json.dumps(result, indent=1) + '\n')
   print(table(result))
+  if args.figure:
+    figure(result, args.figure)
 
 
 if __name__ == '__main__':

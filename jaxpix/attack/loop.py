@@ -81,18 +81,24 @@ def _device_loop(
     qi = qpos + jnp.cumsum(free) - 1
     load = free & (qi < qlen)
     qi = jnp.clip(qi, 0, q - 1)
-    fresh = init_slots(
-      search,
-      key,
-      queue['image'][qi],
-      queue['label'][qi],
-      queue['target'][qi],
-      queue['gidx'][qi],
-      dim,
-      queue['data'][qi] if 'data' in queue else None,
-    )
-    fresh['active'] = load
-    st = jax.tree.map(lambda a, b: _where(load, a, b), fresh, st)
+
+    def refill(st):
+      fresh = init_slots(
+        search,
+        key,
+        queue['image'][qi],
+        queue['label'][qi],
+        queue['target'][qi],
+        queue['gidx'][qi],
+        dim,
+        queue['data'][qi] if 'data' in queue else None,
+      )
+      fresh['active'] = load
+      return jax.tree.map(lambda a, b: _where(load, a, b), fresh, st)
+
+    # Most steps load nothing: the new slots' state (a population, a table of
+    # candidates) is made only in the steps that do.
+    st = jax.lax.cond(jnp.any(load), refill, lambda st: st, st)
     qpos = qpos + jnp.sum(load)
     st, finished = step(search, model, fit, st, per_pass)
     rec = dict(st['best'], gidx=st['gidx'], queries=st['queries'])
