@@ -18,6 +18,7 @@ def _small_cnn():
   return models.as_predict(models.create('cnn6', num_classes=10, width=0.25, seed=3))
 
 
+@pytest.mark.slow  # compiles several attacks; the quick loop keeps the planted-corner test
 def test_one_pixel_tries_every_corner_once_and_fools_what_the_sweep_fools():
   # With the whole budget (every corner of every pixel: 8 * 8 * 8) the search
   # is the exhaustive sweep in another order: the same images fooled.
@@ -39,6 +40,7 @@ def test_one_pixel_tries_every_corner_once_and_fools_what_the_sweep_fools():
   assert r.queries[r.success].sum() < full.queries[full.success].sum()
 
 
+@pytest.mark.slow  # compiles several attacks; the quick loop keeps the planted-corner test
 def test_query_counts_are_exact_and_within_the_budget():
   x = toy.cifar_like(5, 6, 6, seed=1)
   y = np.zeros(5, np.int32)
@@ -88,6 +90,7 @@ def _white_count(n_white):
   return predict
 
 
+@pytest.mark.slow  # two attacks compiled per mode
 @pytest.mark.parametrize('mode', ['replace', 'add'])
 def test_k_pixels_fool_what_needs_k_and_change_at_most_k(mode):
   x = toy.gray_images(4, 6, 6)
@@ -163,6 +166,7 @@ def test_packed_forward_scores_only_the_counted_candidates():
   assert not np.asarray(packed['success'])[~valid].any()
 
 
+@pytest.mark.slow  # compiles several attacks; the quick loop keeps the planted-corner test
 def test_new_parameters_compile_nothing_and_bad_arguments_are_named():
   h = w = 6
   x = toy.cifar_like(5, h, w, seed=4)
@@ -192,6 +196,7 @@ def test_new_parameters_compile_nothing_and_bad_arguments_are_named():
       attack.random_search(fn, x, y, params=p1, key=jax.random.key(0), **bad)
 
 
+@pytest.mark.slow  # compiles several attacks; the quick loop keeps the planted-corner test
 def test_runs_sharded_over_four_devices():
   assert jax.device_count() >= 4, 'conftest sets four fake CPU devices'
   predict = toy.exact_corner((2, 3), (0, 255, 0))

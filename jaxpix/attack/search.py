@@ -37,14 +37,12 @@ class Search(NamedTuple):
     update: ``(state, candidates, fitness [P], step) -> state``.
     data_shape, data_dtype: the shape and dtype of one image's ``data``
       (None: the search takes none).
-    fill: the engine decides how many candidates each image gets per step,
-      ``width`` [1, P], so that the images in flight fill whole forward
-      passes (few images: many candidates each); then ``propose`` is
+    fill: the engine gives each image ``width`` in [1, P] candidates a step
+      so that the images in flight fill whole forward passes; ``propose`` is
       ``(state, key, step, width) -> (candidates [P, D], n_valid <= width)``,
-      ``update`` also takes ``n_valid``, only the first ``n_valid``
-      candidates are evaluated (the rest have fitness +inf), and an image
-      ends at the first step with ``n_valid`` 0 (its budget is the search's
-      to keep); ``max_steps`` is unused.
+      ``update`` also takes ``n_valid``; only the first ``n_valid`` are
+      evaluated (the rest: fitness +inf) and an image ends at its first step
+      with ``n_valid`` 0 (``max_steps`` is unused).
   """
 
   num_candidates: int
@@ -360,15 +358,12 @@ def refined_corners(
 
 
 class CornerRefiner(NamedTuple):
-  """The extreme-colour candidates of one image best first by an estimate
-  that measured losses correct (:func:`refined_corners`; the black-box
-  ``random_search`` starts it from a prior instead of a gradient).
-
-  The state is (gain [T], base, tried [T], err [HW], cnt [HW]), T = H * W *
-  2^C: the estimated objective increase of each candidate, the clean
-  objective, which were tried, and per pixel the summed error (measured
-  minus estimated) and how many were measured.
-  """
+  """One image's extreme-colour candidates best first by an estimate that
+  measured losses correct (:func:`refined_corners`; ``random_search`` starts
+  it from a prior, not a gradient). State: (gain [T], base, tried [T], err
+  [HW], cnt [HW]): each candidate's estimated objective increase, the clean
+  objective, which were tried, per pixel the summed error (measured minus
+  estimated) and how many were measured."""
 
   height: int
   width: int
@@ -422,11 +417,4 @@ class CornerRefiner(NamedTuple):
     e = jnp.where(ok, measured - base - gain[idx], 0.0)
     err = err.at[pos].add(e)
     cnt = cnt.at[pos].add(ok.astype(jnp.float32))
-    counted = jnp.arange(cands.shape[0]) < n_valid
-    return (
-      gain,
-      base,
-      tried.at[jnp.where(counted, idx, tried.shape[0])].set(True, mode='drop'),
-      err,
-      cnt,
-    )
+    return gain, base, tried.at[idx].set(True), err, cnt  # padding repeats a counted one
