@@ -352,6 +352,7 @@ def test_bad_loss_settings_are_clear_errors(field, value, message):
     defences.loss_terms(cfg)
 
 
+@pytest.mark.slow  # 10 s of compile for an error message; the quick loop stays under 3 min
 def test_batch_not_a_multiple_of_the_block_is_a_clear_error():
   cfg = cifar_apr.get_config('test')
   ((_, _, term),) = defences.loss_terms(cfg)

@@ -68,6 +68,17 @@ def test_finds_the_planted_corner_and_is_reproducible():
   np.testing.assert_array_equal(r.colors[:, 0], [corner] * 3)
   again = attack.random_search(predict, x, y, **kw)
   np.testing.assert_array_equal(again.queries, r.queries)
+
+
+@pytest.mark.slow  # two more attacks compiled; the quick loop keeps the test above
+def test_add_mode_and_targeted_reach_the_planted_corner():
+  h, w = 8, 6
+  pos, corner = (5, 4), (255, 0, 255)
+  predict = toy.exact_corner(pos, corner)
+  x = toy.gray_images(3, h, w)
+  y = np.zeros(3, np.int32)
+  kw = dict(key=jax.random.key(2), budget=h * w * 8)
+  r = attack.random_search(predict, x, y, **kw)
   # 'add' reaches the same corners with deltas of +-255: the same images.
   add = attack.random_search(predict, x, y, mode='add', **kw)
   np.testing.assert_array_equal(add.adv_images, r.adv_images)
