@@ -55,29 +55,28 @@ def test_query_counts_are_exact_and_within_the_budget():
   np.testing.assert_array_equal(r.queries, 6 * 6 * 8)
 
 
+POS, CORNER = (5, 4), (255, 0, 255)
+
+
+def _planted():
+  """The exact-corner toy on 3 gray 8 x 6 images, and the whole budget."""
+  x, y = toy.gray_images(3, 8, 6), np.zeros(3, np.int32)
+  return toy.exact_corner(POS, CORNER), x, y, dict(key=jax.random.key(2), budget=8 * 6 * 8)
+
+
 def test_finds_the_planted_corner_and_is_reproducible():
-  h, w = 8, 6
-  pos, corner = (5, 4), (255, 0, 255)
-  predict = toy.exact_corner(pos, corner)
-  x = toy.gray_images(3, h, w)
-  y = np.zeros(3, np.int32)
-  kw = dict(key=jax.random.key(2), budget=h * w * 8)
+  predict, x, y, kw = _planted()
   r = attack.random_search(predict, x, y, **kw)
   assert r.success.all()
-  np.testing.assert_array_equal(r.positions[:, 0], [pos] * 3)
-  np.testing.assert_array_equal(r.colors[:, 0], [corner] * 3)
+  np.testing.assert_array_equal(r.positions[:, 0], [POS] * 3)
+  np.testing.assert_array_equal(r.colors[:, 0], [CORNER] * 3)
   again = attack.random_search(predict, x, y, **kw)
   np.testing.assert_array_equal(again.queries, r.queries)
 
 
 @pytest.mark.slow  # two more attacks compiled; the quick loop keeps the test above
 def test_add_mode_and_targeted_reach_the_planted_corner():
-  h, w = 8, 6
-  pos, corner = (5, 4), (255, 0, 255)
-  predict = toy.exact_corner(pos, corner)
-  x = toy.gray_images(3, h, w)
-  y = np.zeros(3, np.int32)
-  kw = dict(key=jax.random.key(2), budget=h * w * 8)
+  predict, x, y, kw = _planted()
   r = attack.random_search(predict, x, y, **kw)
   # 'add' reaches the same corners with deltas of +-255: the same images.
   add = attack.random_search(predict, x, y, mode='add', **kw)
