@@ -13,6 +13,7 @@ import pytest
 from jaxpix import checkpoint, data, models, restore, zoo
 from jaxpix.attack import forward
 from jaxpix.configs import cifar_apr, cifar_autoencoder, cifar_baseline, common
+from jaxpix.repro import publish_zoo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,6 +23,7 @@ def test_the_zoo_lists_the_models_the_docs_quote():
   for name in (
     'resnet18_w0.25-none',
     'resnet18_w0.25-apr',
+    'resnet18_w0.25-it',
     'autoencoder_w32',
     *(
       f'{m}-{d}'
@@ -117,6 +119,13 @@ def test_publish_then_load_gives_the_same_function(tmp_path):
   assert zoo.info('cnn6_tiny', root=tmp_path)['sha256'] == zoo.sha256(
     tmp_path / 'weights' / 'cnn6_tiny.safetensors'
   )
+
+
+def test_the_publisher_refuses_an_unknown_model_before_reading_any_run(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    publish_zoo.main(['--runs', str(tmp_path / 'absent'), '--only', 'resnet18_w0.25-at'])
+  err = capsys.readouterr().err
+  assert "unknown model(s) ['resnet18_w0.25-at']" in err and 'resnet18_w0.25-it' in err
 
 
 @pytest.mark.slow
