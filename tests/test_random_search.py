@@ -131,16 +131,32 @@ def test_moved_pixels_follow_sparse_rs_schedule():
   np.testing.assert_array_equal(blackbox.moved_pixels(q * 2, 20_000, 10), got)
 
 
-def test_new_pixels_are_distinct_outside_the_set_and_uniform():
+def test_new_pixels_are_distinct_outside_the_set_and_drawn_by_weight():
   taken = jnp.array([3, 0, 7], jnp.int32)
-  draw = jax.jit(lambda k: blackbox.fresh_pixels(k, taken, 10, 4))
-  counts = np.zeros(10)
+  # Equal weights: each free pixel equally often (Sparse-RS's uniform draw).
+  draw = jax.jit(lambda k, lw: blackbox.fresh_pixels(k, taken, lw, 4))
+  flat, heavy = jnp.zeros(10), jnp.zeros(10).at[5].set(3.0).at[0].set(9.0)
+  counts, first = np.zeros(10), np.zeros(10)
   for i in range(2000):
-    d = np.asarray(draw(jax.random.key(i)))
+    d = np.asarray(draw(jax.random.key(i), flat))
     assert len(set(d.tolist())) == 4 and not set(d.tolist()) & {0, 3, 7}
     counts[d] += 1
+    first[np.asarray(draw(jax.random.key(i), heavy))[0]] += 1
   free = counts[[1, 2, 4, 5, 6, 8, 9]]
   assert np.all(np.abs(free / 2000 - 4 / 7) < 0.05)  # each free pixel drawn 4/7 of the time
+  # Pixel 5 weighs e^3 against 1 for the six other free ones (pixel 0, the
+  # heaviest, is taken): drawn first with probability e^3 / (e^3 + 6) = 0.77.
+  assert abs(first[5] / 2000 - np.e**3 / (np.e**3 + 6)) < 0.03 and first[0] == 0
+
+
+def test_corner_weights_grow_with_distance_and_skip_the_pixels_own_corner():
+  colours = jnp.array([[0, 0, 0], [128, 128, 128], [255, 0, 255]], jnp.int32)
+  lw = np.asarray(blackbox.corner_log_weights(colours, 2.0))
+  # Corner j has bit i set when channel i is 255 (search.corners' order).
+  assert lw[0, 0] == -np.inf and np.argmax(lw[0]) == 7
+  np.testing.assert_allclose(lw[0, 7], 2.0 * np.sqrt(3.0), rtol=1e-6)
+  np.testing.assert_allclose(lw[1], 2.0 * np.sqrt(3 * (127.5 / 255) ** 2), rtol=0.02)
+  assert lw[2, 5] == -np.inf and np.argmax(lw[2]) == 2  # magenta: green is farthest
 
 
 def test_widths_fill_whole_passes():

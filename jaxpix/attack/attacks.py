@@ -289,7 +289,9 @@ def random_search(
   prior (corners far from the pixel's own colour first). ``pixels`` > 1:
   Sparse-RS's L0 random search (Croce et al., AAAI 2022): a set of k pixels
   with corner colours, each query moving some of them (fewer as the budget
-  goes) to random new positions and corners, kept when the loss drops.
+  goes) to new positions and corners, kept when the loss drops; the new
+  ones are drawn from the same prior (far corners, and the pixels that
+  have them, more often), not uniformly.
   :mod:`jaxpix.attack.blackbox` says more.
 
   Every step gives each image in flight as many candidates as fill the
@@ -334,9 +336,7 @@ def random_search(
     data = functools.partial(_corner_data, budget=min(budget, total))
   else:
     make = lambda p: blackbox.sparse_search(h, w, c, pixels, p, mode)  # noqa: E731
-    data = lambda fn, params, xs, ys, ts: np.concatenate(  # noqa: E731
-      [blackbox.own_corners(xs), np.full((len(xs), 1), budget, np.int32)], 1
-    )
+    data = lambda fn, params, xs, ys, ts: blackbox.sparse_data(xs, budget)  # noqa: E731
   return runner.run(
     make, fit, predict, x, labels, targets, key, pixels, run, steps_per_call=32, search_data=data
   )
