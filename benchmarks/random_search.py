@@ -43,10 +43,11 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for benchmarks/
 from benchmarks.one_pixel_search import load_model  # noqa: E402
-from jaxpix import attack, data  # noqa: E402
+from jaxpix import attack, data, stats  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUDGETS = (100, 200, 400, 1000, 2000, 4400)
+K_BUDGETS = (100, 1000)  # and the row's budget, for k > 1
 
 
 def torch_callback(predict):
@@ -114,8 +115,8 @@ def table(result: dict) -> str:
   seeds, and the range)."""
   lines = []
   for key, row in result['rows'].items():
-    budgets = BUDGETS if row['pixels'] == 1 else (row['budget'],)
-    budgets = [b for b in budgets if b <= row['budget']]
+    budgets = BUDGETS if row['pixels'] == 1 else (*K_BUDGETS, row['budget'])
+    budgets = sorted({b for b in budgets if b <= row['budget']})
     lines += [
       f'\n{key} ({row["images"]} images)\n',
       '| search | ' + ' | '.join(f'{b:,}' for b in budgets) + ' | wall (s) |',
@@ -131,7 +132,23 @@ def table(result: dict) -> str:
       lines.append(
         f'| {search} ({len(runs)} runs) | ' + ' | '.join(cells) + f' | {np.mean(walls):.0f} |'
       )
+    lines += paired(row)
   return '\n'.join(lines)
+
+
+def paired(row: dict) -> list[str]:
+  """Per seed, jaxpix against Sparse-RS on the same images at the row's
+  budget: the images only one of them fooled, and the exact McNemar p."""
+  ours, theirs = row['runs'].get('jaxpix', {}), row['runs'].get('sparse-rs', {})
+  out = []
+  for seed in sorted(set(ours) & set(theirs)):
+    a, b = (np.asarray(r[seed]['success'], bool) for r in (ours, theirs))
+    t = stats.mcnemar(a, b)
+    out.append(
+      f'- seed {seed}, at {row["budget"]:,} queries: only jaxpix {t["only_a"]}, only '
+      f'Sparse-RS {t["only_b"]} (McNemar p = {t["p"]:.2f})'
+    )
+  return ['', *out] if out else []
 
 
 def figure(result: dict, path: str) -> None:

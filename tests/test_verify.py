@@ -1,0 +1,148 @@
+"""The one-pixel verifier: a certificate is never contradicted (by the
+exhaustive corner sweep, by a dense grid of colours, by every 8-bit colour
+on a model small enough), a planted interior colour is never certified, and
+an operation without a bound rule is an error that names it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpix import attack, verify
+from jaxpix.verify import bounds
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _small_cnn(h, w, seed=0, classes=4):
+  rng = np.random.default_rng(seed)
+  k1 = jnp.asarray(rng.normal(size=(3, 3, 3, 8)) * 0.5, jnp.float32)
+  k2 = jnp.asarray(rng.normal(size=(3, 3, 8, 8)) * 0.3, jnp.float32)
+  wd = jnp.asarray(rng.normal(size=(h * w * 8 // 4, classes)) * 0.1, jnp.float32)
+
+  def predict(x):
+    a = jax.nn.relu(jax.lax.conv_general_dilated(x, k1, (1, 1), 'SAME', dimension_numbers=DN))
+    a = jax.nn.relu(jax.lax.conv_general_dilated(a, k2, (1, 1), 'SAME', dimension_numbers=DN))
+    a = jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+    return a.reshape(a.shape[0], -1) @ wd
+
+  return predict
+
+
+def _images(n, h, w, seed=1):
+  return (np.round(np.random.default_rng(seed).random((n, h, w, 3)) * 255) / 255).astype(np.float32)
+
+
+def _with_pixel(x, pos, colours):
+  imgs = np.repeat(x[None], len(colours), 0)
+  imgs[:, pos[0], pos[1]] = colours
+  return imgs
+
+
+def test_certificates_hold_against_the_corner_sweep_and_a_dense_grid():
+  h = w = 6
+  predict = _small_cnn(h, w, classes=3)
+  x = _images(30, h, w)
+  y = np.asarray(predict(jnp.asarray(x))).argmax(-1).astype(np.int32)
+  y[0] = (y[0] + 1) % 3  # one image the model gets wrong
+  cert = verify.certify(predict, x, y, max_boxes=8 * h * w * 8)
+  assert cert.misclassified[0] and cert.status[0] == 'misclassified' and not cert.certified[0]
+  sweep = attack.extreme_colour(predict, x, y)
+  assert not np.any(cert.certified & sweep.success)  # soundness against the corners
+  # Neither vacuous nor only ever failing: both outcomes occur (the few
+  # others ran out of budget: unknown, neither).
+  assert cert.certified.sum() >= 10 and cert.fooled.sum() >= 3
+  assert not np.any(cert.certified & cert.fooled)
+  # Every counterexample changes the class (it is a real one-pixel change).
+  for i in np.flatnonzero(cert.fooled):
+    img = _with_pixel(x[i], cert.position[i], cert.colour[i][None])
+    assert np.asarray(predict(jnp.asarray(img))).argmax() != y[i]
+  # A certified image keeps its class over a dense grid of colours at
+  # every position.
+  grid = np.stack(np.meshgrid(*[np.linspace(0, 1, 17)] * 3, indexing='ij'), -1).reshape(-1, 3)
+  f = jax.jit(predict)
+  for i in np.flatnonzero(cert.certified):
+    for pos in np.ndindex(h, w):
+      labels = np.asarray(f(jnp.asarray(_with_pixel(x[i], pos, grid)))).argmax(-1)
+      assert np.all(labels == y[i]), (i, pos)
+
+
+def test_a_planted_interior_colour_is_found_not_certified():
+  # Class 1 wins only where some pixel is near the colour (0.3, 0.6, 0.45),
+  # inside the cube: no corner of any pixel gets there.
+  target = jnp.array([0.3, 0.6, 0.45])
+
+  def predict(x):
+    near = 0.02 - jnp.sum((x - target) ** 2, -1)  # > 0 within ~0.14 of it
+    score = jax.lax.reduce_window(near, -jnp.inf, jax.lax.max, (1, 4, 4), (1, 4, 4), 'VALID')
+    return jnp.stack([jnp.zeros(x.shape[0]), 50.0 * score.max((1, 2))], -1)
+
+  x = np.full((2, 4, 4, 3), 0.8, np.float32)
+  y = np.zeros(2, np.int32)
+  assert not attack.extreme_colour(predict, x, y).success.any()
+  cert = verify.certify(predict, x, y, max_boxes=4096)
+  assert not cert.certified.any() and cert.fooled.all()
+  assert np.all(np.sum((cert.colour - np.asarray(target)) ** 2, -1) < 0.02)
+
+
+@pytest.mark.slow  # 16.7 million evaluations per position
+def test_certificates_hold_for_every_8_bit_colour_on_a_tiny_model():
+  h = w = 3
+  rng = np.random.default_rng(5)
+  w1 = jnp.asarray(rng.normal(size=(h * w * 3, 12)), jnp.float32)
+  w2 = jnp.asarray(rng.normal(size=(12, 3)), jnp.float32)
+
+  def predict(x):  # class 0 leads by a margin of the order of one pixel's effect
+    return 0.3 * jax.nn.relu(x.reshape(x.shape[0], -1) @ w1) @ w2 + jnp.array([1.5, 0.0, 0.0])
+
+  x = _images(12, h, w, seed=6)
+  y = np.asarray(predict(jnp.asarray(x))).argmax(-1).astype(np.int32)
+  cert = verify.certify(predict, x, y, max_boxes=20_000)
+  assert cert.certified.sum() >= 2 and (cert.fooled | ~cert.certified).any()
+  levels = np.arange(256, dtype=np.float32) / 255
+  f = jax.jit(lambda im: predict(im).argmax(-1))
+  for i in np.flatnonzero(cert.certified)[:2]:
+    for pos in ((0, 0), (1, 2)):
+      for r in levels[::1]:  # every red level, every green and blue level
+        gb = np.stack(np.meshgrid(levels, levels, indexing='ij'), -1).reshape(-1, 2)
+        colours = np.concatenate([np.full((len(gb), 1), r, np.float32), gb], 1)
+        assert np.all(np.asarray(f(jnp.asarray(_with_pixel(x[i], pos, colours)))) == y[i])
+
+
+def test_bounds_are_exact_at_a_point_and_enclose_the_function():
+  predict = _small_cnn(6, 6, seed=3)
+  x = jnp.asarray(_images(1, 6, 6, seed=2))
+  jaxpr = jax.make_jaxpr(predict)(x)
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    zl = jnp.asarray(rng.random(3) * 0.5, jnp.float32)
+    zu = zl + jnp.asarray(rng.random(3) * 0.5, jnp.float32)
+    base = x.at[0, 2, 3].set(0.0)
+    coef = jnp.zeros((3, 1, 6, 6, 3)).at[jnp.arange(3), 0, 2, 3, jnp.arange(3)].set(1.0)
+    c = jnp.concatenate([coef, base[None]])
+    (out,) = bounds.propagate(jaxpr, [bounds.Lin(c, jnp.zeros_like(c))], zl, zu)
+    low, high = bounds.concretize(out, zl, zu)
+    z = zl + rng.random((200, 3)).astype(np.float32) * (zu - zl)
+    vals = np.asarray(predict(jnp.asarray(_with_pixel(np.asarray(x[0]), (2, 3), z))))
+    assert np.all(vals >= np.asarray(low)[0] - 1e-4) and np.all(vals <= np.asarray(high)[0] + 1e-4)
+    (point,) = bounds.propagate(jaxpr, [bounds.Lin(c, jnp.zeros_like(c))], zl, zl)
+    lp, hp = bounds.concretize(point, zl, zl)
+    exact = predict(jnp.asarray(_with_pixel(np.asarray(x[0]), (2, 3), np.asarray(zl)[None])))
+    np.testing.assert_allclose(np.asarray(lp), np.asarray(exact), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(hp), np.asarray(exact), atol=1e-4)
+
+
+def test_an_operation_without_a_rule_and_bad_arguments_are_named():
+  x = _images(2, 4, 4)
+  y = np.zeros(2, np.int32)
+
+  def sorts(im):  # a sort of the pixels has no bound rule
+    return jnp.sort(im.reshape(im.shape[0], -1), -1)[:, :3]
+
+  with pytest.raises(bounds.UnsupportedOperation, match='`sort`'):
+    verify.certify(sorts, x, y)
+  predict = _small_cnn(4, 4)
+  with pytest.raises(ValueError, match='max_boxes must be at least H \\* W = 16'):
+    verify.certify(predict, x, y, max_boxes=8)
+  with pytest.raises(ValueError, match='labels'):
+    verify.certify(predict, x, np.zeros(3, np.int32))
