@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxpix import attack, verify
-from jaxpix.verify import bounds
+from jaxpix.verify import bounds, crown
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -39,6 +39,7 @@ def _with_pixel(x, pos, colours):
   return imgs
 
 
+@pytest.mark.slow  # a dense grid at every position of every certified image
 def test_certificates_hold_against_the_corner_sweep_and_a_dense_grid():
   h = w = 6
   predict = _small_cnn(h, w, classes=3)
@@ -120,11 +121,22 @@ def test_bounds_are_exact_at_a_point_and_enclose_the_function():
     base = x.at[0, 2, 3].set(0.0)
     coef = jnp.zeros((3, 1, 6, 6, 3)).at[jnp.arange(3), 0, 2, 3, jnp.arange(3)].set(1.0)
     c = jnp.concatenate([coef, base[None]])
-    (out,) = bounds.propagate(jaxpr, [bounds.Lin(c, jnp.zeros_like(c))], zl, zu)
+    x_lin, tape, known = bounds.Lin(c, jnp.zeros_like(c)), [], {}
+    refine = crown.refiner(tape, x_lin, zl, zu, known, rows=8)
+    (out,) = bounds.propagate(jaxpr, [x_lin], zl, zu, tape, refine, known)
     low, high = bounds.concretize(out, zl, zu)
     z = zl + rng.random((200, 3)).astype(np.float32) * (zu - zl)
     vals = np.asarray(predict(jnp.asarray(_with_pixel(np.asarray(x[0]), (2, 3), z))))
     assert np.all(vals >= np.asarray(low)[0] - 1e-4) and np.all(vals <= np.asarray(high)[0] + 1e-4)
+    # The backward (CROWN) bound of each margin logit_0 - logit_j holds too,
+    # and is at least as tight as the forward one on this small model.
+    spec = (jnp.eye(4)[0][None] - jnp.eye(4))[:, None]
+    back, vertex = crown.backward(tape, x_lin, out, spec, zl, zu, known)
+    margins = vals[:, :1] - vals
+    assert np.all(np.asarray(back)[None] <= margins + 1e-4)
+    forward_margin = np.asarray(low)[0, 0] - np.asarray(high)[0]
+    assert np.all(np.asarray(back)[1:] >= forward_margin[1:] - 1e-4)
+    assert np.all((np.asarray(vertex) == np.asarray(zl)) | (np.asarray(vertex) == np.asarray(zu)))
     (point,) = bounds.propagate(jaxpr, [bounds.Lin(c, jnp.zeros_like(c))], zl, zl)
     lp, hp = bounds.concretize(point, zl, zl)
     exact = predict(jnp.asarray(_with_pixel(np.asarray(x[0]), (2, 3), np.asarray(zl)[None])))

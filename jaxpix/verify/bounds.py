@@ -106,6 +106,39 @@ def _max_const(b: Lin, low, high, k):
   return Lin(o.c.at[-1].add(k), o.r)
 
 
+def _disjoint(params) -> bool:
+  """Whether a pooling's windows do not overlap."""
+  dims, strides = params['window_dimensions'], params['window_strides']
+  dilated = any(d != 1 for d in (*params['base_dilation'], *params['window_dilation']))
+  return not dilated and all(s >= d for s, d in zip(strides, dims, strict=True))
+
+
+def pool_selection(pool, low, high, disjoint: bool):
+  """For max pooling ``pool`` with input bounds [low, high]: ``pick(v)``,
+  each window's entry of ``v`` where ``low`` is largest, and where that entry
+  is the window's maximum whatever the input (its lower bound reaches every
+  other entry's upper bound; only checked for disjoint windows)."""
+  out_low, pick = jax.linearize(pool, low)
+  if not disjoint:
+    return pick, out_low, jnp.zeros(out_low.shape, bool)
+  _, spread = jax.vjp(pool, low)
+  chosen = spread(jnp.ones_like(out_low))[0] > 0  # the picked entries, on the input
+  others = pool(jnp.where(chosen, -jnp.inf, high))
+  return pick, out_low, out_low >= others
+
+
+def _max_pool(b: Lin, low, high, pool, disjoint: bool):
+  """Max pooling: below, the entry with the largest lower bound (the max is
+  at least it); above, that entry where it is always the max, else the
+  largest upper bound."""
+  pick, _, exact = pool_selection(pool, low, high, disjoint)
+  lo, up = b.c - b.r, b.c + b.r
+  new_lo = _rows(pick, lo)
+  const_up = _const(b, pool(high), exact.shape).c
+  new_up = jnp.where(exact, _rows(pick, up), const_up)
+  return Lin((new_lo + new_up) / 2, (new_up - new_lo) / 2)
+
+
 def _is_lin(x):
   return isinstance(x, Lin)
 
@@ -113,6 +146,11 @@ def _is_lin(x):
 class _Ctx(NamedTuple):
   zl: jax.Array
   zu: jax.Array
+  tape: list | None = None  # (eqn, args, out) of every operation on bounds, in order
+  # refine(b, low, high, k) -> tighter (low, high) of the input of max(v, k);
+  # known: id(bounds) -> the (low, high) a rule used, for the backward pass.
+  refine: object = None
+  known: dict | None = None
 
 
 def _linear(prim, params, args, lin_at):
@@ -164,12 +202,25 @@ _MONOTONE = {
 }
 
 
+_CALLS = (
+  'jit',
+  'pjit',
+  'closed_call',
+  'core_call',
+  'remat',
+  'checkpoint',
+  'custom_jvp_call',
+  'custom_vjp_call',
+  'custom_vjp_call_jaxpr',
+)
+
+
 def _apply(ctx: _Ctx, eqn, args):
   prim, params = eqn.primitive, eqn.params
   name = prim.name
   if not any(_is_lin(a) for a in args):
     return prim.bind(*args, **params)
-  if name in ('jit', 'pjit', 'closed_call', 'core_call', 'remat', 'checkpoint'):
+  if name in _CALLS[:6]:
     inner = params.get('jaxpr', params.get('call_jaxpr'))
     return _eval(ctx, inner, args)
   if name == 'custom_jvp_call':
@@ -215,6 +266,10 @@ def _apply(ctx: _Ctx, eqn, args):
   low, high = concretize(b, ctx.zl, ctx.zu)
   if name in ('max', 'min') and len(lins) == 1:
     k = args[1 - lins[0]]
+    if ctx.refine is not None:
+      low, high = ctx.refine(b, low, high, k)
+    if ctx.known is not None:
+      ctx.known[id(b)] = (low, high)
     if name == 'max':
       return _max_const(b, low, high, k)
     m = _max_const(Lin(-b.c, b.r), -high, -low, -k)  # min(v, k) = -max(-v, -k)
@@ -236,7 +291,9 @@ def _apply(ctx: _Ctx, eqn, args):
   if name in _MONOTONE:
     f = _MONOTONE[name] or (lambda v: prim.bind(v, **params))
     return _from_interval(b, f(low), f(high))
-  if name == 'reduce_window_max' or name == 'reduce_max':
+  if name == 'reduce_window_max' and lins == [0]:
+    return _max_pool(b, low, high, lambda v: prim.bind(v, **params), _disjoint(params))
+  if name in ('reduce_window_max', 'reduce_max'):
     return _from_interval(b, prim.bind(low, **params), prim.bind(high, **params))
   if name in ('mul', 'max', 'min'):
     # Two bounded values: interval bounds.
@@ -266,7 +323,10 @@ def _eval(ctx: _Ctx, jaxpr, args):
   for var, val in zip(closed.jaxpr.invars, args, strict=True):
     env[var] = val
   for eqn in closed.jaxpr.eqns:
-    out = _apply(ctx, eqn, [read(v) for v in eqn.invars])
+    args = [read(v) for v in eqn.invars]
+    out = _apply(ctx, eqn, args)
+    if ctx.tape is not None and _is_lin(out) and eqn.primitive.name not in _CALLS:
+      ctx.tape.append((eqn, args, out))
     outs = out if eqn.primitive.multiple_results else [out]
     for var, val in zip(eqn.outvars, outs, strict=True):
       if not isinstance(var, core.DropVar):
@@ -274,7 +334,10 @@ def _eval(ctx: _Ctx, jaxpr, args):
   return [read(v) for v in closed.jaxpr.outvars]
 
 
-def propagate(jaxpr, inputs: list, zl, zu) -> list:
+def propagate(jaxpr, inputs: list, zl, zu, tape=None, refine=None, known=None) -> list:
   """Bounds of ``jaxpr``'s outputs given its inputs (arrays or :class:`Lin`)
-  over the box [zl, zu]."""
-  return _eval(_Ctx(zl, zu), jaxpr, inputs)
+  over the box [zl, zu]; ``tape`` (a list) records every operation on
+  bounds for :func:`jaxpix.verify.crown.backward`, ``refine`` tightens the
+  bounds of each ReLU-like input before its relaxation, and ``known`` (a
+  dict) keeps the bounds each used."""
+  return _eval(_Ctx(zl, zu, tape, refine, known), jaxpr, inputs)

@@ -26,12 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpix.attack import checks, forward
-from jaxpix.verify import bounds
+from jaxpix.attack import checks, forward, search
+from jaxpix.verify import bounds, crown
 
 # A margin lower bound must exceed this to certify a box: float32 rounding
 # in the bounds (and in the model) is far below it for logits of order 10.
 TOLERANCE = 1e-4
+# Before each ReLU is relaxed, this many of its inputs (those whose bounds
+# straddle zero most widely) get CROWN's backward bounds.
+REFINE_ROWS = 64
 
 
 @dataclasses.dataclass
@@ -76,14 +79,17 @@ class Certificate:
     return float(np.mean(self.certified))
 
 
-def _box_bounds(jaxpr, x, y, pos, zl, zu):
+def _box_bounds(jaxpr, x, y, pos, zl, zu, backward=True):
   """Lower bound of min_{j != y} (logit_y - logit_j) over the colour box
   [zl, zu] at ``pos``, and the label the model gives the box's centre."""
   h, w, c = x.shape
   base = x.at[pos[0], pos[1]].set(0.0)
   coef = jnp.zeros((c, h, w, c), x.dtype).at[jnp.arange(c), pos[0], pos[1], jnp.arange(c)].set(1)
   centre = jnp.concatenate([coef, base[None]])[:, None]  # [C + 1, 1, H, W, C]
-  (out,) = bounds.propagate(jaxpr, [bounds.Lin(centre, jnp.zeros_like(centre))], zl, zu)
+  x_lin = bounds.Lin(centre, jnp.zeros_like(centre))
+  tape, known = [], {}
+  refine = crown.refiner(tape, x_lin, zl, zu, known, REFINE_ROWS) if backward else None
+  (out,) = bounds.propagate(jaxpr, [x_lin], zl, zu, tape, refine, known)
   if not isinstance(out, bounds.Lin):  # the output does not depend on the pixel
     out = bounds.Lin(
       jnp.zeros((c + 1,) + out.shape, out.dtype).at[-1].set(out),
@@ -92,9 +98,18 @@ def _box_bounds(jaxpr, x, y, pos, zl, zu):
   lo, up = (out.c - out.r)[:, 0], (out.c + out.r)[:, 0]  # [C + 1, K]
   margin = bounds.Lin(lo[:, y][:, None] - up, jnp.zeros_like(lo))  # logit_y - logit_j >= this
   low, _ = bounds.concretize(margin, zl, zu)
-  low = jnp.where(jnp.arange(low.shape[0]) == y, jnp.inf, low)
-  img = x.at[pos[0], pos[1]].set((zl + zu) / 2)
-  return jnp.min(low), img
+  k = low.shape[0]
+  vertex = jnp.broadcast_to((zl + zu) / 2, (k, c))
+  if backward:  # the better of the forward and the backward (CROWN) bound, per margin
+    spec = (jnp.eye(k)[y][None] - jnp.eye(k))[:, None]  # [K, 1, K]: e_y - e_j
+    back, vertex = crown.backward(tape, x_lin, out, spec, zl, zu, known)
+    low = jnp.maximum(low, back)
+  low = jnp.where(jnp.arange(k) == y, jnp.inf, low)
+  # Two colours tried for a counterexample: the box's centre, and the corner
+  # where the weakest margin's bound is lowest.
+  colours = jnp.stack([(zl + zu) / 2, vertex[jnp.argmin(low)]])
+  imgs = jax.vmap(lambda z: x.at[pos[0], pos[1]].set(z))(colours)
+  return jnp.min(low), imgs, colours
 
 
 def certify(
@@ -136,8 +151,17 @@ def certify(
 
   @jax.jit
   def run(xi, yi, pos, zl, zu):
-    low, imgs = jax.vmap(lambda p, a, b: _box_bounds(jaxpr, xi, yi, p, a, b))(pos, zl, zu)
-    return low, jnp.argmax(model(imgs), -1)
+    low, imgs, colours = jax.vmap(lambda p, a, b: _box_bounds(jaxpr, xi, yi, p, a, b))(pos, zl, zu)
+    labels = jnp.argmax(model(imgs.reshape((-1, h, w, c))), -1).reshape(-1, 2)
+    return low, labels, colours
+
+  @jax.jit
+  def corner_labels(xi, pos):
+    # Every corner of the colour cube at each position, as the exhaustive
+    # sweep tries them: the first round's counterexamples.
+    cube = jnp.asarray(search.corners(c), jnp.float32) / 255.0
+    imgs = jax.vmap(lambda p: jax.vmap(lambda z: xi.at[p[0], p[1]].set(z))(cube))(pos)
+    return jnp.argmax(model(imgs.reshape((-1, h, w, c))), -1).reshape(len(pos), -1)
 
   # Traced once here, so that an operation without a bound rule is named
   # before any image is verified (and whatever the images).
@@ -170,15 +194,21 @@ def certify(
         m = len(p)
         pad = batch - m  # one compiled shape: pad with copies of the first
         pp, aa, bb = (np.concatenate([v, np.repeat(v[:1], pad, 0)]) for v in (p, a, b))
-        low, label = jax.device_get(run(xi, yi, jnp.asarray(pp), jnp.asarray(aa), jnp.asarray(bb)))
-        low, label = low[:m], label[:m]
+        low, label, colours = jax.device_get(
+          run(xi, yi, jnp.asarray(pp), jnp.asarray(aa), jnp.asarray(bb))
+        )
+        if used < h * w:  # the first round: also every corner
+          label = np.concatenate([label, jax.device_get(corner_labels(xi, jnp.asarray(pp)))], 1)
+          cube = search.corners(c).astype(np.float32) / 255.0
+          colours = np.concatenate([colours, np.broadcast_to(cube, (batch,) + cube.shape)], 1)
+        low, label, colours = low[:m], label[:m], colours[:m]
         used += m
-        wrong = np.flatnonzero(label != y[i])
+        wrong = np.argwhere(label != y[i])
         if len(wrong):
-          j = wrong[0]
+          j, t = wrong[0]
           out['fooled'][i] = True
           out['position'][i] = p[j]
-          out['colour'][i] = (a[j] + b[j]) / 2
+          out['colour'][i] = colours[j, t]
           break
         open_ = ~(low > TOLERANCE)
         if open_.any():
