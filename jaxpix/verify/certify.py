@@ -79,7 +79,7 @@ class Certificate:
     return float(np.mean(self.certified))
 
 
-def _box_bounds(jaxpr, x, y, pos, zl, zu, backward=True):
+def _box_bounds(jaxpr, x, y, pos, zl, zu, backward=True, rows=REFINE_ROWS):
   """Lower bound of min_{j != y} (logit_y - logit_j) over the colour box
   [zl, zu] at ``pos``, and the label the model gives the box's centre."""
   h, w, c = x.shape
@@ -88,7 +88,7 @@ def _box_bounds(jaxpr, x, y, pos, zl, zu, backward=True):
   centre = jnp.concatenate([coef, base[None]])[:, None]  # [C + 1, 1, H, W, C]
   x_lin = bounds.Lin(centre, jnp.zeros_like(centre))
   tape, known = [], {}
-  refine = crown.refiner(tape, x_lin, zl, zu, known, REFINE_ROWS) if backward else None
+  refine = crown.refiner(tape, x_lin, zl, zu, known, rows) if backward and rows else None
   (out,) = bounds.propagate(jaxpr, [x_lin], zl, zu, tape, refine, known)
   if not isinstance(out, bounds.Lin):  # the output does not depend on the pixel
     out = bounds.Lin(
@@ -110,6 +110,15 @@ def _box_bounds(jaxpr, x, y, pos, zl, zu, backward=True):
   colours = jnp.stack([(zl + zu) / 2, vertex[jnp.argmin(low)]])
   imgs = jax.vmap(lambda z: x.at[pos[0], pos[1]].set(z))(colours)
   return jnp.min(low), imgs, colours
+
+
+def _padded(run, xi, yi, p, a, b, batch: int, rows: int):
+  """``run`` on up to ``batch`` boxes, padded to one compiled shape with
+  copies of the first; numpy results for the boxes given."""
+  m = len(p)
+  pp, aa, bb = (np.concatenate([v, np.repeat(v[:1], batch - m, 0)]) for v in (p, a, b))
+  out = jax.device_get(run(xi, yi, jnp.asarray(pp), jnp.asarray(aa), jnp.asarray(bb), rows))
+  return tuple(np.array(v[:m]) for v in out)
 
 
 def certify(
@@ -149,9 +158,11 @@ def certify(
   model = functools.partial(fn, params)
   jaxpr = jax.make_jaxpr(model)(jnp.zeros((1, h, w, c), jnp.float32))
 
-  @jax.jit
-  def run(xi, yi, pos, zl, zu):
-    low, imgs, colours = jax.vmap(lambda p, a, b: _box_bounds(jaxpr, xi, yi, p, a, b))(pos, zl, zu)
+  @functools.partial(jax.jit, static_argnums=5)
+  def run(xi, yi, pos, zl, zu, rows):
+    low, imgs, colours = jax.vmap(lambda p, a, b: _box_bounds(jaxpr, xi, yi, p, a, b, rows=rows))(
+      pos, zl, zu
+    )
     labels = jnp.argmax(model(imgs.reshape((-1, h, w, c))), -1).reshape(-1, 2)
     return low, labels, colours
 
@@ -166,7 +177,7 @@ def certify(
   # Traced once here, so that an operation without a bound rule is named
   # before any image is verified (and whatever the images).
   probe = (jnp.zeros((batch, 2), jnp.int32), jnp.zeros((batch, c)), jnp.ones((batch, c)))
-  jax.eval_shape(run, jnp.asarray(x[0]), jnp.int32(0), *probe)
+  jax.eval_shape(run, jnp.asarray(x[0]), jnp.int32(0), *probe, 0)
   clean = forward.batched_logits(fn, x, params=params).argmax(-1).astype(np.int32)
   out = dict(
     certified=np.zeros(n, bool),
@@ -192,16 +203,13 @@ def certify(
       for s in range(0, len(pos), batch):
         p, a, b = pos[s : s + batch], zl[s : s + batch], zu[s : s + batch]
         m = len(p)
-        pad = batch - m  # one compiled shape: pad with copies of the first
-        pp, aa, bb = (np.concatenate([v, np.repeat(v[:1], pad, 0)]) for v in (p, a, b))
-        low, label, colours = jax.device_get(
-          run(xi, yi, jnp.asarray(pp), jnp.asarray(aa), jnp.asarray(bb))
-        )
+        low, label, colours = _padded(run, xi, yi, p, a, b, batch, 0)
         if used < h * w:  # the first round: also every corner
-          label = np.concatenate([label, jax.device_get(corner_labels(xi, jnp.asarray(pp)))], 1)
+          pp = np.concatenate([p, np.repeat(p[:1], batch - m, 0)])
+          corner = jax.device_get(corner_labels(xi, jnp.asarray(pp)))[:m]
+          label = np.concatenate([label, corner], 1)
           cube = search.corners(c).astype(np.float32) / 255.0
-          colours = np.concatenate([colours, np.broadcast_to(cube, (batch,) + cube.shape)], 1)
-        low, label, colours = low[:m], label[:m], colours[:m]
+          colours = np.concatenate([colours, np.broadcast_to(cube, (m,) + cube.shape)], 1)
         used += m
         wrong = np.argwhere(label != y[i])
         if len(wrong):
@@ -211,6 +219,14 @@ def certify(
           out['colour'][i] = colours[j, t]
           break
         open_ = ~(low > TOLERANCE)
+        if open_.any() and REFINE_ROWS:
+          # Only the boxes the cheaper bounds leave open get the refined
+          # (and far costlier) intermediate bounds.
+          idx = np.flatnonzero(open_)
+          for t in range(0, len(idx), batch):
+            sel = idx[t : t + batch]
+            low[sel] = _padded(run, xi, yi, p[sel], a[sel], b[sel], batch, REFINE_ROWS)[0]
+          open_ = ~(low > TOLERANCE)
         if open_.any():
           # Split each open box in two along its widest side.
           pa, aa, bb = p[open_], a[open_], b[open_]
