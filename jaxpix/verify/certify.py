@@ -5,11 +5,14 @@ colour in [0, 1]^C: the whole colour cube, not only its corners; this covers
 ``replace`` and ``add`` with deltas of +-255 alike) changes the predicted
 class, or finds a colour that does, or says it could not tell within its
 budget. Per position the pixel's colour is a box of C variables, the rest of
-the image fixed; :mod:`jaxpix.verify.bounds` bounds the margins of the true
-class over the box, and a box it cannot certify is split in two along its
-widest side (branch and bound) while the budget lasts. The centre of every
-box bounded is also evaluated: a colour that changes the class ends the
-image as ``fooled``, with that colour as the counterexample.
+the image fixed; :mod:`jaxpix.verify.bounds` (forward) and
+:mod:`jaxpix.verify.crown` (backward) bound the margins of the true class
+over the box, and a box they cannot certify is split in two along its
+widest side (branch and bound) while the budget lasts. Colours are also
+evaluated: every box's centre and the corner where its weakest margin's
+bound is lowest, and in the first round every corner of the cube at every
+position; one that changes the class ends the image as ``fooled``, with
+that colour (in [0, 1], not necessarily 8-bit) as the counterexample.
 
 Sound up to float rounding: the bounds are computed in float32 like the
 model's own forward pass, so a box counts as certified only when its margin
