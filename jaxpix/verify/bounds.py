@@ -120,18 +120,18 @@ def pool_selection(pool, low, high, disjoint: bool):
   other entry's upper bound; only checked for disjoint windows)."""
   out_low, pick = jax.linearize(pool, low)
   if not disjoint:
-    return pick, out_low, jnp.zeros(out_low.shape, bool)
+    return pick, jnp.zeros(out_low.shape, bool)
   _, spread = jax.vjp(pool, low)
   chosen = spread(jnp.ones_like(out_low))[0] > 0  # the picked entries, on the input
   others = pool(jnp.where(chosen, -jnp.inf, high))
-  return pick, out_low, out_low >= others
+  return pick, out_low >= others
 
 
 def _max_pool(b: Lin, low, high, pool, disjoint: bool):
   """Max pooling: below, the entry with the largest lower bound (the max is
   at least it); above, that entry where it is always the max, else the
   largest upper bound."""
-  pick, _, exact = pool_selection(pool, low, high, disjoint)
+  pick, exact = pool_selection(pool, low, high, disjoint)
   lo, up = b.c - b.r, b.c + b.r
   new_lo = _rows(pick, lo)
   const_up = _const(b, pool(high), exact.shape).c

@@ -106,7 +106,7 @@ def backward(tape: list, x: Lin, out: Lin, spec, zl, zu, known=None):
       v = args[0]
       low, high = bounds.concretize(v, zl, zu)
       pool = lambda t, eqn=eqn: eqn.primitive.bind(t, **eqn.params)  # noqa: E731
-      pick, _, exact = bounds.pool_selection(pool, low, high, bounds._disjoint(eqn.params))
+      pick, exact = bounds.pool_selection(pool, low, high, bounds._disjoint(eqn.params))
       _, route = jax.vjp(pick, low)  # each window's coefficient to its picked entry
       # Below (lam >= 0) the picked entry; above, it too where it is always
       # the max, else the window's largest upper bound.
