@@ -19,9 +19,10 @@ DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 # What config.defence.name dispatches on (jaxpix.defences.loss_terms and
 # build_model): 'none' (plain cross-entropy), 'at' and 'apr' (the APR paper's
 # mixed loss, attention and penalty as config.defence says), 'it' (input
-# transformations), 'dd' (a distilled student; its teacher trains as
-# 'dd_teacher'), 'autoencoder' (before a frozen classifier).
-DEFENCES = ('none', 'at', 'apr', 'it', 'dd', 'dd_teacher', 'autoencoder')
+# transformations), 'median' (a median filter in front), 'dd' (a distilled
+# student; its teacher trains as 'dd_teacher'), 'autoencoder' (before a
+# frozen classifier).
+DEFENCES = ('none', 'at', 'apr', 'it', 'median', 'dd', 'dd_teacher', 'autoencoder')
 # What makes two checkpoints different models even where their arrays have the
 # same shapes (refused on restore). Every field that shapes the parameters is
 # found from the model itself instead (:func:`shaping_fields`), so no list
@@ -116,8 +117,9 @@ def build_model(config, num_classes: int, classifier_predict=None) -> nnx.Module
     dtype=DTYPES[config.dtype],
     seed=config.seed,
   )
-  if config.defence.bit_depth or config.defence.jpeg_quality:
-    model = defences.Transformed(model, config.defence.bit_depth, config.defence.jpeg_quality)
+  d = config.defence
+  if d.bit_depth or d.jpeg_quality or d.median_size:
+    model = defences.Transformed(model, d.bit_depth, d.jpeg_quality, d.median_size)
   if config.defence.attention:
     model = defences.Attended(
       model, config.defence.attention_kernel, rngs=nnx.Rngs(config.seed + 1)
@@ -177,7 +179,7 @@ def frozen_config(config, role: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(config.to_dict())
   c.defence.name = names[role]
   c.defence.attention = False
-  c.defence.bit_depth = c.defence.jpeg_quality = 0
+  c.defence.bit_depth = c.defence.jpeg_quality = c.defence.median_size = 0
   c.defence.autoencoder = ''  # the autoencoder's, not the classifier's
   c.defence.ae_weight_decay = -1.0  # likewise (the value before the field existed)
   c.train.resume_step = c.eval.step = 0  # its own latest, whatever this run resumes from

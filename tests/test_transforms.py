@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from jaxpix import attack, build, data, defences, models
-from jaxpix.configs import cifar_it
+from jaxpix.configs import cifar_it, cifar_median
 
 import toy_models as toy
 
@@ -68,6 +68,39 @@ def test_jpeg_pads_odd_sizes_like_libjpeg():
   assert np.abs(out - ref).mean() <= 1.0
 
 
+@pytest.mark.parametrize('size', [3, 5])
+def test_median_filter_is_scipys(size):
+  from scipy import ndimage
+
+  x = np.random.default_rng(size).random((2, 9, 11, 3)).astype(np.float32)
+  want = ndimage.median_filter(x, size=(1, size, size, 1), mode='reflect')
+  np.testing.assert_array_equal(np.asarray(defences.median_filter(jnp.asarray(x), size)), want)
+
+
+def test_one_changed_pixel_moves_a_3x3_median_only_within_its_neighbours():
+  x = np.random.default_rng(0).random((1, 8, 8, 3)).astype(np.float32)
+  clean = np.asarray(defences.median_filter(jnp.asarray(x)))
+  for pos in [(0, 0), (3, 4), (7, 2)]:
+    for colour in (0.0, 1.0):
+      v = x.copy()
+      v[0, pos[0], pos[1]] = colour
+      out = np.asarray(defences.median_filter(jnp.asarray(v)))
+      moved = np.argwhere(np.any(out != clean, -1))[:, 1:]
+      assert np.all(np.abs(moved - np.array(pos)).max(1) <= 1)
+      # An output moves at most m order statistics, m = the copies of the
+      # changed pixel in its window (4 at most, at a corner: never the 5 that
+      # decide).
+      pad = np.pad(x[0], ((1, 1), (1, 1), (0, 0)), mode='symmetric')
+      mark = np.zeros((8, 8), int)
+      mark[pos] = 1
+      copies = np.pad(mark, 1, mode='symmetric')
+      for i, j in moved:
+        m = copies[i : i + 3, j : j + 3].sum()
+        assert 1 <= m <= 4
+        win = np.sort(pad[i : i + 3, j : j + 3].reshape(9, 3), 0)
+        assert np.all((out[0, i, j] >= win[4 - m]) & (out[0, i, j] <= win[4 + m]))
+
+
 def test_bad_transform_settings():
   with pytest.raises(ValueError, match='bits must be in'):
     defences.bit_depth(jnp.zeros((1, 8, 8, 3)), 0)
@@ -75,6 +108,18 @@ def test_bad_transform_settings():
     defences.jpeg(jnp.zeros((1, 8, 8, 3)), 101)
   with pytest.raises(ValueError, match='RGB'):
     defences.jpeg(jnp.zeros((1, 8, 8, 1)), 75)
+  for size in (2, 0, 3.0):
+    with pytest.raises(ValueError, match='an odd int >= 1'):
+      defences.median_filter(jnp.zeros((1, 8, 8, 3)), size)
+
+
+def test_the_median_row_builds_the_filter_in_front_of_its_classifier():
+  model = build.build_model(cifar_median.get_config('test'), 10)
+  assert isinstance(model, defences.Transformed)
+  assert (model.bits, model.quality, model.median) == (0, 0, 3)
+  x = jnp.asarray(toy.cifar_like(2, 32, 32, seed=3))
+  want = models.as_predict(model.classifier)(defences.median_filter(x))
+  np.testing.assert_allclose(np.asarray(models.as_predict(model)(x)), np.asarray(want), atol=1e-6)
 
 
 @pytest.mark.slow

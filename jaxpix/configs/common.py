@@ -45,7 +45,7 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
 
   c.defence = ml_collections.ConfigDict()
   # What trains and builds the model (jaxpix.build.DEFENCES): none | at | apr
-  # | it | dd | autoencoder. A dispatch key only; the fields below say how.
+  # | it | median | dd | autoencoder. A dispatch key only; the fields below say how.
   c.defence.name = 'none'
   # APR / adversarial training (APR paper, section IV); all off = no defence.
   c.defence.attention = False  # pixel-wise attention f(A(x) * x)
@@ -56,6 +56,7 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # Input transformations in front of the classifier (IT); 0 = off.
   c.defence.bit_depth = 0
   c.defence.jpeg_quality = 0
+  c.defence.median_size = 0  # a median filter of this (odd) size first
   # Defensive distillation: softmax temperature of teacher and student, and the
   # teacher's workdir ('' = <workdir>/teacher, trained first if missing; a
   # named one is used as it is).

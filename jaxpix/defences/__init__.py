@@ -4,7 +4,7 @@ before a frozen classifier (``autoencoder``)."""
 
 from jaxpix.defences import apr, autoencoder, distillation
 from jaxpix.defences.apr import Attended, PixelAttention
-from jaxpix.defences.transforms import Transformed, bit_depth, jpeg
+from jaxpix.defences.transforms import Transformed, bit_depth, jpeg, median_filter
 
 
 def loss_terms(config, teacher_predict=None):
@@ -21,4 +21,12 @@ def loss_terms(config, teacher_predict=None):
   return apr.loss_terms(config)
 
 
-__all__ = ['Attended', 'PixelAttention', 'Transformed', 'bit_depth', 'jpeg', 'loss_terms']
+__all__ = [
+  'Attended',
+  'PixelAttention',
+  'Transformed',
+  'bit_depth',
+  'jpeg',
+  'loss_terms',
+  'median_filter',
+]

@@ -38,6 +38,28 @@ def bit_depth(x: jax.Array, bits: int) -> jax.Array:
   return table[index]
 
 
+def median_filter(x: jax.Array, size: int = 3) -> jax.Array:
+  """Each channel's ``size`` x ``size`` median, for images [B, H, W, C].
+
+  The border is mirrored as scipy.ndimage.median_filter's default ('reflect':
+  d c b a | a b c d). With ``size`` 3 one changed pixel is one of the 9
+  entries of each window it enters (up to 4 of them at a corner, where the
+  mirror repeats it), never the 5 that decide: it moves a median only to a
+  neighbouring order statistic, the filter's point against a single-pixel
+  attack. Every order statistic is non-decreasing in each input,
+  which is what lets the verifier bound it (jaxpix.verify.bounds' ``sort``).
+  """
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+    raise ValueError(f'the median filter size must be an odd int >= 1, got {size!r}')
+  r = size // 2
+  h, w = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode='symmetric')
+  window = jnp.stack(
+    [padded[:, i : i + h, j : j + w] for i in range(size) for j in range(size)], axis=-1
+  )
+  return jnp.sort(window, axis=-1)[..., size * size // 2]
+
+
 # ITU T.81 Annex K tables (row-major, natural order).
 _LUMA = np.array(
   [
@@ -241,18 +263,21 @@ def jpeg(x: jax.Array, quality: int = 75) -> jax.Array:
 
 
 class Transformed(nnx.Module):
-  """A classifier behind input transformations: ``f(jpeg(bit_depth(x)))``.
+  """A classifier behind input transformations: ``f(jpeg(bit_depth(median(x))))``.
 
   Part of the model, so training sees transformed images (as Guo et al.
   trained theirs) and every ``predict`` made from it, the attack's included,
-  runs through the transformations. ``bits=0`` / ``quality=0`` turn one off.
+  runs through the transformations. ``bits=0`` / ``quality=0`` / ``median=0``
+  turn one off.
   """
 
-  def __init__(self, classifier: nnx.Module, bits: int = 0, quality: int = 0):
+  def __init__(self, classifier: nnx.Module, bits: int = 0, quality: int = 0, median: int = 0):
     self.classifier = classifier
-    self.bits, self.quality = bits, quality
+    self.bits, self.quality, self.median = bits, quality, median
 
   def transform(self, x: jax.Array) -> jax.Array:
+    if self.median:
+      x = median_filter(x, self.median)
     if self.bits:
       x = bit_depth(x, self.bits)
     if self.quality:
