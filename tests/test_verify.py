@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpix import attack, verify
+from jaxpix import attack, defences, verify
 from jaxpix.verify import bounds, crown
 
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -144,17 +144,43 @@ def test_bounds_are_exact_at_a_point_and_enclose_the_function():
     np.testing.assert_allclose(np.asarray(hp), np.asarray(exact), atol=1e-4)
 
 
+def test_certificates_through_a_median_filter_hold_against_every_corner():
+  h = w = 6
+  inner = _small_cnn(h, w, classes=3)
+  predict = lambda im: inner(defences.median_filter(im))  # noqa: E731
+  x = _images(8, h, w)
+  y = np.asarray(predict(jnp.asarray(x))).argmax(-1).astype(np.int32)
+  # The sort is bounded by intervals only (loose): it takes many boxes.
+  cert = verify.certify(predict, x, y, max_boxes=128 * h * w, refine_rows=0)
+  sweep = attack.extreme_colour(predict, x, y)
+  assert not np.any(cert.certified & sweep.success)
+  assert cert.certified.sum() >= 2 and np.all(cert.bound[cert.certified] > 0)
+  # The sort's bounds enclose the filtered values of sampled colours.
+  zl, zu = jnp.array([0.2, 0.1, 0.5]), jnp.array([0.7, 0.4, 0.9])
+  jaxpr = jax.make_jaxpr(defences.median_filter)(jnp.asarray(x[:1]))
+  c = jnp.zeros((4, 1, h, w, 3)).at[jnp.arange(3), 0, 0, 0, jnp.arange(3)].set(1.0)
+  c = c.at[3].set(jnp.asarray(x[:1]).at[0, 0, 0].set(0.0))
+  (out,) = bounds.propagate(jaxpr, [bounds.Lin(c, jnp.zeros_like(c))], zl, zu)
+  low, high = (np.asarray(v) for v in bounds.concretize(out, zl, zu))
+  z = np.asarray(zl) + np.random.default_rng(0).random((64, 3)) * np.asarray(zu - zl)
+  vals = np.asarray(defences.median_filter(jnp.asarray(_with_pixel(x[0], (0, 0), z))))
+  assert np.all(vals >= low - 1e-6) and np.all(vals <= high + 1e-6)
+  assert np.any(high - low > 0.05)  # the corner's windows move with it
+
+
 def test_an_operation_without_a_rule_and_bad_arguments_are_named():
   x = _images(2, 4, 4)
   y = np.zeros(2, np.int32)
 
-  def sorts(im):  # a sort of the pixels has no bound rule
-    return jnp.sort(im.reshape(im.shape[0], -1), -1)[:, :3]
+  def waves(im):  # sin is not monotone: no bound rule
+    return jnp.sin(3 * im.reshape(im.shape[0], -1))[:, :3]
 
-  with pytest.raises(bounds.UnsupportedOperation, match='`sort`'):
-    verify.certify(sorts, x, y)
+  with pytest.raises(bounds.UnsupportedOperation, match='`sin`'):
+    verify.certify(waves, x, y)
   predict = _small_cnn(4, 4)
   with pytest.raises(ValueError, match='max_boxes must be at least H \\* W = 16'):
     verify.certify(predict, x, y, max_boxes=8)
   with pytest.raises(ValueError, match='labels'):
     verify.certify(predict, x, np.zeros(3, np.int32))
+  with pytest.raises(ValueError, match='refine_rows must be an int >= 0'):
+    verify.certify(predict, x, y, refine_rows=-1)

@@ -19,7 +19,7 @@ as every operation that depends on ``z`` has a rule: linear operations
 average pooling, padding, gathers with fixed indices) are exact; ReLU, and
 ``max``/``min`` with a constant, take the triangle relaxation of CROWN
 (Zhang et al. 2018); other monotone functions (sigmoid, tanh, exp, max
-pooling, rounding) and products of two bounded values fall back to interval
+pooling, rounding, sorting) and products of two bounded values fall back to interval
 bounds, sound but looser. An operation without a rule is an error naming it.
 Operations on constants only (batch norm's statistics, a fixed kernel) run
 as they are.
@@ -295,6 +295,12 @@ def _apply(ctx: _Ctx, eqn, args):
     return _max_pool(b, low, high, lambda v: prim.bind(v, **params), _disjoint(params))
   if name in ('reduce_window_max', 'reduce_max'):
     return _from_interval(b, prim.bind(low, **params), prim.bind(high, **params))
+  if name == 'sort' and len(args) == 1:
+    # Every order statistic is non-decreasing in each input (a median
+    # filter's, jaxpix.defences.transforms.median_filter): sorting the lower
+    # and the upper ends bounds it.
+    (s_low,), (s_high,) = prim.bind(low, **params), prim.bind(high, **params)
+    return [_from_interval(b, s_low, s_high)]
   if name in ('mul', 'max', 'min'):
     # Two bounded values: interval bounds.
     (l1, h1), (l2, h2) = (concretize(a, ctx.zl, ctx.zu) if _is_lin(a) else (a, a) for a in args)
@@ -306,7 +312,7 @@ def _apply(ctx: _Ctx, eqn, args):
   raise UnsupportedOperation(
     f'the verifier cannot bound the operation `{name}` applied to a value that depends '
     'on the changed pixel (supported: linear operations, ReLU and max/min with a constant, '
-    'monotone functions, max pooling, products); certify a function without it, or add a '
+    'monotone functions, max pooling, sorting, products); certify a function without it, or add a '
     'rule for it in jaxpix/verify/bounds.py'
   )
 
@@ -325,9 +331,11 @@ def _eval(ctx: _Ctx, jaxpr, args):
   for eqn in closed.jaxpr.eqns:
     args = [read(v) for v in eqn.invars]
     out = _apply(ctx, eqn, args)
-    if ctx.tape is not None and _is_lin(out) and eqn.primitive.name not in _CALLS:
-      ctx.tape.append((eqn, args, out))
     outs = out if eqn.primitive.multiple_results else [out]
+    if ctx.tape is not None and eqn.primitive.name not in _CALLS:
+      # Every result on bounds is recorded (the backward pass must meet each
+      # value it gives a coefficient).
+      ctx.tape.extend((eqn, args, o) for o in outs if _is_lin(o))
     for var, val in zip(eqn.outvars, outs, strict=True):
       if not isinstance(var, core.DropVar):
         env[var] = val

@@ -36,8 +36,15 @@ from jaxpix.verify import bounds, crown
 # in the bounds (and in the model) is far below it for logits of order 10.
 TOLERANCE = 1e-4
 # Before each ReLU is relaxed, this many of its inputs (those whose bounds
-# straddle zero most widely) get CROWN's backward bounds.
-REFINE_ROWS = 64
+# straddle zero most widely) get CROWN's backward bounds. Off by default: on
+# LeNet they cost ~25x a box's cheaper bounds, and halving a box three times
+# (8 boxes) closed more (benchmarks/verify_bounds.py, docs/verification.md).
+REFINE_ROWS = 0
+# A box split from another keeps its parent's margin bounds (they hold on
+# the half too) and gets backward bounds only for the margins its parent
+# left open: as many as the batch's box with the most, rounded up to one of
+# these (each a compiled variant; K - 1 = all).
+MARGIN_COUNTS = (1, 3)
 
 
 @dataclasses.dataclass
@@ -51,6 +58,10 @@ class Certificate:
     position: int [N, 2], colour: float [N, C] in [0, 1]: that change
       (-1 and NaN where none was found).
     boxes: int [N]: colour boxes bounded (1 per position at least).
+    bound: float [N]: the margin's certified lower bound, min over one-pixel
+      changes of logit_y - max_{j != y} logit_j >= bound: positive for a
+      certified image; for one whose budget ran out, the lowest bound of its
+      open boxes (how far it is from a certificate); NaN otherwise.
     seconds: float [N]: wall time spent on the image.
     labels, clean_label, misclassified: the model on the clean images.
   """
@@ -60,6 +71,7 @@ class Certificate:
   position: np.ndarray
   colour: np.ndarray
   boxes: np.ndarray
+  bound: np.ndarray
   seconds: np.ndarray
   labels: np.ndarray
   clean_label: np.ndarray
@@ -82,9 +94,17 @@ class Certificate:
     return float(np.mean(self.certified))
 
 
-def _box_bounds(jaxpr, x, y, pos, zl, zu, backward=True, rows=REFINE_ROWS):
-  """Lower bound of min_{j != y} (logit_y - logit_j) over the colour box
-  [zl, zu] at ``pos``, and the label the model gives the box's centre."""
+def _box_bounds(jaxpr, x, y, pos, zl, zu, parent, backward=True, rows=REFINE_ROWS, margins=None):
+  """Lower bounds of the margins logit_y - logit_j over the colour box
+  [zl, zu] at ``pos`` ([K], +inf at y); two colours of the box to try as
+  counterexamples (images and colours); and the colour channel to split the
+  box along.
+
+  ``parent``: the margins' bounds over a box that contains this one (they
+  hold here too; -inf for none). With ``margins``, only that many margins,
+  those the parent bounds lowest, get backward bounds (each costs a
+  backward pass through the network); the others keep the parent's.
+  """
   h, w, c = x.shape
   base = x.at[pos[0], pos[1]].set(0.0)
   coef = jnp.zeros((c, h, w, c), x.dtype).at[jnp.arange(c), pos[0], pos[1], jnp.arange(c)].set(1)
@@ -102,26 +122,45 @@ def _box_bounds(jaxpr, x, y, pos, zl, zu, backward=True, rows=REFINE_ROWS):
   margin = bounds.Lin(lo[:, y][:, None] - up, jnp.zeros_like(lo))  # logit_y - logit_j >= this
   low, _ = bounds.concretize(margin, zl, zu)
   k = low.shape[0]
+  low = jnp.where(jnp.arange(k) == y, jnp.inf, jnp.maximum(low, parent))
   vertex = jnp.broadcast_to((zl + zu) / 2, (k, c))
   if backward:  # the better of the forward and the backward (CROWN) bound, per margin
-    spec = (jnp.eye(k)[y][None] - jnp.eye(k))[:, None]  # [K, 1, K]: e_y - e_j
-    back, vertex = crown.backward(tape, x_lin, out, spec, zl, zu, known)
-    low = jnp.maximum(low, back)
+    js = jnp.arange(k) if margins is None else jax.lax.top_k(-low, min(margins, k - 1))[1]
+    spec = (jnp.eye(k)[y][None] - jnp.eye(k)[js])[:, None]  # [m, 1, K]: e_y - e_j
+    back, vert = crown.backward(tape, x_lin, out, spec, zl, zu, known)
+    low, vertex = low.at[js].max(back), vertex.at[js].set(vert)
   low = jnp.where(jnp.arange(k) == y, jnp.inf, low)
+  weakest = jnp.argmin(low)
   # Two colours tried for a counterexample: the box's centre, and the corner
   # where the weakest margin's bound is lowest.
-  colours = jnp.stack([(zl + zu) / 2, vertex[jnp.argmin(low)]])
+  colours = jnp.stack([(zl + zu) / 2, vertex[weakest]])
   imgs = jax.vmap(lambda z: x.at[pos[0], pos[1]].set(z))(colours)
-  return jnp.min(low), imgs, colours
+  # Split along the widest side: on LeNet it closed more boxes per round
+  # than the side where the weakest margin's bound moves most (ReluVal's
+  # "smear"), which kept halving one channel.
+  return low, imgs, colours, jnp.argmax(zu - zl)
 
 
-def _padded(run, xi, yi, p, a, b, batch: int, rows: int):
-  """``run`` on up to ``batch`` boxes, padded to one compiled shape with
-  copies of the first; numpy results for the boxes given."""
-  m = len(p)
-  pp, aa, bb = (np.concatenate([v, np.repeat(v[:1], batch - m, 0)]) for v in (p, a, b))
-  out = jax.device_get(run(xi, yi, jnp.asarray(pp), jnp.asarray(aa), jnp.asarray(bb), rows))
+def _padded(run, xi, yi, boxes, batch: int, *static):
+  """``run`` on up to ``batch`` boxes (arrays with a leading box axis),
+  padded to one compiled shape with copies of the first; numpy results for
+  the boxes given."""
+  m = len(boxes[0])
+  full = (jnp.asarray(np.concatenate([v, np.repeat(v[:1], batch - m, 0)])) for v in boxes)
+  out = jax.device_get(run(xi, yi, *full, *static))
   return tuple(np.array(v[:m]) for v in out)
+
+
+def _halves(p, a, b, low, side):
+  """Each box [a, b] split in two at the middle of its ``side`` (its
+  position and margin bounds ``low`` go to both halves)."""
+  i = np.arange(len(a))
+  mid = (a[i, side] + b[i, side]) / 2
+  left_hi, right_lo = b.copy(), a.copy()
+  left_hi[i, side] = mid
+  right_lo[i, side] = mid
+  two = lambda v: np.concatenate([v, v])  # noqa: E731
+  return two(p), np.concatenate([a, right_lo]), np.concatenate([left_hi, b]), two(low)
 
 
 def certify(
@@ -132,6 +171,7 @@ def certify(
   params=None,
   max_boxes: int = 4096,
   batch: int = 64,
+  refine_rows: int = REFINE_ROWS,
 ) -> Certificate:
   """Certifies each image against every one-pixel change, or finds one.
 
@@ -146,6 +186,8 @@ def certify(
       per position): the budget of the branch and bound. An image whose
       budget runs out is neither certified nor fooled.
     batch: boxes bounded per compiled call.
+    refine_rows: per ReLU, the straddling inputs given backward bounds for
+      the boxes the cheaper bounds leave open (0: never).
   """
   x = checks.images(images)
   n, h, w, c = x.shape
@@ -154,6 +196,8 @@ def certify(
   y = checks.labels('labels', labels, n, k)
   checks.positive_int('max_boxes', max_boxes)
   checks.positive_int('batch', batch)
+  if isinstance(refine_rows, bool) or not isinstance(refine_rows, int) or refine_rows < 0:
+    raise ValueError(f'refine_rows must be an int >= 0, got {refine_rows!r}')
   if max_boxes < h * w:
     raise ValueError(
       f'max_boxes must be at least H * W = {h * w} (one box per position), got {max_boxes}'
@@ -161,13 +205,13 @@ def certify(
   model = functools.partial(fn, params)
   jaxpr = jax.make_jaxpr(model)(jnp.zeros((1, h, w, c), jnp.float32))
 
-  @functools.partial(jax.jit, static_argnums=5)
-  def run(xi, yi, pos, zl, zu, rows):
-    low, imgs, colours = jax.vmap(lambda p, a, b: _box_bounds(jaxpr, xi, yi, p, a, b, rows=rows))(
-      pos, zl, zu
-    )
+  @functools.partial(jax.jit, static_argnums=(6, 7))
+  def run(xi, yi, pos, zl, zu, parent, rows, margins):
+    low, imgs, colours, split = jax.vmap(
+      lambda *box: _box_bounds(jaxpr, xi, yi, *box, rows=rows, margins=margins)
+    )(pos, zl, zu, parent)
     labels = jnp.argmax(model(imgs.reshape((-1, h, w, c))), -1).reshape(-1, 2)
-    return low, labels, colours
+    return low, labels, colours, split
 
   @jax.jit
   def corner_labels(xi, pos):
@@ -180,7 +224,7 @@ def certify(
   # Traced once here, so that an operation without a bound rule is named
   # before any image is verified (and whatever the images).
   probe = (jnp.zeros((batch, 2), jnp.int32), jnp.zeros((batch, c)), jnp.ones((batch, c)))
-  jax.eval_shape(run, jnp.asarray(x[0]), jnp.int32(0), *probe, 0)
+  jax.eval_shape(run, jnp.asarray(x[0]), jnp.int32(0), *probe, jnp.zeros((batch, k)), 0, None)
   clean = forward.batched_logits(fn, x, params=params).argmax(-1).astype(np.int32)
   out = dict(
     certified=np.zeros(n, bool),
@@ -188,64 +232,66 @@ def certify(
     position=np.full((n, 2), -1, np.int32),
     colour=np.full((n, c), np.nan, np.float32),
     boxes=np.zeros(n, np.int64),
+    bound=np.full(n, np.nan),
     seconds=np.zeros(n),
   )
+  cube = search.corners(c).astype(np.float32) / 255.0
+  grid = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing='ij'), -1).reshape(-1, 2)
   for i in range(n):
     if clean[i] != y[i]:
       continue
     t0 = time.perf_counter()
-    grid = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing='ij'), -1).reshape(-1, 2)
-    queue = [(grid, np.zeros((h * w, c), np.float32), np.ones((h * w, c), np.float32))]
-    used = 0
     xi, yi = jnp.asarray(x[i]), jnp.int32(y[i])
-    while queue and not out['fooled'][i]:
-      pos, zl, zu = (np.concatenate(a) for a in zip(*queue, strict=True))
-      if used + len(pos) > max_boxes:
-        break  # the budget cannot bound this round: not certified
-      queue = []
-      for s in range(0, len(pos), batch):
-        p, a, b = pos[s : s + batch], zl[s : s + batch], zu[s : s + batch]
-        m = len(p)
-        low, label, colours = _padded(run, xi, yi, p, a, b, batch, 0)
-        if used < h * w:  # the first round: also every corner
-          pp = np.concatenate([p, np.repeat(p[:1], batch - m, 0)])
-          corner = jax.device_get(corner_labels(xi, jnp.asarray(pp)))[:m]
-          label = np.concatenate([label, corner], 1)
-          cube = search.corners(c).astype(np.float32) / 255.0
-          colours = np.concatenate([colours, np.broadcast_to(cube, (m,) + cube.shape)], 1)
-        used += m
-        wrong = np.argwhere(label != y[i])
-        if len(wrong):
-          j, t = wrong[0]
-          out['fooled'][i] = True
-          out['position'][i] = p[j]
-          out['colour'][i] = colours[j, t]
-          break
-        open_ = ~(low > TOLERANCE)
-        if open_.any() and REFINE_ROWS:
-          # Only the boxes the cheaper bounds leave open get the refined
-          # (and far costlier) intermediate bounds.
-          idx = np.flatnonzero(open_)
-          for t in range(0, len(idx), batch):
-            sel = idx[t : t + batch]
-            low[sel] = _padded(run, xi, yi, p[sel], a[sel], b[sel], batch, REFINE_ROWS)[0]
-          open_ = ~(low > TOLERANCE)
-        if open_.any():
-          # Split each open box in two along its widest side.
-          pa, aa, bb = p[open_], a[open_], b[open_]
-          side = np.argmax(bb - aa, 1)
-          mid = (aa[np.arange(len(aa)), side] + bb[np.arange(len(bb)), side]) / 2
-          left_hi, right_lo = bb.copy(), aa.copy()
-          left_hi[np.arange(len(aa)), side] = mid
-          right_lo[np.arange(len(aa)), side] = mid
-          queue.append(
-            (
-              np.concatenate([pa, pa]),
-              np.concatenate([aa, right_lo]),
-              np.concatenate([left_hi, bb]),
-            )
-          )
-    out['certified'][i] = not queue and not out['fooled'][i]
+    # The open boxes (position, low and high colour) and the bounds of their
+    # margins over their parents: the lowest are bounded first (best first),
+    # so a counterexample is met early and the budget goes where
+    # certification is hardest.
+    pos, zl, zu = grid, np.zeros((h * w, c), np.float32), np.ones((h * w, c), np.float32)
+    parent = np.full((h * w, k), -np.inf, np.float32)
+    used, closed = 0, np.inf  # the lowest bound of the boxes certified
+    while len(pos) and used < max_boxes:
+      first = used < h * w  # the first round: every margin, and every corner
+      pick = np.argsort(parent.min(1), kind='stable')[: min(batch, max_boxes - used)]
+      box = pos[pick], zl[pick], zu[pick], parent[pick]
+      rest = np.setdiff1d(np.arange(len(pos)), pick)
+      pos, zl, zu, parent = pos[rest], zl[rest], zu[rest], parent[rest]
+      margins = None
+      if not first:
+        most = int((box[3] <= TOLERANCE).sum(1).max())
+        margins = next((m for m in MARGIN_COUNTS if m >= most and m < k - 1), None)
+      low, label, colours, split = _padded(run, xi, yi, box, batch, 0, margins)
+      p = box[0]
+      if first:
+        pp = np.concatenate([p, np.repeat(p[:1], batch - len(p), 0)])
+        corner = jax.device_get(corner_labels(xi, jnp.asarray(pp)))[: len(p)]
+        label = np.concatenate([label, corner], 1)
+        colours = np.concatenate([colours, np.broadcast_to(cube, (len(p),) + cube.shape)], 1)
+      used += len(p)
+      wrong = np.argwhere(label != y[i])
+      if len(wrong):
+        j, t = wrong[0]
+        out['fooled'][i] = True
+        out['position'][i] = p[j]
+        out['colour'][i] = colours[j, t]
+        break
+      open_ = ~(low.min(1) > TOLERANCE)
+      if open_.any() and refine_rows:
+        # Only the boxes the cheaper bounds leave open get the refined (and
+        # far costlier) intermediate bounds.
+        sel = np.flatnonzero(open_)
+        again = tuple(v[sel] for v in box[:3]) + (low[sel],)
+        refined = _padded(run, xi, yi, again, batch, refine_rows, margins)
+        low[sel], split[sel] = np.maximum(low[sel], refined[0]), refined[3]
+        open_ = ~(low.min(1) > TOLERANCE)
+      closed = min(closed, low[~open_].min(initial=np.inf))
+      if open_.any():
+        halves = _halves(p[open_], box[1][open_], box[2][open_], low[open_], split[open_])
+        pos, zl, zu, parent = (
+          np.concatenate(v) for v in zip((pos, zl, zu, parent), halves, strict=True)
+        )
+    out['certified'][i] = not len(pos) and not out['fooled'][i]
+    if not out['fooled'][i]:
+      out['bound'][i] = closed if out['certified'][i] else parent.min()
     out['boxes'][i] = used
     out['seconds'][i] = time.perf_counter() - t0
   return Certificate(labels=y, clean_label=clean, misclassified=clean != y, **out)

@@ -117,7 +117,12 @@ def backward(tape: list, x: Lin, out: Lin, spec, zl, zu, known=None):
       low, high = bounds.concretize(res, zl, zu)
       bias = bias + _sum_rest(jnp.where(lam >= 0, lam * low, lam * high))
   d = zl.shape[0]
-  lam_x = cot.get(id(x))
+  lam_x = cot.pop(id(x), None)
+  if cot:  # a value with a coefficient that no recorded operation made
+    raise RuntimeError(
+      f'{len(cot)} bounded values were not met going back through the tape: their '
+      'coefficients would be lost (a bound rule left its result off the tape)'
+    )
   if lam_x is None:  # the output does not depend on the input
     return bias, jnp.broadcast_to((zl + zu) / 2, (spec.shape[0], d))
   coef = jnp.einsum('s...,d...->sd', lam_x, x.c[:d])
