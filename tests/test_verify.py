@@ -4,6 +4,7 @@ on a model small enough), a planted interior colour is never certified, and
 an operation without a bound rule is an error that names it."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -188,3 +189,21 @@ def test_an_operation_without_a_rule_and_bad_arguments_are_named():
     verify.certify(predict, x, np.zeros(3, np.int32))
   with pytest.raises(ValueError, match='refine_rows must be an int >= 0'):
     verify.certify(predict, x, y, refine_rows=-1)
+
+
+@pytest.mark.slow  # LeNet, three attacks and the verifier on real images
+def test_the_interval_benchmark_brackets_robust_accuracy(shared_data, tmp_path):
+  from benchmarks import certify_models
+
+  out = tmp_path / 'certify.json'
+  argv = ['--model', 'LeNet=zoo:lenet-none', '--images', '3', '--max-boxes', '1024']
+  argv += ['--de-popsize', '8', '--de-maxiter', '2', '--rs-budget', '32']
+  certify_models.main([*argv, '--data-dir', str(shared_data / 'cifar10'), '--json', str(out)])
+  r = json.loads(out.read_text())['LeNet']
+  status = np.array(r['status'])
+  assert len(status) == r['images'] == 3
+  assert r['certified_accuracy'] == np.mean(status == 'certified')
+  assert r['clean_accuracy'] == np.mean(status != 'misclassified')
+  # Certified <= not fooled by any attack <= correct.
+  assert r['certified_accuracy'] <= r['attacked_accuracy'] <= r['clean_accuracy']
+  assert r['unknown'] == np.sum(status == 'unknown') and r['max_boxes'] == 1024
