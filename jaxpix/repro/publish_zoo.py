@@ -44,10 +44,10 @@ OPERATING_POINT = {
     'quality 75, both part of the model; the gradient through the rounding is zero): the IT '
     'row of the paired Table 1 (docs/results.md, Part I)',
   ),
-  # Not in the papers: the median filter row of the paired Table 1, trained
-  # on 2026-12-06 (issue 40).
+  # Not in the papers: the median filter row of the paired Table 1, run on
+  # 2026-12-06 as the suite's one row (--config.suite.only; issue 40).
   'resnet18_w0.25-median': (
-    'table1_paired/median_filter/seed0',
+    'table1_paired_median/median_filter/seed0',
     'ResNet-18 at width 0.25 behind a 3x3 median filter (part of the model, trained with '
     'it): the median filter row of the paired Table 1 (docs/results.md, Part I)',
   ),
