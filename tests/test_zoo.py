@@ -24,6 +24,7 @@ def test_the_zoo_lists_the_models_the_docs_quote():
     'resnet18_w0.25-none',
     'resnet18_w0.25-apr',
     'resnet18_w0.25-it',
+    'resnet18_w0.25-median',
     'autoencoder_w32',
     *(
       f'{m}-{d}'
