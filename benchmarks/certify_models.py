@@ -78,7 +78,6 @@ def measure(name: str, spec: str, args) -> dict:
     raise SystemExit(f'{name}: images {bad.tolist()} are certified and fooled by an attack')
   status = cert.status
   n = len(y)
-  tried = correct  # images the verifier worked on
   return dict(
     model=name,
     spec=spec,
@@ -96,10 +95,10 @@ def measure(name: str, spec: str, args) -> dict:
     verifier_fooled=int(cert.fooled.sum()),
     unknown=int((status == 'unknown').sum()),
     unknown_not_attacked=int(((status == 'unknown') & ~any_fooled).sum()),
-    fooled_by=({k: int(v.sum()) for k, v in fooled.items()}),
+    fooled_by={k: int(v.sum()) for k, v in fooled.items()},
     verifier_seconds=verify_s,
-    seconds_per_image=float(cert.seconds[tried].mean()),
-    seconds_per_image_median=float(np.median(cert.seconds[tried])),
+    seconds_per_image=float(cert.seconds[correct].mean()),
+    seconds_per_image_median=float(np.median(cert.seconds[correct])),
     seconds_by_status={
       s: float(cert.seconds[status == s].mean())
       for s in ('certified', 'fooled', 'unknown')

@@ -96,9 +96,8 @@ class Certificate:
 
 def _box_bounds(jaxpr, x, y, pos, zl, zu, parent, backward=True, rows=REFINE_ROWS, margins=None):
   """Lower bounds of the margins logit_y - logit_j over the colour box
-  [zl, zu] at ``pos`` ([K], +inf at y); two colours of the box to try as
-  counterexamples (images and colours); and the colour channel to split the
-  box along.
+  [zl, zu] at ``pos`` ([K], +inf at y), and two colours of the box to try
+  as counterexamples (images and colours).
 
   ``parent``: the margins' bounds over a box that contains this one (they
   hold here too; -inf for none). With ``margins``, only that many margins,
@@ -135,10 +134,7 @@ def _box_bounds(jaxpr, x, y, pos, zl, zu, parent, backward=True, rows=REFINE_ROW
   # where the weakest margin's bound is lowest.
   colours = jnp.stack([(zl + zu) / 2, vertex[weakest]])
   imgs = jax.vmap(lambda z: x.at[pos[0], pos[1]].set(z))(colours)
-  # Split along the widest side: on LeNet it closed more boxes per round
-  # than the side where the weakest margin's bound moves most (ReluVal's
-  # "smear"), which kept halving one channel.
-  return low, imgs, colours, jnp.argmax(zu - zl)
+  return low, imgs, colours
 
 
 def _padded(run, xi, yi, boxes, batch: int, *static):
@@ -151,10 +147,13 @@ def _padded(run, xi, yi, boxes, batch: int, *static):
   return tuple(np.array(v[:m]) for v in out)
 
 
-def _halves(p, a, b, low, side):
-  """Each box [a, b] split in two at the middle of its ``side`` (its
-  position and margin bounds ``low`` go to both halves)."""
-  i = np.arange(len(a))
+def _halves(p, a, b, low):
+  """Each box [a, b] split in two at the middle of its widest side (its
+  position and margin bounds ``low`` go to both halves). The widest side:
+  on LeNet it closed more boxes per round than the side where the weakest
+  margin's bound moves most (ReluVal's "smear"), which kept halving one
+  channel."""
+  i, side = np.arange(len(a)), np.argmax(b - a, 1)
   mid = (a[i, side] + b[i, side]) / 2
   left_hi, right_lo = b.copy(), a.copy()
   left_hi[i, side] = mid
@@ -209,11 +208,11 @@ def certify(
 
   @functools.partial(jax.jit, static_argnums=(6, 7))
   def run(xi, yi, pos, zl, zu, parent, rows, margins):
-    low, imgs, colours, split = jax.vmap(
+    low, imgs, colours = jax.vmap(
       lambda *box: _box_bounds(jaxpr, xi, yi, *box, rows=rows, margins=margins)
     )(pos, zl, zu, parent)
     labels = jnp.argmax(model(imgs.reshape((-1, h, w, c))), -1).reshape(-1, 2)
-    return low, labels, colours, split
+    return low, labels, colours
 
   @jax.jit
   def corner_labels(xi, pos):
@@ -261,7 +260,7 @@ def certify(
       if not first:
         most = int((box[3] <= TOLERANCE).sum(1).max())
         margins = next((m for m in MARGIN_COUNTS if m >= most and m < k - 1), None)
-      low, label, colours, split = _padded(run, xi, yi, box, batch, 0, margins)
+      low, label, colours = _padded(run, xi, yi, box, batch, 0, margins)
       p = box[0]
       if first:
         pp = np.concatenate([p, np.repeat(p[:1], batch - len(p), 0)])
@@ -283,11 +282,11 @@ def certify(
         sel = np.flatnonzero(open_)
         again = tuple(v[sel] for v in box[:3]) + (low[sel],)
         refined = _padded(run, xi, yi, again, batch, refine_rows, margins)
-        low[sel], split[sel] = np.maximum(low[sel], refined[0]), refined[3]
+        low[sel] = np.maximum(low[sel], refined[0])
         open_ = ~(low.min(1) > TOLERANCE)
       closed = min(closed, low[~open_].min(initial=np.inf))
       if open_.any():
-        halves = _halves(p[open_], box[1][open_], box[2][open_], low[open_], split[open_])
+        halves = _halves(p[open_], box[1][open_], box[2][open_], low[open_])
         pos, zl, zu, parent = (
           np.concatenate(v) for v in zip((pos, zl, zu, parent), halves, strict=True)
         )
