@@ -21,8 +21,9 @@ DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 # mixed loss, attention and penalty as config.defence says), 'it' (input
 # transformations), 'median' (a median filter in front), 'dd' (a distilled
 # student; its teacher trains as 'dd_teacher'), 'autoencoder' (before a
-# frozen classifier).
-DEFENCES = ('none', 'at', 'apr', 'it', 'median', 'dd', 'dd_teacher', 'autoencoder')
+# frozen classifier), 'ablation' (randomized ablation's base classifier and
+# smoothing).
+DEFENCES = ('none', 'at', 'apr', 'it', 'median', 'dd', 'dd_teacher', 'autoencoder', 'ablation')
 # What makes two checkpoints different models even where their arrays have the
 # same shapes (refused on restore). Every field that shapes the parameters is
 # found from the model itself instead (:func:`shaping_fields`), so no list
@@ -110,14 +111,23 @@ def build_model(config, num_classes: int, classifier_predict=None) -> nnx.Module
       raise ValueError('the autoencoder defence needs its frozen classifier')
     ae = defences.autoencoder.ConvAutoencoder(config.defence.ae_width, rngs=nnx.Rngs(config.seed))
     return defences.autoencoder.Reconstructed(ae, classifier_predict)
+  d = config.defence
+  ablated = d.name == 'ablation'
   model = models.create(
     config.model.name,
     num_classes=num_classes,
     width=config.model.width,
     dtype=DTYPES[config.dtype],
     seed=config.seed,
+    in_channels=defences.ablation.ENCODED_CHANNELS if ablated else 3,
   )
-  d = config.defence
+  if ablated:
+    if d.bit_depth or d.jpeg_quality or d.median_size or d.attention:
+      raise ValueError(
+        "defence.name='ablation' takes no input transformation or attention: "
+        'set defence.bit_depth, jpeg_quality, median_size to 0 and attention to False'
+      )
+    return defences.Ablated(model, d.ablation.keep, d.ablation.votes)
   if d.bit_depth or d.jpeg_quality or d.median_size:
     model = defences.Transformed(model, d.bit_depth, d.jpeg_quality, d.median_size)
   if config.defence.attention:

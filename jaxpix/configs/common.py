@@ -57,6 +57,14 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.defence.bit_depth = 0
   c.defence.jpeg_quality = 0
   c.defence.median_size = 0  # a median filter of this (odd) size first
+  # Randomized ablation (Levine & Feizi 2020; defence.name='ablation'): the
+  # base classifier sees `keep` random pixels of each image (the paper's 75 of
+  # CIFAR's 1,024); `votes` fixed ablations make the deterministic stand-in
+  # that training's validation accuracy reads (the evaluation certifies and
+  # attacks the smoothed classifier itself: eval.smoothing).
+  c.defence.ablation = ml_collections.ConfigDict()
+  c.defence.ablation.keep = 75
+  c.defence.ablation.votes = 8
   # Defensive distillation: softmax temperature of teacher and student, and the
   # teacher's workdir ('' = <workdir>/teacher, trained first if missing; a
   # named one is used as it is).
@@ -148,6 +156,17 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   c.eval.temperature = 1.0
   c.eval.progress = True
   c.eval.step = 0  # the checkpoint's step to evaluate (0: the latest)
+  # defence.name='ablation': the smoothed classifier's Monte Carlo certificate
+  # (Levine & Feizi: n0 samples select the class, n estimate its probability,
+  # Clopper-Pearson at alpha) and the attack on it (jaxpix.evaluation.smoothed).
+  c.eval.smoothing = ml_collections.ConfigDict()
+  c.eval.smoothing.n0 = 1000
+  c.eval.smoothing.n = 10000
+  c.eval.smoothing.alpha = 0.05
+  c.eval.smoothing.chunk = 500  # ablations per image per batched call
+  c.eval.smoothing.attack_ablations = 512  # shared ablations the attack scores through
+  c.eval.smoothing.attack_candidates = 64  # (pixel, extreme colour) pairs verified per image
+  c.eval.smoothing.check = 1000  # fresh samples that judge the attack's best image
   c.eval.batch_size = 500  # images per forward pass for clean accuracy
 
   c.train = ml_collections.ConfigDict()

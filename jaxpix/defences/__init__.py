@@ -1,8 +1,10 @@
 """Defences: APR and adversarial training (``apr``), input transformations
-(``transforms``), defensive distillation (``distillation``) and an autoencoder
-before a frozen classifier (``autoencoder``)."""
+(``transforms``), defensive distillation (``distillation``), an autoencoder
+before a frozen classifier (``autoencoder``) and randomized ablation
+(``ablation``)."""
 
-from jaxpix.defences import apr, autoencoder, distillation
+from jaxpix.defences import ablation, apr, autoencoder, distillation
+from jaxpix.defences.ablation import Ablated
 from jaxpix.defences.apr import Attended, PixelAttention
 from jaxpix.defences.transforms import Transformed, bit_depth, jpeg, median_filter
 
@@ -18,10 +20,13 @@ def loss_terms(config, teacher_predict=None):
     return [('distill', 1.0, distillation.distillation_term(teacher_predict, d.temperature))]
   if d.name == 'autoencoder':
     return autoencoder.loss_terms(config)
+  if d.name == 'ablation':
+    return [('ablation', 1.0, ablation.ablation_term(d.ablation.keep))]
   return apr.loss_terms(config)
 
 
 __all__ = [
+  'Ablated',
   'Attended',
   'PixelAttention',
   'Transformed',

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from jaxpix import attack, build, configs, data, records, report, restore, stats
-from jaxpix.evaluation import attack_log, metrics
+from jaxpix.evaluation import attack_log, metrics, smoothed
 from jaxpix.evaluation import protocol as proto
 
 
@@ -136,6 +136,8 @@ def evaluate(config, workdir: str) -> dict:
 
 
 def _evaluate(config, out: pathlib.Path) -> dict:
+  if config.defence.name == 'ablation':  # a smoothed classifier: certified and attacked as one
+    return smoothed.evaluate(config, out)
   t_start = time.perf_counter()
   ecfg = config.eval
   test = data.load_test(config.data)

@@ -44,16 +44,36 @@ REGISTRY = {
 }
 
 
+# The models whose first layer takes as many channels as their normalisation
+# statistics have (``in_channels`` other than 3: randomized ablation's encoding).
+ANY_CHANNELS = ('cnn6', 'resnet18')
+
+
 def create(
-  name: str, *, num_classes: int, width: float = 1.0, dtype=None, seed: int = 0
+  name: str,
+  *,
+  num_classes: int,
+  width: float = 1.0,
+  dtype=None,
+  seed: int = 0,
+  in_channels: int = 3,
 ) -> nnx.Module:
-  """Builds model ``name`` with fresh parameters from ``seed``."""
+  """Builds model ``name`` with fresh parameters from ``seed``. With
+  ``in_channels`` other than 3 the input is not an image: it is passed on
+  unnormalised (mean 0, std 1; the first batch norm scales it)."""
   if name not in REGISTRY:
     raise ValueError(f'unknown model {name!r}; expected one of {sorted(REGISTRY)}')
   if not width > 0:
     raise ValueError(f'model width must be > 0, got {width!r}')
   ctor, _ = REGISTRY[name]
-  return ctor(num_classes=num_classes, width=width, dtype=dtype, rngs=nnx.Rngs(seed))
+  kw = {}
+  if in_channels != 3:
+    if name not in ANY_CHANNELS:
+      raise ValueError(
+        f'model {name!r} takes 3 input channels; {in_channels} need one of {ANY_CHANNELS}'
+      )
+    kw = dict(mean=(0.0,) * in_channels, std=(1.0,) * in_channels)
+  return ctor(num_classes=num_classes, width=width, dtype=dtype, rngs=nnx.Rngs(seed), **kw)
 
 
 __all__ = [

@@ -27,7 +27,10 @@ class CNN6(nnx.Module):
   ):
     chans = [scaled(c, width) for c in (32, 32, 64, 64, 128, 128)]
     self.blocks = nnx.List(
-      [ConvBN(i, o, dtype=dtype, rngs=rngs) for i, o in zip([3] + chans[:-1], chans, strict=True)]
+      [
+        ConvBN(i, o, dtype=dtype, rngs=rngs)
+        for i, o in zip([len(mean)] + chans[:-1], chans, strict=True)
+      ]
     )
     self.head = nnx.Linear(chans[-1], num_classes, dtype=dtype, rngs=rngs)
     self.mean, self.std, self.dtype = mean, std, dtype

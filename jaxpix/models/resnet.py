@@ -112,9 +112,10 @@ def ResNet18(
   num_classes=10, width=1.0, *, dtype=None, mean=CIFAR10_MEAN, std=CIFAR10_STD, rngs: nnx.Rngs
 ):
   """CIFAR ResNet-18: 3x3 stem, no max pool, [2, 2, 2, 2] basic blocks of
-  64-512 channels; 11.17 M parameters at width 1 and 10 classes."""
+  64-512 channels; 11.17 M parameters at width 1 and 10 classes. It takes as
+  many input channels as ``mean`` has (randomized ablation's 6)."""
   w = [scaled(c, width) for c in (64, 128, 256, 512)]
-  stem = ConvBN(3, w[0], 3, 1, dtype=dtype, rngs=rngs)
+  stem = ConvBN(len(mean), w[0], 3, 1, dtype=dtype, rngs=rngs)
   stages, c = _stages(_Basic, w[0], w, [2, 2, 2, 2], [1, 2, 2, 2], dtype, rngs)
   return _Residual(stem, stages, c, num_classes, False, mean, std, dtype, rngs)
 

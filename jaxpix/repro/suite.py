@@ -133,7 +133,9 @@ def _train_rate(path: pathlib.Path) -> float | None:
 def _values(kind: str, res: dict) -> dict[str, tuple[float, tuple[int, int] | None]]:
   """A row-seed's metric -> (value, (successes, n) for a Wilson interval)."""
   if kind == 'defences':
-    de = res['attacks']['de']
+    # The row's main attack: DE (the papers'), or the attack built for a row
+    # that is not one classifier (randomized ablation's smoothed classifier).
+    de = res['attacks'][res.get('primary_attack', 'de')]
     n, k = de['attacks'], de['successes']
     out = dict(
       clean_accuracy=(res['clean_accuracy'], (res['correctly_classified'], res['test_images'])),
@@ -240,7 +242,8 @@ def run(config, workdir: str) -> dict:
     paired_tests(per_row, [reference.name, *paper.APR_ROWS]) if table['kind'] == 'defences' else {}
   )
   curves = {
-    name: mean_curve([r['attacks']['de']['curve'] for r in rs]) for name, rs in per_row.items()
+    name: mean_curve([r['attacks'][r.get('primary_attack', 'de')]['curve'] for r in rs])
+    for name, rs in per_row.items()
   }
   out = dict(
     suite=scfg.table,
@@ -308,6 +311,10 @@ def _per_seed(res: dict) -> dict:
     'robust_attacks',
     'robust_accuracy_all',
     'robust_accuracy_all_wilson95',
+    'primary_attack',
+    'smoothing',
+    'certified_accuracy',
+    'certified_accuracy_wilson95',
     'note',
     'config',
     'figures',

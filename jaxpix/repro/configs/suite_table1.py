@@ -1,5 +1,6 @@
 """The APR paper's Table 1 (defences on CIFAR-10) as a suite: no defence, AT,
-IT, DD and APR (and, not in the paper, a 3x3 median filter), each trained, attacked and tabulated beside the paper. Every
+IT, DD and APR (and, not in the paper, a 3x3 median filter and randomized
+ablation), each trained, attacked and tabulated beside the paper. Every
 row is attacked on the same fixed test images (rows.paired_eval), so robust
 accuracy pairs across rows and each row is tested against No Defence and APR
 (exact McNemar).
@@ -30,6 +31,9 @@ def get_config(arg=None):
       # Not in the paper: the simplest defence against one changed pixel
       # (a 3x3 median filter, trained with it), for scale.
       rows.row('Median filter', 'cifar_median', **paired),
+      # Not in the paper: a certified defence (randomized ablation, Levine &
+      # Feizi 2020), certified and attacked as a smoothed classifier.
+      rows.row('Randomized ablation', 'cifar_ablation', **paired),
     ),
     variants,
   )
