@@ -151,7 +151,17 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   ap.add_argument('a', type=pathlib.Path, help="row A's results.json")
   ap.add_argument('b', type=pathlib.Path, nargs='?', help="row B's results.json")
-  ap.add_argument('--attack', default='de', help='which attack log (attack_<name>.jsonl)')
+  ap.add_argument(
+    '--attack',
+    default=None,
+    help="which attack log (attack_<name>.jsonl); default: each row's main attack (DE, or "
+    "the row's own, as randomized ablation's)",
+  )
+  ap.add_argument(
+    '--certified-a',
+    action='store_true',
+    help="row A's certified images (a lower bound) in place of its robust ones",
+  )
   for side in 'ab':
     ap.add_argument(
       f'--budget-{side}',
@@ -166,7 +176,7 @@ def main(argv=None) -> None:
   args = ap.parse_args(argv)
   if args.targeted and args.b is not None:
     a, b = (json.loads(p.read_text()) for p in (args.a, args.b))
-    t = targeted_pair(a, b, args.a.parent, args.b.parent, args.attack)
+    t = targeted_pair(a, b, args.a.parent, args.b.parent, args.attack or 'de')
     print(
       f'fooled towards at least one class, over the {t["both"]} images both targeted '
       f'attacks covered: A {t["fooled_a"]}, B {t["fooled_b"]}; only A {t["only_a"]}, '
@@ -174,7 +184,7 @@ def main(argv=None) -> None:
     )
     return
   if args.targeted:
-    t = targeted_vs_untargeted(json.loads(args.a.read_text()), args.a.parent, args.attack)
+    t = targeted_vs_untargeted(json.loads(args.a.read_text()), args.a.parent, args.attack or 'de')
     print(
       f'over the {t["images"]} images attacked towards every other class: fooled towards '
       f'at least one {t["targeted"]}, fooled untargeted {t["untargeted"]}; only targeted '
@@ -184,22 +194,28 @@ def main(argv=None) -> None:
   if args.b is None:
     ap.error('give two results.json (or --targeted and one)')
   a, b = (json.loads(p.read_text()) for p in (args.a, args.b))
-  log_a = args.a.parent / f'attack_{args.attack}.jsonl'
-  log_b = args.b.parent / f'attack_{args.attack}.jsonl'
+  name_a, name_b = (args.attack or r.get('primary_attack', 'de') for r in (a, b))
+  log_a = args.a.parent / f'attack_{name_a}.jsonl'
+  log_b = args.b.parent / f'attack_{name_b}.jsonl'
+  if args.certified_a:
+    if 'certified_images' not in a:
+      ap.error(f'{args.a} has no certified_images (a certified evaluation writes them)')
+    a = dict(a, robust_images=a['certified_images'])
   if args.budget_a:
     a = at_budget(a, log_a, args.budget_a)
   if args.budget_b:
     b = at_budget(b, log_b, args.budget_b)
   r = robust(a, b)
+  what = 'certified (A) against robust (B)' if args.certified_a else 'robust'
   print(
-    f'robust over {len(a["fixed_images"])} fixed images: A {len(a["robust_images"])}, '
+    f'{what} over {len(a["fixed_images"])} fixed images: A {len(a["robust_images"])}, '
     f'B {len(b["robust_images"])}; only A {r["only_a"]}, only B {r["only_b"]}, p = {r["p"]:.2g}'
   )
   fa, fb = fooled(a, log_a, args.budget_a), fooled(b, log_b, args.budget_b)
   c = fooled_given_correct(a, b, fa, fb)
   n = c['both']
   print(
-    f'fooled by {args.attack}, over the {n} images both classify correctly: '
+    f'fooled ({name_a} / {name_b}), over the {n} images both classify correctly: '
     f'A {c["fooled_a"]} ({100 * c["fooled_a"] / n:.1f}%), B {c["fooled_b"]} '
     f'({100 * c["fooled_b"] / n:.1f}%); only A {c["only_a"]}, only B {c["only_b"]}, '
     f'p = {c["p"]:.2g}'
