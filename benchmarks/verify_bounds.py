@@ -25,7 +25,15 @@ from jaxpix.verify.certify import TOLERANCE, _box_bounds
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The refined kind: the 64 widest straddling inputs of each ReLU refined
 # (``certify(..., refine_rows=64)``).
-KINDS = {'forward': (False, 0), 'backward': (True, 0), 'refined': (True, 64)}
+# (backward, refined rows, zonotope slots): the zonotope kinds tighten every
+# ReLU's input bounds with zonotope bounds (``certify(..., slots=...)``).
+KINDS = {
+  'forward': (False, 0, 0),
+  'backward': (True, 0, 0),
+  'refined': (True, 64, 0),
+  'zonotope': (True, 0, 16),
+  'zonotope64': (True, 0, 64),
+}
 
 
 def main(argv=None):
@@ -45,11 +53,11 @@ def main(argv=None):
   no_parent = jnp.full(jaxpr.out_avals[0].shape[-1], -jnp.inf)  # every margin bounded afresh
   grid = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing='ij'), -1).reshape(-1, 2)
   for kind in args.kinds.split(','):
-    backward, rows = KINDS[kind]
+    backward, rows, slots = KINDS[kind]
     f = jax.jit(
       jax.vmap(
-        lambda p, a, b, backward=backward, rows=rows: _box_bounds(
-          jaxpr, x, y, p, a, b, no_parent, backward, rows
+        lambda p, a, b, backward=backward, rows=rows, slots=slots: _box_bounds(
+          jaxpr, x, y, p, a, b, no_parent, backward, rows, slots=slots
         )[0].min()
       )
     )

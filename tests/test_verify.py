@@ -207,3 +207,106 @@ def test_the_interval_benchmark_brackets_robust_accuracy(shared_data, tmp_path):
   # Certified <= not fooled by any attack <= correct.
   assert r['certified_accuracy'] <= r['attacked_accuracy'] <= r['clean_accuracy']
   assert r['unknown'] == np.sum(status == 'unknown') and r['max_boxes'] == 1024
+
+
+def _residual_net(seed=7, depth=6, ch=6, gain=0.4):
+  """Conv, batch-norm-like affine maps, ReLUs, residual additions, max and
+  average pooling, dense: ``predict`` and ``pre`` (every ReLU's input, in order)."""
+  rng = np.random.default_rng(seed)
+  k0 = jnp.asarray(rng.normal(size=(3, 3, 3, ch)) * 0.5, jnp.float32)
+  ks = [jnp.asarray(rng.normal(size=(3, 3, ch, ch)) * gain, jnp.float32) for _ in range(depth)]
+  sc = [jnp.asarray(rng.uniform(0.5, 1.5, ch), jnp.float32) for _ in range(depth)]
+  sh = [jnp.asarray(rng.normal(size=ch) * 0.1, jnp.float32) for _ in range(depth)]
+  wd = jnp.asarray(rng.normal(size=(ch, 5)), jnp.float32)
+  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding='SAME')
+
+  def run(x):
+    pres = []
+    a = conv(x, k0, dimension_numbers=DN)
+    for i in range(depth):
+      z = conv(a, ks[i], dimension_numbers=DN) * sc[i] + sh[i]
+      pres.append(z)
+      a = a + jax.nn.relu(z)  # residual
+      if i == depth // 2:
+        a = jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+    return a.mean((1, 2)) @ wd, pres
+
+  return (lambda x: run(x)[0]), (lambda x: run(x)[1])
+
+
+def _zono_input(x, pos, zl, zu):
+  from jaxpix.verify import zonotope
+
+  h, w, c = x.shape[1:]
+  mid = x.at[0, pos[0], pos[1]].set((zl + zu) / 2)
+  gens = (
+    jnp.zeros((c,) + x.shape).at[jnp.arange(c), 0, pos[0], pos[1], jnp.arange(c)].set((zu - zl) / 2)
+  )
+  return zonotope.Zono(mid, gens, jnp.zeros_like(mid))
+
+
+@pytest.mark.parametrize('slots', [0, 3, 64])
+def test_zonotope_bounds_enclose_the_network_and_every_relu_input(slots):
+  from jaxpix.verify import zonotope
+
+  predict, pre = _residual_net()
+  x = jnp.asarray(_images(1, 8, 8, seed=4))
+  jaxpr = jax.make_jaxpr(predict)(x)
+  rng = np.random.default_rng(1)
+  for side in (0.05, 0.5):
+    zl = jnp.asarray(rng.random(3) * (1 - side), jnp.float32)
+    zu = zl + side
+    (out,), record = zonotope.propagate(jaxpr, [_zono_input(x, (3, 4), zl, zu)], slots)
+    z = np.asarray(zl) + rng.random((300, 3)).astype(np.float32) * side
+    imgs = jnp.asarray(_with_pixel(np.asarray(x[0]), (3, 4), z))
+    low, high = zonotope.interval(out)
+    vals = np.asarray(predict(imgs))
+    assert np.all(vals >= np.asarray(low) - 1e-4) and np.all(vals <= np.asarray(high) + 1e-4)
+    assert len(record) == 6
+    for (lo, hi), v in zip(record, pre(imgs), strict=True):
+      assert np.all(np.asarray(v) >= np.asarray(lo) - 1e-4)
+      assert np.all(np.asarray(v) <= np.asarray(hi) + 1e-4)
+  # Exact at a point.
+  zl = jnp.asarray([0.2, 0.7, 0.4])
+  (out,), _ = zonotope.propagate(jaxpr, [_zono_input(x, (3, 4), zl, zl)], slots)
+  exact = np.asarray(predict(jnp.asarray(_with_pixel(np.asarray(x[0]), (3, 4), zl[None]))))
+  for v in zonotope.interval(out):
+    np.testing.assert_allclose(np.asarray(v), exact, atol=1e-4)
+
+
+def test_zonotope_keeps_a_deep_network_tight_where_forward_bounds_explode():
+  # On a deep residual network and a small box the forward bounds add every
+  # relaxed ReLU's gap through |W|; the zonotope's symbols cancel.
+  from jaxpix.verify import zonotope
+
+  predict, _ = _residual_net(seed=3, depth=12, ch=8, gain=0.15)
+  x = jnp.asarray(_images(1, 8, 8, seed=5))
+  jaxpr = jax.make_jaxpr(predict)(x)
+  zl = jnp.asarray([0.40, 0.40, 0.40])
+  zu = zl + 0.02
+  base = x.at[0, 3, 4].set(0.0)
+  coef = jnp.zeros((3, 1, 8, 8, 3)).at[jnp.arange(3), 0, 3, 4, jnp.arange(3)].set(1.0)
+  c = jnp.concatenate([coef, base[None]])
+  (lin,) = bounds.propagate(jaxpr, [bounds.Lin(c, jnp.zeros_like(c))], zl, zu)
+  lin_width = np.asarray(np.subtract(*bounds.concretize(lin, zl, zu)[::-1]))
+  (zo,), _ = zonotope.propagate(jaxpr, [_zono_input(x, (3, 4), zl, zu)], 16)
+  z_width = np.asarray(np.subtract(*zonotope.interval(zo)[::-1]))
+  grid = np.stack(np.meshgrid(*[np.linspace(0.40, 0.42, 5)] * 3, indexing='ij'), -1).reshape(-1, 3)
+  vals = np.asarray(predict(jnp.asarray(_with_pixel(np.asarray(x[0]), (3, 4), grid))))
+  true_width = vals.max(0) - vals.min(0)
+  assert np.all(z_width >= true_width - 1e-4)
+  assert np.all(z_width < 6 * true_width)  # within 1.9-4.6x of the truth
+  assert np.all(lin_width > 100 * z_width)  # ~1,000x
+
+
+def test_certificates_with_zonotope_bounds_hold_against_the_corner_sweep():
+  h = w = 4
+  predict = _small_cnn(h, w, seed=2, classes=3)
+  x = _images(12, h, w, seed=8)
+  y = np.asarray(predict(jnp.asarray(x))).argmax(-1).astype(np.int32)
+  cert = verify.certify(predict, x, y, max_boxes=4 * h * w * 8, zonotope_slots=8)
+  sweep = attack.extreme_colour(predict, x, y)
+  assert not np.any(cert.certified & sweep.success)
+  assert cert.certified.sum() >= 3 and cert.fooled.sum() >= 1
+  with pytest.raises(ValueError, match='zonotope_slots'):
+    verify.certify(predict, x, y, zonotope_slots=-1)

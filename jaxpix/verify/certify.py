@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpix.attack import checks, forward, search
-from jaxpix.verify import bounds, crown
+from jaxpix.verify import bounds, crown, zonotope
 
 # A margin lower bound must exceed this to certify a box: float32 rounding
 # in the bounds (and in the model) is far below it for logits of order 10.
@@ -94,7 +94,9 @@ class Certificate:
     return float(np.mean(self.certified))
 
 
-def _box_bounds(jaxpr, x, y, pos, zl, zu, parent, backward=True, rows=REFINE_ROWS, margins=None):
+def _box_bounds(
+  jaxpr, x, y, pos, zl, zu, parent, backward=True, rows=REFINE_ROWS, margins=None, slots=0
+):
   """Lower bounds of the margins logit_y - logit_j over the colour box
   [zl, zu] at ``pos`` ([K], +inf at y), and two colours of the box to try
   as counterexamples (images and colours).
@@ -102,7 +104,10 @@ def _box_bounds(jaxpr, x, y, pos, zl, zu, parent, backward=True, rows=REFINE_ROW
   ``parent``: the margins' bounds over a box that contains this one (they
   hold here too; -inf for none). With ``margins``, only that many margins,
   those the parent bounds lowest, get backward bounds (each costs a
-  backward pass through the network); the others keep the parent's.
+  backward pass through the network); the others keep the parent's. With
+  ``slots``, zonotope bounds (:mod:`jaxpix.verify.zonotope`, that many new
+  symbols per ReLU) tighten every ReLU's input bounds first, and bound the
+  margins too.
   """
   h, w, c = x.shape
   base = x.at[pos[0], pos[1]].set(0.0)
@@ -111,6 +116,20 @@ def _box_bounds(jaxpr, x, y, pos, zl, zu, parent, backward=True, rows=REFINE_ROW
   x_lin = bounds.Lin(centre, jnp.zeros_like(centre))
   tape, known = [], {}
   refine = crown.refiner(tape, x_lin, zl, zu, known, rows) if backward and rows else None
+  z_low = None
+  if slots:
+    mid = x.at[pos[0], pos[1]].set((zl + zu) / 2)[None]
+    z_in = zonotope.Zono(mid, (coef * ((zu - zl) / 2)[:, None, None, None])[:, None], 0 * mid)
+    (z_out,), recorded = zonotope.propagate(jaxpr, [z_in], slots)
+    if isinstance(z_out, zonotope.Zono):
+      z_low = _zono_margins(z_out, y)
+    queue, inner = list(recorded), refine
+
+    def refine(b, low, high, k):
+      zlow, zhigh = queue.pop(0)
+      low, high = jnp.maximum(low, zlow), jnp.minimum(high, zhigh)
+      return (low, high) if inner is None else inner(b, low, high, k)
+
   (out,) = bounds.propagate(jaxpr, [x_lin], zl, zu, tape, refine, known)
   if not isinstance(out, bounds.Lin):  # the output does not depend on the pixel
     out = bounds.Lin(
@@ -122,6 +141,8 @@ def _box_bounds(jaxpr, x, y, pos, zl, zu, parent, backward=True, rows=REFINE_ROW
   low, _ = bounds.concretize(margin, zl, zu)
   k = low.shape[0]
   low = jnp.where(jnp.arange(k) == y, jnp.inf, jnp.maximum(low, parent))
+  if z_low is not None:
+    low = jnp.maximum(low, z_low)
   vertex = jnp.broadcast_to((zl + zu) / 2, (k, c))
   if backward:  # the better of the forward and the backward (CROWN) bound, per margin
     js = jnp.arange(k) if margins is None else jax.lax.top_k(-low, min(margins, k - 1))[1]
@@ -135,6 +156,13 @@ def _box_bounds(jaxpr, x, y, pos, zl, zu, parent, backward=True, rows=REFINE_ROW
   colours = jnp.stack([(zl + zu) / 2, vertex[weakest]])
   imgs = jax.vmap(lambda z: x.at[pos[0], pos[1]].set(z))(colours)
   return low, imgs, colours
+
+
+def _zono_margins(z, y):
+  """Lower bounds of logit_y - logit_j ([K]) from the logits' zonotope [1, K]."""
+  c = z.c[0, y] - z.c[0]
+  g = z.g[:, 0, y][:, None] - z.g[:, 0]
+  return c - jnp.abs(g).sum(0) - z.rad[0, y] - z.rad[0]
 
 
 def _padded(run, xi, yi, boxes, batch: int, *static):
@@ -171,6 +199,7 @@ def certify(
   max_boxes: int = 131_072,
   batch: int = 64,
   refine_rows: int = REFINE_ROWS,
+  zonotope_slots: int = 0,
 ) -> Certificate:
   """Certifies each image against every one-pixel change, or finds one.
 
@@ -189,6 +218,12 @@ def certify(
     batch: boxes bounded per compiled call.
     refine_rows: per ReLU, the straddling inputs given backward bounds for
       the boxes the cheaper bounds leave open (0: never).
+    zonotope_slots: > 0: zonotope bounds (:mod:`jaxpix.verify.zonotope`)
+      with that many new symbols per ReLU tighten every box's intermediate
+      bounds, and bound its margins too. Each box costs about
+      3 + slots x (ReLU layers) forward passes more; on deep networks
+      (ResNet-18) the forward bounds explode without them
+      (docs/verification.md). 0: off.
   """
   x = checks.images(images)
   n, h, w, c = x.shape
@@ -197,8 +232,9 @@ def certify(
   y = checks.labels('labels', labels, n, k)
   checks.positive_int('max_boxes', max_boxes)
   checks.positive_int('batch', batch)
-  if isinstance(refine_rows, bool) or not isinstance(refine_rows, int) or refine_rows < 0:
-    raise ValueError(f'refine_rows must be an int >= 0, got {refine_rows!r}')
+  for name, v in (('refine_rows', refine_rows), ('zonotope_slots', zonotope_slots)):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+      raise ValueError(f'{name} must be an int >= 0, got {v!r}')
   if max_boxes < h * w:
     raise ValueError(
       f'max_boxes must be at least H * W = {h * w} (one box per position), got {max_boxes}'
@@ -209,7 +245,9 @@ def certify(
   @functools.partial(jax.jit, static_argnums=(6, 7))
   def run(xi, yi, pos, zl, zu, parent, rows, margins):
     low, imgs, colours = jax.vmap(
-      lambda *box: _box_bounds(jaxpr, xi, yi, *box, rows=rows, margins=margins)
+      lambda *box: _box_bounds(
+        jaxpr, xi, yi, *box, rows=rows, margins=margins, slots=zonotope_slots
+      )
     )(pos, zl, zu, parent)
     labels = jnp.argmax(model(imgs.reshape((-1, h, w, c))), -1).reshape(-1, 2)
     return low, labels, colours

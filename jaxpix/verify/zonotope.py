@@ -1,0 +1,255 @@
+"""Zonotope bounds (affine arithmetic; DeepZ, Singh et al. 2018) of a JAX
+function over one pixel's colour box: the intermediate bounds the forward
+linear bounds of :mod:`jaxpix.verify.bounds` lose with depth.
+
+Every value is ``c + sum_j g_j e_j + rad * d`` with ``e_j`` in [-1, 1]
+shared symbols (one per colour channel of the pixel, then one per relaxed
+ReLU neuron) and ``d`` in [-1, 1] an independent symbol per entry. A ReLU
+whose input straddles zero is replaced by ``lam v + mu`` plus a new symbol
+of weight ``mu`` (the minimal-area parallelogram), and, unlike the forward
+bounds' half-width, that symbol then crosses every later layer through the
+signed weights: the gaps of different paths can cancel, as in CROWN's
+backward pass, at the cost of one row per symbol. Each ReLU gives new
+symbols to its ``slots`` widest gaps; the others go to ``rad``, which
+crosses the layers through the weights' absolute values (the forward
+bounds' behaviour, sound, looser). Operations that are not affine or
+ReLU-like (max pooling where no entry is always the max, monotone
+functions, products of two bounded values, sorting) give interval bounds,
+as in :mod:`jaxpix.verify.bounds`.
+
+:func:`propagate` also records, for every ``max``/``min`` with a constant,
+its input's bounds, in the order the forward bound pass meets them: the
+verifier passes them to that pass as tighter intermediate bounds.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core
+
+from jaxpix.verify import bounds
+
+
+class Zono(NamedTuple):
+  """``c`` [*S], ``g`` [E, *S] (E symbols so far), ``rad`` [*S] >= 0."""
+
+  c: jax.Array
+  g: jax.Array
+  rad: jax.Array
+
+
+def interval(z: Zono):
+  spread = jnp.abs(z.g).sum(0) + z.rad
+  return z.c - spread, z.c + spread
+
+
+def _is(x):
+  return isinstance(x, Zono)
+
+
+def _const(x, like: Zono) -> Zono:
+  x = jnp.asarray(x, like.c.dtype)
+  zero = jnp.zeros_like(x)
+  return Zono(x, jnp.zeros((like.g.shape[0],) + x.shape, x.dtype), zero)
+
+
+def _widen(z: Zono, e: int) -> Zono:
+  """``z`` with rows for ``e`` symbols (older values lack the newer ones)."""
+  if z.g.shape[0] == e:
+    return z
+  pad = jnp.zeros((e - z.g.shape[0],) + z.g.shape[1:], z.g.dtype)
+  return Zono(z.c, jnp.concatenate([z.g, pad]), z.rad)
+
+
+def _bcast(z: Zono, shape) -> Zono:
+  if z.c.shape == tuple(shape):
+    return z
+  return Zono(
+    jnp.broadcast_to(z.c, shape),
+    jnp.broadcast_to(z.g, z.g.shape[:1] + tuple(shape)),
+    jnp.broadcast_to(z.rad, shape),
+  )
+
+
+def _common(args):
+  """Every argument as a Zono with the same symbols and shape."""
+  zs = [a for a in args if _is(a)]
+  e = max(z.g.shape[0] for z in zs)
+  shape = jnp.broadcast_shapes(*(a.c.shape if _is(a) else jnp.shape(a) for a in args))
+  like = zs[0]
+  return [_bcast(_widen(a if _is(a) else _const(a, like), e), shape) for a in args]
+
+
+def _box(low, high, e: int) -> Zono:
+  return Zono((low + high) / 2, jnp.zeros((e,) + low.shape, low.dtype), (high - low) / 2)
+
+
+def _map(fn, z: Zono, rad_fn=None) -> Zono:
+  """An affine map ``fn`` (no constant term) on the symbols; ``rad`` through
+  ``rad_fn`` (its absolute-value version; default ``fn``, for maps with
+  non-negative weights)."""
+  return Zono(fn(z.c), jax.vmap(fn)(z.g), (rad_fn or fn)(z.rad))
+
+
+class _Ctx:
+  def __init__(self, slots: int):
+    self.slots = slots
+    self.record: list = []  # (low, high) of each max/min-with-constant input
+
+
+def _relu(ctx: _Ctx, z: Zono, k) -> Zono:
+  """max(v, k): exact where the sign of v - k is fixed; else the
+  parallelogram ``lam (v - k) + mu +- mu`` (lam = u / (u - l), mu = -lam l / 2)."""
+  low, high = interval(z)
+  ctx.record.append((low, high))
+  k = jnp.broadcast_to(jnp.asarray(k, low.dtype), low.shape)
+  lo, hi = low - k, high - k
+  active, dead = lo >= 0, hi <= 0
+  cross = ~active & ~dead
+  lam = jnp.where(cross, hi / jnp.where(cross, hi - lo, 1.0), jnp.where(active, 1.0, 0.0))
+  mu = jnp.where(cross, -lam * lo / 2, 0.0)
+  c = jnp.where(dead, k, lam * (z.c - k) + mu + k)
+  g = z.g * lam
+  rad = z.rad * lam
+  m = min(ctx.slots, mu.size)
+  if m:
+    _, idx = jax.lax.top_k(mu.reshape(-1), m)
+    hot = jax.nn.one_hot(idx, mu.size, dtype=mu.dtype) * mu.reshape(-1)[idx][:, None]
+    new = hot.reshape((m,) + mu.shape)
+    rest = mu - new.sum(0)
+    g = jnp.concatenate([g, new])
+  else:
+    rest = mu
+  return Zono(c, g, rad + rest)
+
+
+def _apply(ctx: _Ctx, eqn, args):
+  prim, params = eqn.primitive, eqn.params
+  name = prim.name
+  if not any(_is(a) for a in args):
+    return prim.bind(*args, **params)
+  if name in bounds._CALLS:
+    inner = params.get('jaxpr', params.get('call_jaxpr', params.get('fun_jaxpr')))
+    return _eval(ctx, inner, args)
+  zi = [i for i, a in enumerate(args) if _is(a)]
+  z = args[zi[0]]
+  if name in ('add', 'sub', 'add_any'):
+    x, y = _common(args)
+    sign = -1.0 if name == 'sub' else 1.0
+    return Zono(x.c + sign * y.c, x.g + sign * y.g, x.rad + y.rad)
+  if name == 'neg':
+    return Zono(-z.c, -z.g, z.rad)
+  if name in ('mul', 'div') and len(zi) == 1 and (name == 'mul' or zi[0] == 0):
+    s = args[1 - zi[0]]
+    s = s if name == 'mul' else 1.0 / s
+    z = _bcast(z, jnp.broadcast_shapes(z.c.shape, jnp.shape(s)))
+    return Zono(z.c * s, z.g * s, z.rad * jnp.abs(s))
+  if name in ('dot_general', 'conv_general_dilated') and len(zi) == 1:
+    i = zi[0]
+
+    def call(v, absolute=False):
+      full = [jnp.abs(a) if absolute and not _is(a) else a for a in args]
+      full[i] = v
+      return prim.bind(*full, **params)
+
+    return _map(call, z, lambda v: call(v, True))
+  if name in bounds._STRUCTURAL and zi == [0]:
+    return _map(lambda v: prim.bind(v, *args[1:], **params), z)
+  if name == 'pad' and zi == [0]:
+    zero = jnp.zeros_like(args[1])
+    out = _map(lambda v: prim.bind(v, zero, **params), z)
+    return out._replace(c=prim.bind(z.c, args[1], **params))
+  if name in ('concatenate', 'stack'):
+    parts = _common(args)
+    join = lambda *vs: prim.bind(*vs, **params)  # noqa: E731
+    return Zono(
+      join(*[p.c for p in parts]),
+      jax.vmap(join)(*[p.g for p in parts]),
+      join(*[p.rad for p in parts]),
+    )
+  if name == 'select_n' and 0 not in zi:
+    cases = _common(args[1:])
+    pick = lambda *vs: prim.bind(args[0], *vs, **params)  # noqa: E731
+    return Zono(
+      pick(*[p.c for p in cases]),
+      jax.vmap(pick)(*[p.g for p in cases]),
+      pick(*[p.rad for p in cases]),
+    )
+  if name == 'convert_element_type' and jnp.issubdtype(params['new_dtype'], jnp.floating):
+    return Zono(*(v.astype(params['new_dtype']) for v in z))
+  e = z.g.shape[0]
+  if name in ('max', 'min') and len(zi) == 1:
+    k = args[1 - zi[0]]
+    if name == 'max':
+      return _relu(ctx, z, k)
+    m = _relu(ctx, Zono(-z.c, -z.g, z.rad), -k)  # min(v, k) = -max(-v, -k)
+    ctx.record[-1] = (-ctx.record[-1][1], -ctx.record[-1][0])  # the bounds of v itself
+    return Zono(-m.c, -m.g, m.rad)
+  if name == 'clamp' and zi == [1]:
+    lo_k, hi_k = args[0], args[2]
+    low, high = interval(z)
+    return _box(jnp.clip(low, lo_k, hi_k), jnp.clip(high, lo_k, hi_k), e)
+  if name == 'reduce_window_max' and zi == [0]:
+    low, high = interval(z)
+    pool = lambda v: prim.bind(v, **params)  # noqa: E731
+    pick, exact = bounds.pool_selection(pool, low, high, bounds._disjoint(params))
+    chosen = _map(pick, z)
+    box = _box(pool(low), pool(high), e)
+    return Zono(*(jnp.where(exact, a, b) for a, b in zip(chosen, box, strict=True)))
+  low, high = interval(z)
+  if name in bounds._MONOTONE:
+    f = bounds._MONOTONE[name] or (lambda v: prim.bind(v, **params))
+    return _box(f(low), f(high), e)
+  if name in ('reduce_window_max', 'reduce_max'):
+    return _box(prim.bind(low, **params), prim.bind(high, **params), e)
+  if name == 'sort' and len(args) == 1:
+    (s_low,), (s_high,) = prim.bind(low, **params), prim.bind(high, **params)
+    return [_box(s_low, s_high, e)]
+  if name in ('integer_pow', 'square'):
+    n = params.get('y', 2)
+    lo_n, hi_n = low**n, high**n
+    across = (low < 0) & (high > 0) & (n % 2 == 0)
+    return _box(jnp.where(across, 0.0, jnp.minimum(lo_n, hi_n)), jnp.maximum(lo_n, hi_n), e)
+  if name in ('mul', 'max', 'min'):
+    (l1, h1), (l2, h2) = (interval(a) if _is(a) else (a, a) for a in args)
+    if name == 'mul':
+      cands = jnp.stack([l1 * l2, l1 * h2, h1 * l2, h1 * h2])
+      return _box(cands.min(0), cands.max(0), e)
+    f = jnp.maximum if name == 'max' else jnp.minimum
+    return _box(f(l1, l2), f(h1, h2), e)
+  raise bounds.UnsupportedOperation(
+    f'the verifier cannot bound the operation `{name}` applied to a value that depends '
+    'on the changed pixel; certify a function without it, or add a rule for it in '
+    'jaxpix/verify/bounds.py and jaxpix/verify/zonotope.py'
+  )
+
+
+def _eval(ctx: _Ctx, jaxpr, args):
+  closed = jaxpr if isinstance(jaxpr, core.ClosedJaxpr) else core.ClosedJaxpr(jaxpr, ())
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, core.Literal) else env[v]
+
+  for var, val in zip(closed.jaxpr.constvars, closed.consts, strict=True):
+    env[var] = val
+  for var, val in zip(closed.jaxpr.invars, args, strict=True):
+    env[var] = val
+  for eqn in closed.jaxpr.eqns:
+    out = _apply(ctx, eqn, [read(v) for v in eqn.invars])
+    outs = out if eqn.primitive.multiple_results else [out]
+    for var, val in zip(eqn.outvars, outs, strict=True):
+      if not isinstance(var, core.DropVar):
+        env[var] = val
+  return [read(v) for v in closed.jaxpr.outvars]
+
+
+def propagate(jaxpr, inputs: list, slots: int):
+  """(the outputs' bounds, the recorded max/min input bounds) of ``jaxpr``
+  given its inputs (arrays or :class:`Zono`); ``slots`` new symbols per
+  ReLU-like operation."""
+  ctx = _Ctx(slots)
+  return _eval(ctx, jaxpr, inputs), ctx.record
