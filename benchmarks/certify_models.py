@@ -67,7 +67,13 @@ def measure(name: str, spec: str, args) -> dict:
   predict = load(spec, args.data_dir)
   t0 = time.perf_counter()
   cert = verify.certify(
-    predict, x, y, max_boxes=args.max_boxes, batch=args.batch, refine_rows=args.refine_rows
+    predict,
+    x,
+    y,
+    max_boxes=args.max_boxes,
+    batch=args.batch,
+    refine_rows=args.refine_rows,
+    zonotope_slots=args.zonotope_slots,
   )
   verify_s = time.perf_counter() - t0
   fooled = attacks(predict, x, y, args)
@@ -84,6 +90,7 @@ def measure(name: str, spec: str, args) -> dict:
     images=n,
     max_boxes=args.max_boxes,
     refine_rows=args.refine_rows,
+    zonotope_slots=args.zonotope_slots,
     attacks=dict(
       de=f'population {args.de_popsize} x {args.de_maxiter} generations',
       random=f'{args.rs_budget} queries',
@@ -123,6 +130,7 @@ def main(argv=None):
   ap.add_argument('--max-boxes', type=int, default=16384)
   ap.add_argument('--batch', type=int, default=128)
   ap.add_argument('--refine-rows', type=int, default=0)
+  ap.add_argument('--zonotope-slots', type=int, default=0)
   ap.add_argument('--de-popsize', type=int, default=400)
   ap.add_argument('--de-maxiter', type=int, default=100)
   ap.add_argument('--rs-budget', type=int, default=10000)
@@ -133,11 +141,11 @@ def main(argv=None):
   args = ap.parse_args(argv)
   path = pathlib.Path(args.json) if args.json else None
   results = json.loads(path.read_text()) if path and path.exists() else {}
-  keep = ('images', 'max_boxes', 'refine_rows')
+  keep = ('images', 'max_boxes', 'refine_rows', 'zonotope_slots')
   for item in args.model:
     name, spec = item.split('=', 1)
     old = results.get(name)
-    if old and not args.force and all(old[k] == getattr(args, k) for k in keep):
+    if old and not args.force and all(old.get(k, 0) == getattr(args, k) for k in keep):
       print(f'{name}: in {path} already (--force measures it again)')
       continue
     r = measure(name, spec, args)

@@ -310,3 +310,32 @@ def test_certificates_with_zonotope_bounds_hold_against_the_corner_sweep():
   assert cert.certified.sum() >= 3 and cert.fooled.sum() >= 1
   with pytest.raises(ValueError, match='zonotope_slots'):
     verify.certify(predict, x, y, zonotope_slots=-1)
+
+
+def test_zonotope_max_pooling_keeps_what_the_windows_share():
+  from jaxpix.verify import zonotope
+
+  def pooled(x, other):  # a 2x2 window of the pixel's red value, `other` of it, and two -1s
+    r = x[:, 0, 0, 0]
+    win = jnp.stack([r, other(r), -jnp.ones_like(r), -jnp.ones_like(r)], -1).reshape(-1, 2, 2, 1)
+    m = jax.lax.reduce_window(win, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+    return m.reshape(-1, 1) - r[:, None]  # the max minus the pixel itself
+
+  x = jnp.zeros((1, 1, 1, 3))
+  zl, zu = jnp.asarray([0.3, 0.0, 0.0]), jnp.asarray([0.9, 0.0, 0.0])
+  # The pixel is always its window's max: the max minus itself is exactly 0,
+  # which interval bounds (max in [0.3, 0.9]) cannot see.
+  jaxpr = jax.make_jaxpr(lambda v: pooled(v, lambda r: r - 0.1))(x)
+  (out,), _ = zonotope.propagate(jaxpr, [_zono_input(x, (0, 0), zl, zu)], 4)
+  low, high = zonotope.interval(out)
+  np.testing.assert_allclose([float(low[0, 0]), float(high[0, 0])], [0.0, 0.0], atol=1e-6)
+  # max(r, 1 - r): the windows' intervals ([0.3, 0.9]) are narrower than the
+  # symbols' (r + [0, 0.4]), and are taken: max - r within [0.3 - 0.9, 0.9 - 0.3].
+  jaxpr = jax.make_jaxpr(lambda v: pooled(v, lambda r: 1.0 - r))(x)
+  (out,), _ = zonotope.propagate(jaxpr, [_zono_input(x, (0, 0), zl, zu)], 4)
+  low, high = zonotope.interval(out)
+  assert float(low[0, 0]) == pytest.approx(-0.6, abs=1e-6)
+  assert float(high[0, 0]) == pytest.approx(0.6, abs=1e-6)
+  r = np.linspace(0.3, 0.9, 61)
+  truth = np.maximum(r, 1 - r) - r
+  assert truth.min() >= -0.6 and truth.max() <= 0.6

@@ -69,7 +69,10 @@ def _bcast(z: Zono, shape) -> Zono:
     return z
   return Zono(
     jnp.broadcast_to(z.c, shape),
-    jnp.broadcast_to(z.g, z.g.shape[:1] + tuple(shape)),
+    jnp.broadcast_to(
+      z.g.reshape(z.g.shape[:1] + (1,) * (len(shape) - z.c.ndim) + z.c.shape),
+      z.g.shape[:1] + tuple(shape),
+    ),
     jnp.broadcast_to(z.rad, shape),
   )
 
@@ -112,18 +115,51 @@ def _relu(ctx: _Ctx, z: Zono, k) -> Zono:
   lam = jnp.where(cross, hi / jnp.where(cross, hi - lo, 1.0), jnp.where(active, 1.0, 0.0))
   mu = jnp.where(cross, -lam * lo / 2, 0.0)
   c = jnp.where(dead, k, lam * (z.c - k) + mu + k)
-  g = z.g * lam
-  rad = z.rad * lam
-  m = min(ctx.slots, mu.size)
-  if m:
-    _, idx = jax.lax.top_k(mu.reshape(-1), m)
-    hot = jax.nn.one_hot(idx, mu.size, dtype=mu.dtype) * mu.reshape(-1)[idx][:, None]
-    new = hot.reshape((m,) + mu.shape)
-    rest = mu - new.sum(0)
-    g = jnp.concatenate([g, new])
-  else:
-    rest = mu
-  return Zono(c, g, rad + rest)
+  return _new_symbols(ctx, Zono(c, z.g * lam, z.rad * lam), mu)
+
+
+def _new_symbols(ctx: _Ctx, z: Zono, extra) -> Zono:
+  """``z`` plus an independent error of half-width ``extra`` (>= 0) per
+  entry: new symbols for the ``slots`` widest, ``rad`` for the rest."""
+  m = min(ctx.slots, extra.size)
+  if not m:
+    return z._replace(rad=z.rad + extra)
+  _, idx = jax.lax.top_k(extra.reshape(-1), m)
+  hot = jax.nn.one_hot(idx, extra.size, dtype=extra.dtype) * extra.reshape(-1)[idx][:, None]
+  new = hot.reshape((m,) + extra.shape)
+  return Zono(z.c, jnp.concatenate([z.g, new]), z.rad + extra - new.sum(0))
+
+
+def _max_pool(ctx: _Ctx, z: Zono, pool, params) -> Zono:
+  """Max pooling over disjoint windows: each window's entry with the largest
+  centre, v*, plus [0, U], U the largest upper bound of v_j - v* over the
+  window (bounded with the symbols v_j and v* share, so it is 0 wherever v*
+  is provably the max: then exact)."""
+  _, pick = jax.linearize(pool, z.c)  # selects each window's entry with the largest centre
+  star = _map(pick, z)
+  window_sum = lambda v: jax.lax.reduce_window_sum_p.bind(v, **_window_params(params))  # noqa: E731
+  (spread,) = (jax.linear_transpose(window_sum, z.c),)
+  back = _map(lambda v: spread(v)[0], _widen(star, z.g.shape[0]))
+  diff_up = (z.c - back.c) + jnp.abs(z.g - back.g).sum(0) + z.rad + back.rad
+  u = pool(jnp.maximum(diff_up, 0.0))
+  # Where the windows' interval bounds are narrower, they are kept instead
+  # (max(x, 1 - x) over x in [0.3, 0.9]: v* = x, U = 0.4, width 1.0; the
+  # intervals give [0.3, 0.9]).
+  low, high = interval(z)
+  p_low, p_high = pool(low), pool(high)
+  s_low, s_high = interval(star)
+  narrower = p_high - p_low < s_high + u - s_low
+  star = Zono(
+    jnp.where(narrower, (p_low + p_high) / 2, star.c + u / 2),
+    jnp.where(narrower, 0.0, star.g),
+    jnp.where(narrower, 0.0, star.rad),
+  )
+  return _new_symbols(ctx, star, jnp.where(narrower, (p_high - p_low) / 2, u / 2))
+
+
+def _window_params(params):
+  keep = ('window_dimensions', 'window_strides', 'padding', 'base_dilation', 'window_dilation')
+  return {k: params[k] for k in keep}
 
 
 def _apply(ctx: _Ctx, eqn, args):
@@ -193,12 +229,11 @@ def _apply(ctx: _Ctx, eqn, args):
     low, high = interval(z)
     return _box(jnp.clip(low, lo_k, hi_k), jnp.clip(high, lo_k, hi_k), e)
   if name == 'reduce_window_max' and zi == [0]:
-    low, high = interval(z)
     pool = lambda v: prim.bind(v, **params)  # noqa: E731
-    pick, exact = bounds.pool_selection(pool, low, high, bounds._disjoint(params))
-    chosen = _map(pick, z)
-    box = _box(pool(low), pool(high), e)
-    return Zono(*(jnp.where(exact, a, b) for a, b in zip(chosen, box, strict=True)))
+    if bounds._disjoint(params):
+      return _max_pool(ctx, z, pool, params)
+    low, high = interval(z)
+    return _box(pool(low), pool(high), e)
   low, high = interval(z)
   if name in bounds._MONOTONE:
     f = bounds._MONOTONE[name] or (lambda v: prim.bind(v, **params))
