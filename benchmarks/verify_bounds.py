@@ -7,12 +7,17 @@ bounds only, forward and backward (CROWN) margins, and those with the
 refined intermediate bounds.
 
     python benchmarks/verify_bounds.py --model lenet-none --image 0 --sides 1,0.25
+    python benchmarks/verify_bounds.py --model cnn6:0.5:250 --sides 0.25,0.05 --kinds backward,zonotope
+
+``--model``: a zoo name, or ``cnn6:WIDTH:STEPS`` (benchmarks/certify_models.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
+import sys
 import time
 
 import jax
@@ -23,6 +28,7 @@ from jaxpix import data, zoo
 from jaxpix.verify.certify import TOLERANCE, _box_bounds
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for benchmarks/
 # The refined kind: the 64 widest straddling inputs of each ReLU refined
 # (``certify(..., refine_rows=64)``).
 # (backward, refined rows, zonotope slots): the zonotope kinds tighten every
@@ -44,12 +50,18 @@ def main(argv=None):
   ap.add_argument('--kinds', default=','.join(KINDS))
   ap.add_argument('--data-dir', default=str(ROOT.parent / 'shared' / 'data' / 'cifar10'))
   args = ap.parse_args(argv)
-  m = zoo.load(args.model)
+  if args.model.startswith('cnn6:'):  # the notebook's CNN is cnn6:0.5:250
+    from benchmarks.certify_models import load
+
+    predict = load(args.model, args.data_dir)
+  else:
+    m = zoo.load(args.model)
+    predict = functools.partial(m.predict, m.params)
   test = data.load_npz('cifar10', 'test', args.data_dir)
   x = jnp.asarray(data.to_float(test.images[args.image]))
   y = int(test.labels[args.image])
   h, w, c = x.shape
-  jaxpr = jax.make_jaxpr(lambda im: m.predict(m.params, im))(x[None])
+  jaxpr = jax.make_jaxpr(predict)(x[None])
   no_parent = jnp.full(jaxpr.out_avals[0].shape[-1], -jnp.inf)  # every margin bounded afresh
   grid = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing='ij'), -1).reshape(-1, 2)
   for kind in args.kinds.split(','):

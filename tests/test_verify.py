@@ -245,7 +245,9 @@ def _zono_input(x, pos, zl, zu):
   return zonotope.Zono(mid, gens, jnp.zeros_like(mid))
 
 
-@pytest.mark.parametrize('slots', [0, 3, 64])
+@pytest.mark.parametrize(
+  'slots', [pytest.param(0, marks=pytest.mark.slow), 3, pytest.param(64, marks=pytest.mark.slow)]
+)
 def test_zonotope_bounds_enclose_the_network_and_every_relu_input(slots):
   from jaxpix.verify import zonotope
 
