@@ -39,6 +39,16 @@ def suite_markdown(res: dict, kind: str) -> str:
     f'{"; ".join(kinds)}]; "paper" = the number the paper reports.',
     '',
   ]
+  for name, r in rows.items():  # a row attacked otherwise (a smoothed classifier)
+    seed = r['per_seed'][0]
+    if seed.get('primary_attack', 'de') != 'de':
+      lines += [
+        f'{name}: attacked by `{seed["primary_attack"]}` instead (its attack success rate '
+        "and robust accuracy below are that attack's), on its correctly classified fixed "
+        f'images; certified accuracy {100 * seed["certified_accuracy"]:.1f}% of the '
+        f'{ev["num_images"]} fixed images (jaxpix.evaluation.smoothed).',
+        '',
+      ]
   metrics = paper.DEFENCE_METRICS if kind == 'defences' else paper.AE_METRICS
   # A metric no row has (robust accuracy without a fixed image set) is left out.
   metrics = [(m, label) for m, label in metrics if any(m in r['summary'] for r in rows.values())]
