@@ -5,6 +5,7 @@ import pathlib
 
 import pytest
 
+from jaxpix import records
 from jaxpix.repro import paired_tests
 
 _DOCS = pathlib.Path(__file__).resolve().parents[1] / 'docs'
@@ -93,3 +94,31 @@ def test_a_smaller_budget_read_off_the_log_matches_the_runs_curve(capsys):
   assert f'only A 0, only B {70 - fooled_400}' in out
   with pytest.raises(ValueError, match='exceeds the 12400 evaluations'):
     paired_tests.at_budget(apr, log, 12800)
+
+
+def test_a_smoothed_row_pairs_by_its_own_attack_and_by_its_certificates(capsys):
+  # Randomized ablation's row (docs/results.md): its attack log is its own,
+  # and its certified images (a lower bound) pair against another row's
+  # robust ones.
+  abl = _DOCS / 'results' / 'table1_paired_ablation' / 'randomized_ablation' / 'seed0' / 'eval'
+  a = str(abl / 'results.json')
+  paired_tests.main([a, str(_T1 / 'no_defence' / 'seed0' / 'eval' / 'results.json')])
+  out = capsys.readouterr().out
+  assert 'robust over 500 fixed images: A 324, B 313; only A 90, only B 79, p = 0.44' in out
+  assert 'fooled (ablation_search / de), over the 303 images both classify correctly' in out
+  paired_tests.main(['--certified-a', a, str(_T1 / 'apr' / 'seed0' / 'eval' / 'results.json')])
+  out = capsys.readouterr().out
+  assert 'certified (A) against robust (B) over 500 fixed images: A 297, B 355' in out
+  assert 'only A 51, only B 109, p = 5.3e-06' in out
+  # The certified images are the log's: top class selected right and
+  # p_lower - k / n > 1/2.
+  results = json.loads((abl / 'results.json').read_text())
+  recs = [json.loads(ln) for ln in records.read_text(abl / 'certify_ablation.jsonl').splitlines()]
+  recs = [r for r in recs if 'index' in r]
+  delta = results['smoothing']['delta']
+  assert delta == pytest.approx(75 / 1024)
+  certified = sorted(
+    r['index'] for r in recs if r['selected'] == r['label'] and r['p_lower'] - delta > 0.5
+  )
+  assert certified == sorted(results['certified_images']) and len(certified) == 297
+  assert not set(results['certified_fooled'])

@@ -7,7 +7,7 @@
 For each ``WORKDIR:NAME`` it copies, keeping the folder layout: every
 ``results.json`` and ``results.md``, each training run's ``config.json`` and
 ``metrics.jsonl``, and the per-image attack logs compressed
-(``attack_*.jsonl.gz``; ``jaxpix.records.read_text`` and the attack logs
+(``attack_*.jsonl.gz``, and ``certify_*.jsonl.gz``; ``jaxpix.records.read_text`` and the attack logs
 read them as they are, and a suite copied back into a workdir resumes from
 them). What the repository keeps is what the docs quote and the tests read:
 
@@ -38,6 +38,15 @@ import sys
 from jaxpix import records
 
 KEEP = ('results.json', 'results.md', 'config.json', 'metrics.jsonl')
+# Per-image logs, kept compressed: the attacks', and randomized ablation's
+# certificates (certify_ablation.jsonl).
+LOGS = ('attack_', 'certify_')
+
+
+def _log(p: pathlib.Path) -> bool:
+  return p.name.startswith(LOGS) and p.suffix == '.jsonl'
+
+
 DOCS = records.REPO / 'docs' / 'results'
 
 
@@ -73,7 +82,7 @@ def wanted(p: pathlib.Path) -> bool:
     return False
   if p.suffix == '.png':
     return 'train' not in p.parts
-  return p.name in KEEP or (p.name.startswith('attack_') and p.suffix == '.jsonl')
+  return p.name in KEEP or _log(p)
 
 
 def collect(src: pathlib.Path, dst: pathlib.Path, figures: bool = False) -> int:
@@ -90,7 +99,7 @@ def collect(src: pathlib.Path, dst: pathlib.Path, figures: bool = False) -> int:
       if not wanted(rel) or (rel.suffix == '.png' and not figures and out.resolve() not in linked):
         continue
       out.parent.mkdir(parents=True, exist_ok=True)
-      if out.suffix == '.jsonl' and out.name.startswith('attack_'):
+      if _log(out):
         compress(src / rel, records.gz(out))
       else:
         shutil.copyfile(src / rel, out)
@@ -116,7 +125,7 @@ def tidy(root: pathlib.Path = DOCS, repo: pathlib.Path = records.REPO) -> list[s
     if d.is_dir():
       shutil.rmtree(d)
       done.append(f'{d.relative_to(repo)}: removed (models are published to jaxpix/zoo)')
-  for log in sorted(root.rglob('attack_*.jsonl')):
+  for log in sorted(p for p in root.rglob('*.jsonl') if _log(p)):
     compress(log, records.gz(log))
     log.unlink()
     done.append(f'{log.relative_to(repo)}: compressed')

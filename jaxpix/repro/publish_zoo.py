@@ -17,7 +17,10 @@ import argparse
 import json
 import pathlib
 
-from jaxpix import restore, zoo
+import numpy as np
+
+from jaxpix import data, restore, zoo
+from jaxpix.attack import forward
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = REPO / 'docs' / 'results'
@@ -124,6 +127,14 @@ def publish_operating_point(runs: pathlib.Path, root, only=None) -> None:
       ),
       results=results,
     )
+    # The run's own record of where it trained (its workdir on the machine
+    # that ran it) names the copy the repository keeps instead.
+    record['config']['checkpoint'] = f'docs/results/{row}/train'
+    if attack != 'de':  # a smoothed classifier: predict is only its stand-in
+      test = data.load_test(restored.config.data)
+      logits = forward.batched_logits(restored.predict, data.to_float(test.images), 500)
+      record['predict_accuracy'] = float(np.mean(logits.argmax(-1) == test.labels))
+      record['predict_accuracy_images'] = len(test)
     zoo.publish(name, restored.model, record, root)
 
 
