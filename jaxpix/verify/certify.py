@@ -7,8 +7,10 @@ class, or finds a colour that does, or says it could not tell within its
 budget. Per position the pixel's colour is a box of C variables, the rest of
 the image fixed; :mod:`jaxpix.verify.bounds` (forward) and
 :mod:`jaxpix.verify.crown` (backward) bound the margins of the true class
-over the box, and a box they cannot certify is split in two along its
-widest side (branch and bound) while the budget lasts. Colours are also
+over the box (with ``zonotope_slots``, :mod:`jaxpix.verify.zonotope`
+first tightens every ReLU's input bounds, which deep networks need), and a
+box they cannot certify is split in two along its widest side (branch and
+bound) while the budget lasts. Colours are also
 evaluated: every box's centre and the corner where its weakest margin's
 bound is lowest, and in the first round every corner of the cube at every
 position; one that changes the class ends the image as ``fooled``, with
