@@ -117,10 +117,10 @@ def ablated_run(shared_data, tmp_path_factory):
   d = tmp_path_factory.mktemp('ablation')
   c = cifar_ablation.get_config('test')
   train.train_and_evaluate(c, str(d / 'train'))
-  return c, d
+  return d
 
 
-def _eval_config(c, d):
+def _eval_config(d):
   e = cifar_ablation.get_config('test')
   e.mode, e.checkpoint = 'eval', str(d / 'train')
   e.eval.image_set, e.eval.num_images = 'fixed', 12
@@ -138,8 +138,8 @@ def test_ablated_model_takes_six_channels():
 
 @pytest.mark.slow  # trains the test model, certifies and attacks 12 images twice
 def test_eval_certifies_attacks_and_resumes(ablated_run):
-  c, d = ablated_run
-  e = _eval_config(c, d)
+  d = ablated_run
+  e = _eval_config(d)
   res = evaluation.evaluate(e, str(d / 'eval'))
   fixed = res['fixed_images']
   assert len(fixed) == 12 and res['test_images'] == 12
@@ -163,12 +163,12 @@ def test_eval_certifies_attacks_and_resumes(ablated_run):
 
 def test_eval_bad_input(tmp_path):
   # Checked before any checkpoint is read (there is none here).
-  c, d = None, tmp_path
-  e = _eval_config(c, d)
+  d = tmp_path
+  e = _eval_config(d)
   e.eval.image_set = 'correct'
   with pytest.raises(ValueError, match="image_set='fixed'"):
     evaluation.evaluate(e, str(d / 'bad'))
-  e = _eval_config(c, d)
+  e = _eval_config(d)
   e.eval.smoothing.n = 50
   with pytest.raises(ValueError, match='multiple of'):
     evaluation.evaluate(e, str(d / 'bad'))
