@@ -101,8 +101,9 @@ def make_counts(classify, *, k: int, chunk: int, classes: int):
 
 
 def make_search(classify, *, k: int, masks: int, candidates: int, classes: int, hw: tuple):
-  """The attack's search on one image: ``(image, label, key) -> (pixel,
-  corner, vote margin left, queries)``; see the module docstring."""
+  """``(search, queries)``: the attack's search on one image, jitted,
+  ``search(image, label, key) -> (pixel, corner, vote margin left)`` (see
+  the module docstring), and the base classifier's forward passes it spends."""
   h, w = hw
   n = h * w
   # Ablations among ``masks`` that keep a given pixel: ~ masks k / n; room for
