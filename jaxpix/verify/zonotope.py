@@ -138,7 +138,7 @@ def _max_pool(ctx: _Ctx, z: Zono, pool, params) -> Zono:
   _, pick = jax.linearize(pool, z.c)  # selects each window's entry with the largest centre
   star = _map(pick, z)
   window_sum = lambda v: jax.lax.reduce_window_sum_p.bind(v, **_window_params(params))  # noqa: E731
-  (spread,) = (jax.linear_transpose(window_sum, z.c),)
+  spread = jax.linear_transpose(window_sum, z.c)  # each window's value to its entries
   back = _map(lambda v: spread(v)[0], _widen(star, z.g.shape[0]))
   diff_up = (z.c - back.c) + jnp.abs(z.g - back.g).sum(0) + z.rad + back.rad
   u = pool(jnp.maximum(diff_up, 0.0))
