@@ -4,10 +4,11 @@ attacks listed, and the protocol that a resumed run must match."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 
-from jaxpix import configs, data
+from jaxpix import configs, data, restore
 from jaxpix.attack import perturb
 
 IMAGE_SETS = ('correct', 'fixed')
@@ -160,4 +161,18 @@ def protocol(config, spec: AttackSpec, step: int, params_sha1: dict, images_sha1
     **{f'params_sha1.{k}': v for k, v in params_sha1.items()},
     images_sha1=images_sha1,
     **configs.flatten(config, NOT_IN_PROTOCOL),
+  )
+
+
+def results_header(config, step: int, session: dict) -> dict:
+  """The fields every evaluation's results.json starts with: the config, its
+  seeds, the checkpoint and step, the run's provenance, the test split."""
+  return dict(
+    config=json.loads(config.to_json_best_effort()),
+    seed=config.seed,
+    eval_seed=config.eval.seed,
+    checkpoint=restore.source(config.checkpoint),
+    step=step,
+    **session,
+    test_split=config.data.eval_split,
   )

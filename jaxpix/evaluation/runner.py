@@ -3,7 +3,6 @@ image), the summaries, and the files they go to."""
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import time
@@ -168,13 +167,7 @@ def _evaluate(config, out: pathlib.Path) -> dict:
   specs = proto.attack_specs(ecfg, predict, classifier, x.shape[1:])
   session = records.provenance()
   results = dict(
-    config=json.loads(config.to_json_best_effort()),
-    seed=config.seed,
-    eval_seed=ecfg.seed,
-    checkpoint=restore.source(config.checkpoint),
-    step=restored.step,
-    **session,
-    test_split=config.data.eval_split,
+    **proto.results_header(config, restored.step, session),
     test_images=len(test),
     clean_accuracy=float(correct.mean()),
     clean_accuracy_wilson95=list(stats.wilson(int(correct.sum()), len(test))),

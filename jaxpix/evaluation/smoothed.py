@@ -30,7 +30,6 @@ results.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import pathlib
@@ -238,13 +237,7 @@ def evaluate(config, out: pathlib.Path) -> dict:
   robust = [i for i in correct if i not in fooled]
   n_fixed = len(fixed)
   results = dict(
-    config=json.loads(config.to_json_best_effort()),
-    seed=config.seed,
-    eval_seed=ecfg.seed,
-    checkpoint=restore.source(config.checkpoint),
-    step=restored.step,
-    **session,
-    test_split=config.data.eval_split,
+    **proto.results_header(config, restored.step, session),
     # The smoothed classifier's accuracy costs Monte Carlo per image: measured
     # on the fixed images only.
     test_images=n_fixed,

@@ -317,7 +317,9 @@ def _apply(ctx: _Ctx, eqn, args):
   )
 
 
-def _eval(ctx: _Ctx, jaxpr, args):
+def interpret(jaxpr, args, step):
+  """Runs ``jaxpr`` on ``args`` (arrays or bounds) with ``step(eqn, args) ->
+  the equation's results (a list)``: the interpreter both bound passes share."""
   closed = jaxpr if isinstance(jaxpr, core.ClosedJaxpr) else core.ClosedJaxpr(jaxpr, ())
   env = {}
 
@@ -329,17 +331,24 @@ def _eval(ctx: _Ctx, jaxpr, args):
   for var, val in zip(closed.jaxpr.invars, args, strict=True):
     env[var] = val
   for eqn in closed.jaxpr.eqns:
-    args = [read(v) for v in eqn.invars]
+    outs = step(eqn, [read(v) for v in eqn.invars])
+    for var, val in zip(eqn.outvars, outs, strict=True):
+      if not isinstance(var, core.DropVar):
+        env[var] = val
+  return [read(v) for v in closed.jaxpr.outvars]
+
+
+def _eval(ctx: _Ctx, jaxpr, args):
+  def step(eqn, args):
     out = _apply(ctx, eqn, args)
     outs = out if eqn.primitive.multiple_results else [out]
     if ctx.tape is not None and eqn.primitive.name not in _CALLS:
       # Every result on bounds is recorded (the backward pass must meet each
       # value it gives a coefficient).
       ctx.tape.extend((eqn, args, o) for o in outs if _is_lin(o))
-    for var, val in zip(eqn.outvars, outs, strict=True):
-      if not isinstance(var, core.DropVar):
-        env[var] = val
-  return [read(v) for v in closed.jaxpr.outvars]
+    return outs
+
+  return interpret(jaxpr, args, step)
 
 
 def propagate(jaxpr, inputs: list, zl, zu, tape=None, refine=None, known=None) -> list:

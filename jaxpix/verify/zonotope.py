@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core
 
 from jaxpix.verify import bounds
 
@@ -263,23 +262,11 @@ def _apply(ctx: _Ctx, eqn, args):
 
 
 def _eval(ctx: _Ctx, jaxpr, args):
-  closed = jaxpr if isinstance(jaxpr, core.ClosedJaxpr) else core.ClosedJaxpr(jaxpr, ())
-  env = {}
+  def step(eqn, args):
+    out = _apply(ctx, eqn, args)
+    return out if eqn.primitive.multiple_results else [out]
 
-  def read(v):
-    return v.val if isinstance(v, core.Literal) else env[v]
-
-  for var, val in zip(closed.jaxpr.constvars, closed.consts, strict=True):
-    env[var] = val
-  for var, val in zip(closed.jaxpr.invars, args, strict=True):
-    env[var] = val
-  for eqn in closed.jaxpr.eqns:
-    out = _apply(ctx, eqn, [read(v) for v in eqn.invars])
-    outs = out if eqn.primitive.multiple_results else [out]
-    for var, val in zip(eqn.outvars, outs, strict=True):
-      if not isinstance(var, core.DropVar):
-        env[var] = val
-  return [read(v) for v in closed.jaxpr.outvars]
+  return bounds.interpret(jaxpr, args, step)
 
 
 def propagate(jaxpr, inputs: list, slots: int):
