@@ -147,6 +147,7 @@ def test_bounds_are_exact_at_a_point_and_enclose_the_function():
     np.testing.assert_allclose(np.asarray(hp), np.asarray(exact), atol=1e-4)
 
 
+@pytest.mark.slow  # 11-15 s: the quick loop's budget
 def test_certificates_through_a_median_filter_hold_against_every_corner():
   h = w = 6
   inner = _small_cnn(h, w, classes=3)
@@ -351,3 +352,30 @@ def test_zonotope_max_pooling_keeps_what_the_windows_share():
   r = np.linspace(0.3, 0.9, 61)
   truth = np.maximum(r, 1 - r) - r
   assert truth.min() >= -0.6 and truth.max() <= 0.6
+
+
+def test_zonotope_symbols_of_parallel_branches_stay_independent():
+  from jaxpix.verify import zonotope
+
+  # relu(u) - relu(v) of two branches of the same input: each relaxation's
+  # error is its own symbol. Had both branches numbered their new symbol
+  # alike, the errors would cancel where they are independent, and at
+  # red = 0.625 (u = 0.25, v = 0) the bounds [-0.31, 0.13] would miss the
+  # true 0.25.
+  def branches(x):
+    u = 2 * x[:, 0, 0, 0] - 1
+    return (jax.nn.relu(u) - jax.nn.relu(-2 * u + 0.5))[:, None]
+
+  x = jnp.zeros((1, 1, 1, 3))
+  jaxpr = jax.make_jaxpr(branches)(x)
+  zl, zu = jnp.asarray([0.0, 0.0, 0.0]), jnp.asarray([1.0, 0.0, 0.0])
+  (out,), _ = zonotope.propagate(jaxpr, [_zono_input(x, (0, 0), zl, zu)], 1)
+  assert out.g.shape[0] == 3 + 2  # the colour's symbols, then one per ReLU
+  # For each red value (its symbol e_0 = 2 red - 1) the other symbols span
+  # what the relaxations leave: the truth must lie within.
+  red = np.linspace(0, 1, 201)
+  truth = np.asarray(branches(jnp.zeros((201, 1, 1, 3)).at[:, 0, 0, 0].set(red)))[:, 0]
+  c, g, rad = (np.asarray(v).reshape(v.shape[0] if v.ndim > 2 else 1, -1) for v in out)
+  centre = c[0, 0] + g[0, 0] * (2 * red - 1)
+  spread = np.abs(g[3:, 0]).sum() + rad[0, 0]
+  assert np.all(truth >= centre - spread - 1e-6) and np.all(truth <= centre + spread + 1e-6)

@@ -20,7 +20,9 @@ average pooling, padding, gathers with fixed indices) are exact; ReLU, and
 ``max``/``min`` with a constant, take the triangle relaxation of CROWN
 (Zhang et al. 2018); other monotone functions (sigmoid, tanh, exp, max
 pooling, rounding, sorting) and products of two bounded values fall back to interval
-bounds, sound but looser. An operation without a rule is an error naming it.
+bounds, sound but looser; integer and boolean values (a bit depth's table
+index, JPEG's conversions, comparisons) are intervals too
+(:mod:`jaxpix.verify.steps`). An operation without a rule is an error naming it.
 Operations on constants only (batch norm's statistics, a fixed kernel) run
 as they are.
 """
@@ -32,6 +34,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.extend import core
+
+from jaxpix.verify import steps
 
 
 class Lin(NamedTuple):
@@ -218,7 +222,7 @@ _CALLS = (
 def _apply(ctx: _Ctx, eqn, args):
   prim, params = eqn.primitive, eqn.params
   name = prim.name
-  if not any(_is_lin(a) for a in args):
+  if not any(_is_lin(a) or steps.is_box(a) for a in args):
     return prim.bind(*args, **params)
   if name in _CALLS[:6]:
     inner = params.get('jaxpr', params.get('call_jaxpr'))
@@ -228,6 +232,14 @@ def _apply(ctx: _Ctx, eqn, args):
   if name == 'custom_vjp_call' or name == 'custom_vjp_call_jaxpr':
     inner = params.get('call_jaxpr', params.get('fun_jaxpr'))
     return _eval(ctx, inner, args)
+  if any(steps.is_box(a) for a in args) or steps.starts(name, params):
+    out = step_rule(
+      prim, params, [steps.Box(*concretize(a, ctx.zl, ctx.zu)) if _is_lin(a) else a for a in args]
+    )
+    if not jnp.issubdtype(out.low.dtype, jnp.floating):
+      return out
+    d = ctx.zl.shape[0]
+    return _from_interval(Lin(jnp.zeros(d + 1, out.low.dtype), None), out.low, out.high)
   lins = [i for i, a in enumerate(args) if _is_lin(a)]
   b = args[lins[0]]
   if name in ('add', 'sub', 'add_any'):
@@ -312,9 +324,21 @@ def _apply(ctx: _Ctx, eqn, args):
   raise UnsupportedOperation(
     f'the verifier cannot bound the operation `{name}` applied to a value that depends '
     'on the changed pixel (supported: linear operations, ReLU and max/min with a constant, '
-    'monotone functions, max pooling, sorting, products); certify a function without it, or add a '
-    'rule for it in jaxpix/verify/bounds.py'
+    'monotone functions, max pooling, sorting, products, step functions); certify a function '
+    'without it, or add a rule for it in jaxpix/verify/bounds.py'
   )
+
+
+def step_rule(prim, params, args) -> steps.Box:
+  """:func:`jaxpix.verify.steps.apply`, its refusal as :class:`UnsupportedOperation`."""
+  try:
+    return steps.apply(prim, params, args)
+  except steps.Unsupported as e:
+    raise UnsupportedOperation(
+      f'the verifier cannot bound the operation `{prim.name}` applied to an integer or '
+      f'boolean value that depends on the changed pixel: {e}; certify a function without '
+      'it, or add a rule for it in jaxpix/verify/steps.py'
+    ) from None
 
 
 def interpret(jaxpr, args, step):

@@ -79,7 +79,8 @@ def backward(tape: list, x: Lin, out: Lin, spec, zl, zu, known=None):
       continue
     name = eqn.primitive.name
     lins = [i for i, a in enumerate(args) if isinstance(a, Lin)]
-    if _affine(name, lins):
+    boxed = any(isinstance(a, bounds.steps.Box) for a in args)  # a step function's interval
+    if _affine(name, lins) and not boxed:
 
       def f(*vs, args=args, lins=lins, eqn=eqn):
         full = list(args)
@@ -92,7 +93,7 @@ def backward(tape: list, x: Lin, out: Lin, spec, zl, zu, known=None):
       bias = bias + _sum_rest(lam * f0)
       for i, g in zip(lins, jax.vmap(vjp)(lam), strict=True):
         add(args[i], g)
-    elif name in ('max', 'min') and len(lins) == 1:
+    elif name in ('max', 'min') and len(lins) == 1 and not boxed:
       v, k = args[lins[0]], args[1 - lins[0]]
       low, high = (known or {}).get(id(v)) or bounds.concretize(v, zl, zu)
       if name == 'max':

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxpix.verify import bounds
+from jaxpix.verify import bounds, steps
 
 
 class Zono(NamedTuple):
@@ -97,9 +97,12 @@ def _map(fn, z: Zono, rad_fn=None) -> Zono:
 
 
 class _Ctx:
-  def __init__(self, slots: int):
+  def __init__(self, slots: int, symbols: int):
     self.slots = slots
     self.record: list = []  # (low, high) of each max/min-with-constant input
+    # Symbols given out so far: a new one is numbered after every other, so
+    # two branches' relaxations never share one (their errors are independent).
+    self.symbols = symbols
 
 
 def _relu(ctx: _Ctx, z: Zono, k) -> Zono:
@@ -126,6 +129,8 @@ def _new_symbols(ctx: _Ctx, z: Zono, extra) -> Zono:
   _, idx = jax.lax.top_k(extra.reshape(-1), m)
   hot = jax.nn.one_hot(idx, extra.size, dtype=extra.dtype) * extra.reshape(-1)[idx][:, None]
   new = hot.reshape((m,) + extra.shape)
+  z = _widen(z, ctx.symbols)
+  ctx.symbols += m
   return Zono(z.c, jnp.concatenate([z.g, new]), z.rad + extra - new.sum(0))
 
 
@@ -164,11 +169,20 @@ def _window_params(params):
 def _apply(ctx: _Ctx, eqn, args):
   prim, params = eqn.primitive, eqn.params
   name = prim.name
-  if not any(_is(a) for a in args):
+  if not any(_is(a) or steps.is_box(a) for a in args):
     return prim.bind(*args, **params)
   if name in bounds._CALLS:
     inner = params.get('jaxpr', params.get('call_jaxpr', params.get('fun_jaxpr')))
     return _eval(ctx, inner, args)
+  if any(steps.is_box(a) for a in args) or steps.starts(name, params):
+    out = bounds.step_rule(prim, params, [steps.Box(*interval(a)) if _is(a) else a for a in args])
+    if not jnp.issubdtype(out.low.dtype, jnp.floating):
+      return out
+    # Back to float (a table of levels): the widest entries (the changed
+    # pixel's channels) get symbols of their own, so the layers after keep
+    # their correlation.
+    mid = (out.low + out.high) / 2
+    return _new_symbols(ctx, _box(mid, mid, 0), (out.high - out.low) / 2)
   zi = [i for i, a in enumerate(args) if _is(a)]
   z = args[zi[0]]
   if name in ('add', 'sub', 'add_any'):
@@ -197,8 +211,9 @@ def _apply(ctx: _Ctx, eqn, args):
     zero = jnp.zeros_like(args[1])
     out = _map(lambda v: prim.bind(v, zero, **params), z)
     return out._replace(c=prim.bind(z.c, args[1], **params))
-  if name in ('concatenate', 'stack'):
-    parts = _common(args)
+  if name in ('concatenate', 'stack'):  # each part keeps its own shape
+    e = max(a.g.shape[0] for a in args if _is(a))
+    parts = [_widen(a if _is(a) else _const(a, z), e) for a in args]
     join = lambda *vs: prim.bind(*vs, **params)  # noqa: E731
     return Zono(
       join(*[p.c for p in parts]),
@@ -273,5 +288,5 @@ def propagate(jaxpr, inputs: list, slots: int):
   """(the outputs' bounds, the recorded max/min input bounds) of ``jaxpr``
   given its inputs (arrays or :class:`Zono`); ``slots`` new symbols per
   ReLU-like operation."""
-  ctx = _Ctx(slots)
+  ctx = _Ctx(slots, max((a.g.shape[0] for a in inputs if _is(a)), default=0))
   return _eval(ctx, jaxpr, inputs), ctx.record
