@@ -201,7 +201,7 @@ def certify(
   max_boxes: int = 131_072,
   batch: int = 64,
   refine_rows: int = REFINE_ROWS,
-  zonotope_slots: int = 0,
+  zonotope_slots: int = 64,
 ) -> Certificate:
   """Certifies each image against every one-pixel change, or finds one.
 
@@ -215,8 +215,8 @@ def certify(
     max_boxes: colour boxes bounded per image at most (H * W to start, one
       per position): the budget of the branch and bound. An image whose
       budget runs out is neither certified nor fooled. The default is what
-      LeNet's robust images needed (71,000 boxes on average; about 4 ms a
-      box on one CPU core, docs/verification.md).
+      LeNet's robust images needed (71,000 boxes on average without the
+      zonotope pass, 29,600 with it; docs/verification.md).
     batch: boxes bounded per compiled call.
     refine_rows: per ReLU, the straddling inputs given backward bounds for
       the boxes the cheaper bounds leave open (0: never).
@@ -225,7 +225,8 @@ def certify(
       bounds, and bound its margins too. Each box costs about
       3 + slots x (ReLU layers) forward passes more; on deep networks
       (ResNet-18) the forward bounds explode without them
-      (docs/verification.md). 0: off.
+      (docs/verification.md). 0: off. The default, 64, certified LeNet's
+      robust images in 0.4x the boxes and 0.8x the time of 0.
   """
   x = checks.images(images)
   n, h, w, c = x.shape
