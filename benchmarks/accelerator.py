@@ -189,7 +189,7 @@ def attacks_section(report: Report, s: dict, test, deadline: float) -> None:
   key = jax.random.key(0)
   de = dict(popsize=s['popsize'])
 
-  def run(name, n, first_call_name=None, **kw):
+  def run(name, n, **kw):
     if time.monotonic() > deadline:
       report.put('attacks', name, 'skipped: past the deadline')
       return
@@ -209,7 +209,7 @@ def attacks_section(report: Report, s: dict, test, deadline: float) -> None:
       'attacks',
       name,
       dict(
-        images=int(n),
+        images=len(idx),
         wall_s=wall,
         evals=evals,
         evals_per_s=evals / wall,
@@ -279,8 +279,11 @@ def eval_section(report: Report, s: dict, data_dir: pathlib.Path, out: pathlib.P
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, cwd=ROOT)
     rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-2000:]
-  except subprocess.TimeoutExpired as e:
-    rc, tail = 'stopped at the deadline', str(e.stdout or '')[-2000:]
+  except subprocess.TimeoutExpired as e:  # its output comes back as bytes whatever text= says
+    out_err = [
+      v.decode(errors='replace') if isinstance(v, bytes) else v or '' for v in (e.stdout, e.stderr)
+    ]
+    rc, tail = 'stopped at the deadline', ''.join(out_err)[-2000:]
   wall = time.perf_counter() - t0
   done = 0
   for log in workdir.glob('**/attack_*.jsonl'):
@@ -302,7 +305,7 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--json', required=True, help='where the figures go (rewritten as they land)')
   ap.add_argument('--data-dir', default=str(ROOT.parent / 'shared' / 'data' / 'cifar10'))
-  ap.add_argument('--deadline-s', type=float, default=450, help='no section starts after this')
+  ap.add_argument('--deadline-s', type=float, default=420, help='no section starts after this')
   ap.add_argument('--tiny', action='store_true', help='the CPU check: tiny sizes')
   ap.add_argument('--sections', default='forward,attacks,train_steps,full_eval')
   ap.add_argument(
@@ -331,6 +334,7 @@ def main(argv=None) -> int:
     device=dev.device_kind,
     devices=jax.device_count(),
     jax=jax.__version__,
+    preallocate=os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'),
     commit=subprocess.run(
       ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
@@ -348,6 +352,9 @@ def main(argv=None) -> int:
   failed = []
   for name in wanted:
     t0 = time.monotonic()
+    if t0 > deadline:
+      report.put(name, None, 'skipped: past the deadline')
+      continue
     print(f'[{t0 - t_start:6.0f} s] {name}', flush=True)
     try:
       if name == 'forward':

@@ -27,13 +27,13 @@
 # SECTIONS (default all: forward,attacks,train_steps,full_eval).
 set -u -o pipefail
 : "${OUT:?set OUT to the output folder}"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: the script moves to the repo root
 cd "$(dirname "$0")/.." || exit 2
 PY=${PY:-python3}
 if [ -z "${DATA:-}" ]; then
   DATA=.accel/cifar10
   [ -f "$DATA/test.npz" ] || DATA=../shared/data/cifar10
 fi
-mkdir -p "$OUT"
 log=$OUT/log.txt
 if ! $PY -c 'import ml_collections' 2>/dev/null; then
   if ls .accel/wheels/*.whl >/dev/null 2>&1; then
@@ -43,7 +43,11 @@ if ! $PY -c 'import ml_collections' 2>/dev/null; then
   fi
 fi
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-# The device check first: a missing accelerator is said at once, not after minutes on its CPU.
+# The full-budget eval runs in a child process: a parent holding 75% of the
+# GPU's memory (JAX's default preallocation) would starve it.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+# The devices JAX sees, in the log first (accelerator.py refuses a CPU-only
+# JAX before measuring anything).
 $PY -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tee -a "$log" || exit 2
 args=(--json "$OUT/accelerator.json" --data-dir "$DATA" --deadline-s "${DEADLINE:-420}")
 [ "${TINY:-0}" = 1 ] && args+=(--tiny --allow-cpu)

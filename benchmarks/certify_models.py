@@ -130,9 +130,7 @@ def main(argv=None):
   ap.add_argument('--max-boxes', type=int, default=16384)
   ap.add_argument('--batch', type=int, default=128)
   ap.add_argument('--refine-rows', type=int, default=0)
-  ap.add_argument(
-    '--zonotope-slots', type=int, default=64, help='0: off (the default of verify.certify)'
-  )
+  ap.add_argument('--zonotope-slots', type=int, default=64, help='0: off; 64, as verify.certify')
   ap.add_argument('--de-popsize', type=int, default=400)
   ap.add_argument('--de-maxiter', type=int, default=100)
   ap.add_argument('--rs-budget', type=int, default=10000)

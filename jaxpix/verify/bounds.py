@@ -206,6 +206,9 @@ _MONOTONE = {
 }
 
 
+STEPS = ('floor', 'ceil', 'round')  # the float step functions among _MONOTONE
+
+
 _CALLS = (
   'jit',
   'pjit',
@@ -234,7 +237,9 @@ def _apply(ctx: _Ctx, eqn, args):
     return _eval(ctx, inner, args)
   if any(steps.is_box(a) for a in args) or steps.starts(name, params):
     out = step_rule(
-      prim, params, [steps.Box(*concretize(a, ctx.zl, ctx.zu)) if _is_lin(a) else a for a in args]
+      prim,
+      params,
+      [steps.Box(*steps.widen(*concretize(a, ctx.zl, ctx.zu))) if _is_lin(a) else a for a in args],
     )
     if not jnp.issubdtype(out.low.dtype, jnp.floating):
       return out
@@ -302,6 +307,8 @@ def _apply(ctx: _Ctx, eqn, args):
     )
   if name in _MONOTONE:
     f = _MONOTONE[name] or (lambda v: prim.bind(v, **params))
+    if name in STEPS:  # a level apart at a tie: read a few ulps wider (steps.widen)
+      low, high = steps.widen(low, high)
     return _from_interval(b, f(low), f(high))
   if name == 'reduce_window_max' and lins == [0]:
     return _max_pool(b, low, high, lambda v: prim.bind(v, **params), _disjoint(params))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxpix.verify import bounds
+from jaxpix.verify import bounds, steps
 from jaxpix.verify.bounds import Lin
 
 
@@ -79,7 +79,7 @@ def backward(tape: list, x: Lin, out: Lin, spec, zl, zu, known=None):
       continue
     name = eqn.primitive.name
     lins = [i for i, a in enumerate(args) if isinstance(a, Lin)]
-    boxed = any(isinstance(a, bounds.steps.Box) for a in args)  # a step function's interval
+    boxed = any(steps.is_box(a) for a in args)  # a step function's interval
     if _affine(name, lins) and not boxed:
 
       def f(*vs, args=args, lins=lins, eqn=eqn):

@@ -57,6 +57,7 @@ def starts(name: str, params) -> bool:
 
 
 def is_box(x) -> bool:
+  """Whether ``x`` is an interval of this module (not an array or float bounds)."""
   return isinstance(x, Box)
 
 
@@ -78,12 +79,70 @@ def _compare(name, a, b):
   return (point, meet) if name == 'eq' else (~meet, ~point)
 
 
-def _top(dtype):
+def _compare_checked(name, a, b):
+  """:func:`_compare`, unknown (False, True) where an end is NaN."""
+  always, maybe = _compare(name, a, b)
+  nan = jnp.zeros(jnp.shape(always), bool)
+  for e in (*_ends(a), *_ends(b)):
+    if jnp.issubdtype(jnp.result_type(e), jnp.floating):
+      nan = nan | jnp.isnan(e)
+  return always & ~nan, maybe | nan
+
+
+def _range(dtype):
+  """The least and the greatest value of ``dtype``."""
   if jnp.issubdtype(dtype, jnp.floating):
-    return jnp.inf
+    return -jnp.inf, jnp.inf
   if dtype == jnp.bool_:
-    return True
-  return jnp.iinfo(dtype).max
+    return False, True
+  info = jnp.iinfo(dtype)
+  return info.min, info.max
+
+
+def _full(like, dtype) -> Box:
+  """Every value of ``dtype``, in the shape of ``like``."""
+  bottom, top = _range(dtype)
+  shape = jnp.shape(like)
+  return Box(jnp.full(shape, bottom, dtype), jnp.full(shape, top, dtype))
+
+
+def _fits(low, high, dtype):
+  """Where [low, high] (any real type; NaN never fits) lies in ``dtype``'s range."""
+  bottom, top = _range(dtype)
+  low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
+  return (low >= float(bottom)) & (high <= float(top))
+
+
+def _checked(low, high, exact: Box, dtype) -> Box:
+  """``exact`` where the true ends [low, high] (computed in float32) fit
+  ``dtype`` with room for float32's rounding, else its whole range: integer
+  arithmetic that may wrap."""
+  if not jnp.issubdtype(dtype, jnp.integer):
+    return exact
+  low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
+  ok = _fits(low - jnp.abs(low) * 2.0**-20 - 1, high + jnp.abs(high) * 2.0**-20 + 1, dtype)
+  full = _full(exact.low, dtype)
+  return Box(jnp.where(ok, exact.low, full.low), jnp.where(ok, exact.high, full.high))
+
+
+def widen(low, high):
+  """Float ends moved out by a few ulps before a step function reads them.
+
+  The bounds compute a value in another order than the model does (and XLA
+  may fuse differently), which moves it by some ulps: nothing for a
+  continuous function, a whole level for ``round`` at a tie. Widening by
+  2^-20 of the magnitude keeps such a value inside. Ends that are whole
+  numbers are left as they are: they come from exact operations (a
+  rounding, small integers' sums and products), which the model computes
+  alike, and widening them would put every level of a bit depth one level
+  wider.
+  """
+
+  def out(v, sign):
+    whole = v == jnp.round(v)
+    return jnp.where(whole, v, v + sign * (jnp.abs(v) * 2.0**-20 + 2.0**-40))
+
+  return out(low, -1.0), out(high, 1.0)
 
 
 def _select(pred, cases):
@@ -91,8 +150,8 @@ def _select(pred, cases):
   p_low, p_high = (jnp.asarray(e).astype(jnp.int32) for e in _ends(pred))
   ends = [_ends(c) for c in cases]
   dtype = jnp.result_type(*(e[0] for e in ends))
-  top = jnp.asarray(_top(dtype), dtype)
-  low, high = top, ~top if dtype == jnp.bool_ else -top
+  bottom, top = _range(dtype)
+  low, high = jnp.asarray(top, dtype), jnp.asarray(bottom, dtype)
   for i, (c_low, c_high) in enumerate(ends):
     can = (p_low <= i) & (i <= p_high)
     low = jnp.where(can, jnp.minimum(low, c_low), low)
@@ -111,11 +170,13 @@ def _gather(prim, params, table, idx: Box):
       'a gather with indices that depend on the changed pixel is bounded only from a '
       'constant 1-D table indexed one entry at a time (``table[index]``)'
     )
+  mode = str(params['mode'])
+  if not any(m in mode for m in ('PROMISE_IN_BOUNDS', 'CLIP', 'FILL_OR_DROP')):
+    raise Unsupported(f'a gather in mode {mode} has no interval rule')
   table, n = jnp.asarray(table), table.shape[0]
   low, high = (jnp.clip(e[..., 0], 0, n - 1) for e in (idx.low, idx.high))
-  fill = 'FILL' in str(params['mode'])
   known = _concrete(table)  # a constant table (the levels of a bit depth): its order is known now
-  steps = None if known is None else np.diff(known)
+  steps = None if known is None else np.diff(known.astype(np.float64))
   if steps is not None and (steps >= 0).all():
     out_low, out_high = table[low], table[high]
   elif steps is not None and (steps <= 0).all():
@@ -123,10 +184,10 @@ def _gather(prim, params, table, idx: Box):
   else:
     r = jnp.arange(n)
     inside = (r >= low[..., None]) & (r <= high[..., None])
-    top = jnp.asarray(_top(table.dtype), table.dtype)
-    out_low = jnp.where(inside, table, top).min(-1)
-    out_high = jnp.where(inside, table, -top).max(-1)
-  if fill:  # out-of-range indices give the fill value (NaN for floats: never certified)
+    bottom, top = _range(table.dtype)
+    out_low = jnp.where(inside, table, jnp.asarray(top, table.dtype)).min(-1)
+    out_high = jnp.where(inside, table, jnp.asarray(bottom, table.dtype)).max(-1)
+  if 'FILL' in mode:  # out-of-range indices give the fill value (NaN for floats: never certified)
     outside = (idx.low[..., 0] < 0) | (idx.high[..., 0] > n - 1)
     value = params['fill_value']
     value = jnp.asarray(jnp.nan if value is None else value, table.dtype)
@@ -143,42 +204,58 @@ def _concrete(x):
     return None
 
 
-def _dtype(a):
-  return jnp.result_type(_ends(a)[0])
-
-
 def apply(prim, params, args) -> Box:
   """The bounds of ``prim(*args)`` where each argument is a constant or a
-  :class:`Box` (float bounds passed as their interval). Raises
-  :class:`Unsupported` for an operation without a rule here."""
+  :class:`Box` (float bounds passed as their interval, which the caller
+  has :func:`widen`-ed). Raises :class:`Unsupported` for an operation
+  without a rule here; integer arithmetic that may wrap gives the type's
+  whole range."""
   name = prim.name
   bind = lambda *vs: prim.bind(*vs, **params)  # noqa: E731
   if name == 'convert_element_type':
     (low, high), new = _ends(args[0]), params['new_dtype']
     if new == jnp.bool_:  # nonzero: always when 0 is outside, maybe unless it is 0
       return Box((low > 0) | (high < 0), (low != 0) | (high != 0))
-    return Box(bind(low), bind(high))  # truncation and widening are non-decreasing
+    out = Box(bind(low), bind(high))  # truncation and widening are non-decreasing
+    if jnp.issubdtype(new, jnp.integer):  # out of range (or NaN): wraps or saturates
+      ok = _fits(low, high, new)
+      full = _full(out.low, new)
+      out = Box(jnp.where(ok, out.low, full.low), jnp.where(ok, out.high, full.high))
+    return out
   if name in _COMPARE:
-    return Box(*_compare(name, *args))
-  logical = name in ('and', 'or') and all(_dtype(a) == jnp.bool_ for a in args)
+    return Box(*_compare_checked(name, *args))
+  dtype = jnp.result_type(*(_ends(a)[0] for a in args))
+  logical = name in ('and', 'or') and dtype == jnp.bool_
   if name in _MONOTONE or logical:
-    return Box(bind(*(_ends(a)[0] for a in args)), bind(*(_ends(a)[1] for a in args)))
-  if name == 'not' and _dtype(args[0]) == jnp.bool_:
+    lows, highs = [_ends(a)[0] for a in args], [_ends(a)[1] for a in args]
+    out = Box(bind(*lows), bind(*highs))
+    if name in ('add', 'add_any'):
+      f32 = [jnp.asarray(v, jnp.float32) for v in (*lows, *highs)]
+      return _checked(f32[0] + f32[1], f32[2] + f32[3], out, dtype)
+    return out
+  if name == 'not' and dtype == jnp.bool_:
     low, high = _ends(args[0])
     return Box(~high, ~low)
   if name in ('sub', 'neg'):
     (la, ha), (lb, hb) = _ends(args[0]), _ends(args[1] if name == 'sub' else args[0])
-    return Box(bind(la, hb), bind(ha, lb)) if name == 'sub' else Box(-ha, -la)
+    f = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    if name == 'sub':
+      return _checked(f(la) - f(hb), f(ha) - f(lb), Box(bind(la, hb), bind(ha, lb)), dtype)
+    return _checked(-f(ha), -f(la), Box(-ha, -la), dtype)
   if name == 'mul':
     (la, ha), (lb, hb) = _ends(args[0]), _ends(args[1])
     cands = jnp.stack(jnp.broadcast_arrays(la * lb, la * hb, ha * lb, ha * hb))
-    return Box(cands.min(0), cands.max(0))
-  if name in ('div', 'rem') and not is_box(args[1]):
+    f = [jnp.asarray(v, jnp.float32) for v in (la, ha, lb, hb)]
+    real = jnp.stack(jnp.broadcast_arrays(f[0] * f[2], f[0] * f[3], f[1] * f[2], f[1] * f[3]))
+    return _checked(real.min(0), real.max(0), Box(cands.min(0), cands.max(0)), dtype)
+  integer = jnp.issubdtype(dtype, jnp.integer)
+  if name in ('div', 'rem') and integer and not is_box(args[1]):
     k, (low, high) = _concrete(args[1]), _ends(args[0])
     if k is not None and (k > 0).all():
       if name == 'div':  # non-decreasing for a positive divisor (truncating or not)
         return Box(bind(low, args[1]), bind(high, args[1]))
-      # One period and no sign change: the remainders' ends; else the whole range.
+      # One period and no sign change: the remainders' ends; else the whole
+      # range of a remainder (its sign follows the dividend's).
       same = (low >= 0) & (jnp.floor_divide(low, k) == jnp.floor_divide(high, k))
       span = jnp.where(low >= 0, 0, 1 - k).astype(low.dtype)
       top = jnp.asarray(k - 1, low.dtype)
@@ -190,6 +267,10 @@ def apply(prim, params, args) -> Box:
   if name in ('concatenate', 'stack'):
     return Box(bind(*(_ends(a)[0] for a in args)), bind(*(_ends(a)[1] for a in args)))
   if name in _STRUCTURAL and is_box(args[0]) and not any(is_box(a) for a in args[1:]):
+    if name == 'reduce_sum':
+      f32 = lambda v: prim.bind(jnp.asarray(v, jnp.float32), *args[1:], **params)  # noqa: E731
+      exact = Box(bind(args[0].low, *args[1:]), bind(args[0].high, *args[1:]))
+      return _checked(f32(args[0].low), f32(args[0].high), exact, dtype)
     return Box(bind(args[0].low, *args[1:]), bind(args[0].high, *args[1:]))
   if name == 'gather' and is_box(args[1]):
     return _gather(prim, params, args[0], args[1])

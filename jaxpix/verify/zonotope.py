@@ -175,7 +175,8 @@ def _apply(ctx: _Ctx, eqn, args):
     inner = params.get('jaxpr', params.get('call_jaxpr', params.get('fun_jaxpr')))
     return _eval(ctx, inner, args)
   if any(steps.is_box(a) for a in args) or steps.starts(name, params):
-    out = bounds.step_rule(prim, params, [steps.Box(*interval(a)) if _is(a) else a for a in args])
+    ends = [steps.Box(*steps.widen(*interval(a))) if _is(a) else a for a in args]
+    out = bounds.step_rule(prim, params, ends)
     if not jnp.issubdtype(out.low.dtype, jnp.floating):
       return out
     # Back to float (a table of levels): the widest entries (the changed
@@ -251,6 +252,8 @@ def _apply(ctx: _Ctx, eqn, args):
   low, high = interval(z)
   if name in bounds._MONOTONE:
     f = bounds._MONOTONE[name] or (lambda v: prim.bind(v, **params))
+    if name in bounds.STEPS:
+      low, high = steps.widen(low, high)
     return _box(f(low), f(high), e)
   if name in ('reduce_window_max', 'reduce_max'):
     return _box(prim.bind(low, **params), prim.bind(high, **params), e)
