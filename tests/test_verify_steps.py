@@ -135,7 +135,7 @@ def test_certificates_behind_a_bit_depth_hold_for_every_level_colour():
   predict = lambda im: inner(transforms.bit_depth(im, 4))  # noqa: E731
   x = _images(10, h, w, seed=5)
   y = np.asarray(predict(jnp.asarray(x))).argmax(-1).astype(np.int32)
-  cert = verify.certify(predict, x, y, max_boxes=128 * h * w)
+  cert = verify.certify(predict, x, y, max_boxes=128 * h * w, zonotope_slots=8)
   assert cert.certified.sum() >= 4 and cert.fooled.sum() >= 3  # 6 and 4 when written
   # The classifier sees only the 16^3 colours of the bit depth: trying all
   # of them at every position is the exact check of a certificate.
@@ -153,7 +153,7 @@ def test_certificates_behind_a_bit_depth_hold_for_every_level_colour():
   inner16 = _small_cnn(16, 16, classes=3)
   it = lambda im: inner16(transforms.jpeg(transforms.bit_depth(im, 4), 75))  # noqa: E731
   y16 = np.asarray(it(jnp.asarray(x16))).argmax(-1).astype(np.int32)
-  cert = verify.certify(it, x16, y16, max_boxes=4 * 256)
+  cert = verify.certify(it, x16, y16, max_boxes=4 * 256, zonotope_slots=0)
   sweep = attack.extreme_colour(it, x16, y16)
   assert not np.any(cert.certified & sweep.success)
   # JPEG's intervals leave these unknown (docs/verification.md): what can
