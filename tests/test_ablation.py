@@ -127,6 +127,7 @@ def _eval_config(d):
   return e
 
 
+@pytest.mark.slow  # 6 s: the quick loop's budget
 def test_ablated_model_takes_six_channels():
   c = cifar_ablation.get_config('test')
   model = build.build_model(c, 10)
