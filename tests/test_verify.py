@@ -118,7 +118,7 @@ def test_bounds_are_exact_at_a_point_and_enclose_the_function():
   x = jnp.asarray(_images(1, 6, 6, seed=2))
   jaxpr = jax.make_jaxpr(predict)(x)
   rng = np.random.default_rng(0)
-  for _ in range(5):
+  for _ in range(3):  # random boxes (each propagation runs eagerly: ~1.5 s)
     zl = jnp.asarray(rng.random(3) * 0.5, jnp.float32)
     zu = zl + jnp.asarray(rng.random(3) * 0.5, jnp.float32)
     base = x.at[0, 2, 3].set(0.0)
