@@ -120,7 +120,9 @@ def _checked(low, high, exact: Box, dtype) -> Box:
   if not jnp.issubdtype(dtype, jnp.integer):
     return exact
   low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
-  ok = _fits(low - jnp.abs(low) * 2.0**-20 - 1, high + jnp.abs(high) * 2.0**-20 + 1, dtype)
+  # float32 holds every integer below 2^24 exactly; above, its rounding.
+  slack = lambda v: jnp.where(jnp.abs(v) < 2.0**24, 0.0, jnp.abs(v) * 2.0**-20 + 1)  # noqa: E731
+  ok = _fits(low - slack(low), high + slack(high), dtype)
   full = _full(exact.low, dtype)
   return Box(jnp.where(ok, exact.low, full.low), jnp.where(ok, exact.high, full.high))
 
