@@ -63,7 +63,8 @@ FULL = dict(
   step_steps=5,
   eval_images=500,
   eval_maxiter=100,
-  timing_s=1.0,  # each forward rate: repeated calls for this long
+  forward_reps=20,  # timed calls per forward rate (after a compile call)
+  eval_popsize=400,
 )
 TINY = dict(  # LeNet: every path, compiled in seconds
   model='lenet',
@@ -83,7 +84,8 @@ TINY = dict(  # LeNet: every path, compiled in seconds
   step_steps=1,
   eval_images=2,
   eval_maxiter=1,
-  timing_s=0.05,
+  forward_reps=3,
+  eval_popsize=8,
 )
 
 
@@ -131,46 +133,32 @@ def preflight(data_dir: pathlib.Path) -> list[str]:
   return problems
 
 
-def _best_rate(fn, x, seconds: float) -> float:
-  """Warm images/s of ``fn(x)``: repeated for about ``seconds`` after a compile call."""
-  import jax
-
-  jax.block_until_ready(fn(x))
-  reps, t0 = 0, time.perf_counter()
-  while reps < 3 or time.perf_counter() - t0 < seconds:
-    jax.block_until_ready(fn(x))
-    reps += 1
-  return reps * x.shape[0] / (time.perf_counter() - t0)
-
-
-def forward_section(report: Report, s: dict, x_all, deadline: float) -> dict[float, float]:
-  """Raw forward rates per width and batch; returns the best per width."""
-  import jax
+def forward_section(report: Report, s: dict, x_all, deadline: float) -> None:
+  """Raw forward rates per width and batch, and the best per width."""
   import numpy as np
 
+  from benchmarks.attack_throughput import forward_rate
   from jaxpix import models
 
-  best = {}
   for width in s['widths']:
-    predict = jax.jit(models.as_predict(models.create(s['model'], num_classes=10, width=width)))
+    predict = models.as_predict(models.create(s['model'], num_classes=10, width=width))
     rates = {}
     for b in s['forward_batches']:
       if time.monotonic() > deadline:
         report.put('forward', f'w{width}_b{b}', 'skipped: past the deadline')
         continue
       x = x_all[np.resize(np.arange(len(x_all)), b)]
-      rates[b] = _best_rate(predict, jax.numpy.asarray(x), s['timing_s'])
+      rates[b] = forward_rate(predict, x, s['forward_reps'])
       report.put('forward', f'w{width}_b{b}', rates[b])
     if rates:
-      best[width] = max(rates.values())
-      report.put('forward', f'w{width}_best', best[width])
-  return best
+      report.put('forward', f'w{width}_best', max(rates.values()))
 
 
 def attacks_section(report: Report, s: dict, test, deadline: float) -> None:
   import jax
   import numpy as np
 
+  from benchmarks.attack_throughput import forward_rate
   from jaxpix import attack, data, zoo
 
   m = zoo.load(s['zoo'])
@@ -180,29 +168,31 @@ def attacks_section(report: Report, s: dict, test, deadline: float) -> None:
     [np.asarray(fwd(m.params, x_all[i : i + 1000]).argmax(-1)) for i in range(0, len(x_all), 1000)]
   )
   correct = np.flatnonzero(pred == test.labels)
-  best = 0.0
-  for b in s['forward_batches']:
-    x = jax.numpy.asarray(x_all[np.resize(np.arange(len(x_all)), b)])
-    best = max(best, _best_rate(lambda v: fwd(m.params, v), x, s['timing_s']))
+  best = max(
+    forward_rate(
+      lambda v: m.predict(m.params, v),
+      x_all[np.resize(np.arange(len(x_all)), b)],
+      s['forward_reps'],
+    )
+    for b in s['forward_batches']
+  )
   report.put('attacks', 'model', s['zoo'])
   report.put('attacks', 'best_forward_images_per_s', best)
   key = jax.random.key(0)
-  de = dict(popsize=s['popsize'])
+  attacks = {
+    'de': attack.one_pixel,
+    'random': attack.random_search,
+    'gradient_ranked': attack.gradient_ranked,
+  }
 
   def run(name, n, **kw):
     if time.monotonic() > deadline:
       report.put('attacks', name, 'skipped: past the deadline')
       return
     idx = correct[:n]
+    search = attacks[kw.pop('search')]
     t0 = time.perf_counter()
-    if kw.pop('search') == 'de':
-      r = attack.one_pixel(m.predict, x_all[idx], test.labels[idx], key=key, params=m.params, **kw)
-    elif 'chunk' in kw:
-      r = attack.gradient_ranked(m.predict, x_all[idx], test.labels[idx], params=m.params, **kw)
-    else:
-      r = attack.random_search(
-        m.predict, x_all[idx], test.labels[idx], key=key, params=m.params, **kw
-      )
+    r = search(m.predict, x_all[idx], test.labels[idx], key=key, params=m.params, **kw)
     wall = time.perf_counter() - t0
     evals = int(r.queries.sum())
     report.put(
@@ -218,9 +208,8 @@ def attacks_section(report: Report, s: dict, test, deadline: float) -> None:
       ),
     )
 
-  small_de = dict(search='de', maxiter=s['small_maxiter'], **de)
   searches = {
-    'de': small_de,
+    'de': dict(search='de', maxiter=s['small_maxiter'], popsize=s['popsize']),
     'random': dict(search='random', budget=s['budget']),
     'gradient_ranked': dict(search='gradient_ranked', budget=s['budget'], chunk=200),
   }
@@ -272,9 +261,8 @@ def eval_section(report: Report, s: dict, data_dir: pathlib.Path, out: pathlib.P
     f'--config.eval.maxiter={s["eval_maxiter"]}',
     '--config.eval.gradient_ranked=0',
     '--config.eval.progress=False',
+    f'--config.eval.popsize={s["eval_popsize"]}',
   ]
-  if s is TINY:
-    cmd.append('--config.eval.popsize=8')
   t0 = time.perf_counter()
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, cwd=ROOT)
