@@ -20,42 +20,97 @@ from jaxpix import data, mesh
 LossTerm = Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]
 
 
-def make_train_step(graphdef, tx, terms, augment: bool):
+def make_train_step(graphdef, tx, terms, augment: bool, visits: int = 1, visit: int = 0):
+  """The train step ``(state, images_u8, labels) -> (state, metrics)``.
+
+  ``visits`` > 1 (``config.defence.replay``): each batch is trained on in
+  ``visits`` consecutive steps with the same augmentation, and this is the
+  step of visit ``visit``. Visit 0 is a plain step (the clean cross-entropy)
+  whose backward pass also gives the input gradient of every example's loss:
+  it is kept, with the logits, in ``state['replay']``. The later visits pass
+  it to the loss terms (keyword ``given``), whose adversary and penalty then
+  need no gradient pass of their own (a gradient one step old: "free"
+  adversarial training, Shafahi et al. 2019).
+  """
+  record, given = visits > 1 and visit == 0, visits > 1 and visit > 0
+
   def train_step(state, images_u8, labels):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state['key']), state['step'])
-    k_aug, k_loss = jax.random.split(key)
+    base = jax.random.wrap_key_data(state['key'])
+    # Every visit of a batch sees the same crops and flips; the loss terms'
+    # keys differ per step. With visits = 1 both are the keys of one split.
+    k_aug = jax.random.split(jax.random.fold_in(base, state['step'] // visits))[0]
+    k_loss = jax.random.split(jax.random.fold_in(base, state['step']))[1]
     x = data.augment(k_aug, images_u8) if augment else data.levels(images_u8)
 
     model = nnx.merge(graphdef, state['params'], state['rest'])
     model.train()
 
-    def loss_fn(model):
+    def loss_fn(model, x):
+      if record:
+        logits = model(x)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+        total = jnp.mean(losses)
+        correct = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return total, ({'loss': total, 'clean_loss': total, 'accuracy': correct}, logits)
       total, metrics = 0.0, {}
+      extra = {'given': state['replay']} if given else {}
       for i, (_, weight, term) in enumerate(terms):
-        value, m = term(model, x, labels, jax.random.fold_in(k_loss, i))
+        value, m = term(model, x, labels, jax.random.fold_in(k_loss, i), **extra)
         total = total + weight * value
         metrics.update(m)
       metrics['loss'] = total
-      return total, metrics
+      return total, (metrics, None)
 
-    # Gradients w.r.t. the parameters only; batch statistics update in place.
-    (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    # Gradients w.r.t. the parameters (and, on a recording visit, the
+    # images); batch statistics update in place.
+    argnums = (0, 1) if record else 0
+    (_, (metrics, logits)), grads = nnx.value_and_grad(loss_fn, argnums=argnums, has_aux=True)(
+      model, x
+    )
+    new = {}
+    if record:
+      grads, gx = grads
+      # The loss is the batch mean: times B, each image's own gradient.
+      new['replay'] = {'grads': gx * x.shape[0], 'logits': logits.astype(jnp.float32)}
     _, _, rest = nnx.split(model, nnx.Param, ...)
     updates, opt = tx.update(grads, state['opt'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    return dict(state, params=params, rest=rest, opt=opt, step=state['step'] + 1), metrics
+    return dict(state, params=params, rest=rest, opt=opt, step=state['step'] + 1, **new), metrics
 
   return train_step
 
 
-def compile_train_step(m, graphdef, tx, terms, augment: bool):
-  """The train step jitted over mesh ``m``: state replicated, batch sharded."""
+def with_replay(state, batch: int, image_shape, num_classes: int) -> dict:
+  """``state`` with the (empty) input gradients and logits a replayed batch
+  keeps between its visits; they are saved with it, so a run stopped between
+  two visits resumes exactly."""
+  replay = {
+    'grads': jnp.zeros((batch,) + tuple(image_shape), jnp.float32),
+    'logits': jnp.zeros((batch, num_classes), jnp.float32),
+  }
+  return dict(state, replay=replay)
+
+
+def state_shardings(m, state) -> dict:
+  """Everything replicated but the replayed batch's gradients, sharded like the batch."""
   repl, shard = mesh.replicated(m), mesh.sharded(m)
-  return jax.jit(
-    make_train_step(graphdef, tx, terms, augment),
-    in_shardings=(repl, shard, shard),
-    out_shardings=(repl, repl),
-    donate_argnums=0,
+  return {k: shard if k == 'replay' else repl for k in state}
+
+
+def compile_train_steps(m, graphdef, tx, terms, augment: bool, state, visits: int = 1):
+  """The train step of each visit (one unless ``visits`` > 1, see
+  :func:`make_train_step`), jitted over mesh ``m``: the state replicated
+  (its replay entry sharded), the batch sharded. Step ``s`` of a run is
+  ``steps[s % visits]``."""
+  shard, states = mesh.sharded(m), state_shardings(m, state)
+  return tuple(
+    jax.jit(
+      make_train_step(graphdef, tx, terms, augment, visits, visit),
+      in_shardings=(states, shard, shard),
+      out_shardings=(states, mesh.replicated(m)),
+      donate_argnums=0,
+    )
+    for visit in range(visits)
   )
 
 

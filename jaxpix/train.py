@@ -24,7 +24,13 @@ import numpy as np
 from flax import nnx
 
 from jaxpix import build, checkpoint, configs, data, defences, mesh, preemption, records, restore
-from jaxpix.steps import accuracy, compile_train_step, make_eval_step
+from jaxpix.steps import (
+  accuracy,
+  compile_train_steps,
+  make_eval_step,
+  state_shardings,
+  with_replay,
+)
 
 # --------------------------------------------------------------------------- #
 # Models this one builds on
@@ -91,16 +97,21 @@ RESUMABLE_CHANGES = (
 
 
 class _Plan:
-  """The schedule: batch size, steps per epoch, total steps."""
+  """The schedule: batch size, steps per epoch, total steps.
 
-  def __init__(self, tcfg, train_size: int, devices: int):
-    self.batch = tcfg.batch_size
+  With ``visits`` > 1 (``defence.replay``) each batch is trained on in that
+  many consecutive steps, so an epoch (one pass over the data) has that many
+  times the steps.
+  """
+
+  def __init__(self, tcfg, train_size: int, devices: int, visits: int = 1):
+    self.batch, self.visits = tcfg.batch_size, visits
     if self.batch % devices:
       raise ValueError(
         f'config.train.batch_size={self.batch} must be divisible by the number of '
         f'devices ({devices})'
       )
-    self.steps_per_epoch = train_size // self.batch
+    self.steps_per_epoch = train_size // self.batch * visits
     if self.steps_per_epoch == 0:
       raise ValueError(
         f'config.train.batch_size={self.batch} exceeds the {train_size} training images'
@@ -200,7 +211,7 @@ class _Run:
   eval_name: str
   mesh: jax.sharding.Mesh
   graphdef: object
-  train_step: Callable
+  train_steps: tuple[Callable, ...]  # step s runs train_steps[s % plan.visits]
   eval_step: Callable
   workdir: pathlib.Path
 
@@ -214,7 +225,7 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   # --- data, schedule
   train, evaluation, eval_name = data.load(config.data)
   m = mesh.make_mesh(devices)
-  plan = _Plan(tcfg, len(train), m.size)
+  plan = _Plan(tcfg, len(train), m.size, defences.visits(config))
   k = train.num_classes
   # --- model, optimiser, loss, steps
   name = config.defence.name
@@ -236,7 +247,9 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   teacher = frozen_predict(config, 'teacher', workdir, k, devices) if name == 'dd' else None
   tx = build.optimizer_for(config, plan.total)
   graphdef, state = build.init_state(build.build_model(config, k, classifier), tx, config.seed)
-  state = jax.device_put(state, mesh.replicated(m))
+  if plan.visits > 1:
+    state = with_replay(state, plan.batch, train.images.shape[1:], k)
+  state = jax.device_put(state, state_shardings(m, state))
   terms = defences.loss_terms(config, teacher)
   run = _Run(
     config,
@@ -246,7 +259,7 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
     eval_name,
     m,
     graphdef,
-    compile_train_step(m, graphdef, tx, terms, config.data.augment),
+    compile_train_steps(m, graphdef, tx, terms, config.data.augment, state, plan.visits),
     jax.jit(make_eval_step(graphdef), out_shardings=mesh.replicated(m)),
     workdir,
   )
@@ -305,9 +318,10 @@ def _steps(run: _Run, state, start, log, ckpt, meta, bar, saver):
     epoch, i = divmod(step, plan.steps_per_epoch)
     if epoch != order_epoch:
       order, order_epoch = data.epoch_order(len(train), config.seed, epoch), epoch
-    idx = order[i * plan.batch : (i + 1) * plan.batch]
+    j = i // plan.visits  # the batch's place in the epoch's order
+    idx = order[j * plan.batch : (j + 1) * plan.batch]
     batch = mesh.global_batch(m, train.images[idx], train.labels[idx])
-    state, metrics = run.train_step(state, *batch)
+    state, metrics = run.train_steps[step % plan.visits](state, *batch)
     window.append(metrics)
     seen += plan.batch
     done = step + 1
@@ -318,7 +332,9 @@ def _steps(run: _Run, state, start, log, ckpt, meta, bar, saver):
     if done % tcfg.log_every == 0 or done == plan.total:
       bar.wait()
       _check_finite(window, done, tcfg)
-      avg = {key: float(np.mean([float(w[key]) for w in window])) for key in window[0]}
+      # Replayed batches: a key is averaged over the visits that report it.
+      keys = dict.fromkeys(key for w in window for key in w)
+      avg = {key: float(np.mean([float(w[key]) for w in window if key in w])) for key in keys}
       # None where no step was timed (the window held only the compiling one).
       rate = seen / max(time.perf_counter() - t0, 1e-9) if seen else None
       log.append([dict(step=done, epoch=plan.epoch(done), images_per_s=rate, **avg)])

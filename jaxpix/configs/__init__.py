@@ -120,7 +120,7 @@ def flatten(config, ignore: tuple[str, ...] = ()) -> dict:
 # Fields added after checkpoints and attack logs were written, with the value
 # that does what the code did before they existed: a record that lacks one was
 # made with that value, so only another value is a change.
-ADDED = {'defence.autoencoder': '', 'defence.ae_weight_decay': -1.0}
+ADDED = {'defence.autoencoder': '', 'defence.ae_weight_decay': -1.0, 'defence.replay': False}
 
 
 def from_dict(saved: dict) -> ml_collections.ConfigDict:

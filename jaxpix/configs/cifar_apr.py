@@ -25,11 +25,14 @@ Variants (comma-separated):
   no_adv         Table 3: APR without adversarial training.
   no_reg         Table 3: APR without the gradient penalty.
   vgg16          VGG-16 instead of ResNet-18.
+  replay         each batch trained on twice, a plain step then the defended
+                 one, whose adversary and penalty read the plain step's input
+                 gradient (defence.replay), at half the epochs: as many steps.
 """
 
 from jaxpix.configs import common
 
-VARIANTS = ('cpu', 'test', 'de', 'no_attention', 'no_adv', 'no_reg', 'vgg16')
+VARIANTS = ('cpu', 'test', 'de', 'no_attention', 'no_adv', 'no_reg', 'vgg16', 'replay')
 
 
 def get_config(arg=None):
@@ -42,4 +45,5 @@ def get_config(arg=None):
   if 'de' in variants:
     common.paper_training(c)
   common.small(c, variants)
+  common.replay(c, variants)
   return c

@@ -119,6 +119,12 @@ def base(dataset: str = 'cifar10') -> ml_collections.ConfigDict:
   # (the paper's) is fed after transforms.Normalize; 'pixels' = x in [0, 1].
   # The gradient in z is std * the gradient in x, so R differs by ~std^2 ~ 1/16.
   c.defence.penalty.domain = 'normalised'
+  # Each batch trained on in two steps: a plain one whose backward pass also
+  # gives every image's input gradient, then the defended one, whose
+  # adversary and penalty read that gradient (one step old) instead of a
+  # gradient pass of their own ("free" AT, Shafahi et al. 2019). An epoch is
+  # then twice the steps: the 'replay' config variants halve train.epochs.
+  c.defence.replay = False
 
   # Evaluation of a checkpoint (mode=eval): the papers' attack protocol.
   c.eval = ml_collections.ConfigDict()
@@ -238,6 +244,15 @@ def paper_training(c: ml_collections.ConfigDict) -> None:
   c.defence.adv.batch = 'separate'
   c.defence.penalty.method = 'exact'
   c.defence.penalty.fraction = 1.0
+
+
+def replay(c, variants) -> None:
+  """The ``replay`` variant: ``defence.replay`` with half the epochs, so the
+  run has as many steps as without it (each batch is trained on twice; free
+  adversarial training divides the epochs by its replays alike)."""
+  if 'replay' in variants:
+    c.defence.replay = True
+    c.train.epochs = max(1, c.train.epochs // 2)
 
 
 def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> set[str]:

@@ -9,6 +9,21 @@ from jaxpix.defences.apr import Attended, PixelAttention
 from jaxpix.defences.transforms import Transformed, bit_depth, jpeg, median_filter
 
 
+def visits(config) -> int:
+  """Steps per batch: 2 with ``defence.replay`` (a plain step that records the
+  input gradient, then the defended step that reads it), else 1."""
+  d = config.defence
+  if not d.replay:
+    return 1
+  if d.name not in ('apr', 'at'):
+    raise ValueError(
+      f'config.defence.replay=True applies to APR and adversarial training '
+      f"(defence.name 'apr' or 'at'), not {d.name!r}: set defence.replay=False"
+    )
+  apr.check_replay(config)
+  return 2
+
+
 def loss_terms(config, teacher_predict=None):
   """The weighted loss terms (name, weight, term) of ``config.defence``."""
   d = config.defence
@@ -34,4 +49,5 @@ __all__ = [
   'jpeg',
   'loss_terms',
   'median_filter',
+  'visits',
 ]

@@ -225,6 +225,10 @@ def apr_term(config):
     the adversarial positions too), so the adversary needs no backward pass
     of its own. Without a penalty the first-order adversary takes the
     eval-mode gradient of the model it attacks.
+  - ``defence.replay``: the term is called with ``given`` (the input
+    gradients and logits of this batch from the previous step's backward
+    pass, :func:`jaxpix.steps.make_train_step`) and computes no gradient:
+    the adversary ranks and the penalty points along the given one.
   """
   d = config.defence
   adv, pen = d.adv, d.penalty
@@ -260,17 +264,18 @@ def apr_term(config):
       f'config.defence.adv.fraction + penalty.fraction = {adv.fraction + pen.fraction} > 1: in '
       'the mixed batch the penalty is taken on clean images only'
     )
+  check_replay(config)
   if d.beta and pen.method == 'fd' and not pen.h > 0:
     raise ValueError(f'config.defence.penalty.h must be > 0, got {pen.h!r}')
   exact, fd = pen.method == 'exact' and d.beta > 0, pen.method == 'fd' and d.beta > 0
   adv_hi = n_adv if mixed else (BLOCK if d.adversarial else 0)  # adversarial positions [0, adv_hi)
   pen_lo, pen_hi = n_adv, n_adv + n_pen  # penalty positions
-  share = bool(d.adversarial) and adv.method == 'first_order' and d.beta > 0
+  share = bool(d.adversarial) and adv.method == 'first_order' and (d.beta > 0 or d.replay)
   grad_hi = max(pen_hi, adv_hi if share else 0)  # the input-gradient pass covers [0, grad_hi)
   scale = jnp.asarray(penalty_scale(config), jnp.float32)
   alpha = d.alpha if d.adversarial else 1.0
 
-  def term(model, x, y, key):
+  def term(model, x, y, key, given=None):
     b = x.shape[0]
     if b % BLOCK:
       raise ValueError(
@@ -283,7 +288,9 @@ def apr_term(config):
     metrics, total = {}, 0.0
     # --- the input gradient, once (penalty; first-order adversary with a penalty)
     g = g_logits = None
-    if grad_hi:
+    if given is not None:  # a replayed batch: last step's, whole batch
+      g, g_logits = blocks(given['grads'])[:, :grad_hi], blocks(given['logits'])[:, :grad_hi]
+    elif grad_hi:
       g, g_logits = input_gradient(model, flat(xb[:, :grad_hi]), flat(yb[:, :grad_hi]), exact)
       g, g_logits = blocks(g), blocks(g_logits)  # [B / BLOCK, grad_hi, ...]
     if d.beta:
@@ -340,6 +347,30 @@ def apr_term(config):
     return total, metrics
 
   return term
+
+
+def check_replay(config) -> None:
+  """``defence.replay`` needs what reads the given gradient: the first-order
+  adversary or the finite-difference penalty, and nothing that needs a fresh one."""
+  d = config.defence
+  if not d.replay:
+    return
+  if not (d.adversarial or d.beta):
+    raise ValueError(
+      'config.defence.replay=True replays each batch to give the adversary and the penalty '
+      'their input gradient, but this defence has neither (defence.adversarial is False, '
+      'defence.beta is 0): set defence.replay=False'
+    )
+  if d.adversarial and d.adv.method != 'first_order':
+    raise ValueError(
+      f"config.defence.replay=True needs defence.adv.method='first_order' (it ranks its "
+      f'candidates by the replayed gradient), got {d.adv.method!r}'
+    )
+  if d.beta and d.penalty.method != 'fd':
+    raise ValueError(
+      "config.defence.replay=True needs defence.penalty.method='fd': the exact penalty "
+      'differentiates the gradient at the current parameters, which replay does not compute'
+    )
 
 
 def loss_terms(config):

@@ -26,7 +26,9 @@ def train_step_timer(config, batch: int | None = None):
   """Compiles ``config``'s train step on random real-shaped data (its batch
   size unless ``batch``) and returns ``(time, first_step_seconds)``:
   ``time(steps)`` runs that many more steps and returns seconds per step;
-  the first step (compilation included) is timed apart."""
+  the first step (compilation included) is timed apart. With
+  ``defence.replay`` the steps are the visits of a batch in turn (the
+  first: one of each, both compile; time an even number)."""
   batch = batch or config.train.batch_size
   m = mesh.make_mesh()
   shape, k = data.input_spec(config.data.dataset)
@@ -35,24 +37,32 @@ def train_step_timer(config, batch: int | None = None):
   teacher = _frozen(config, 'teacher', k) if name == 'dd' else None
   tx = build.optimizer_for(config, 1000)
   graphdef, state = build.init_state(build.build_model(config, k, classifier), tx, 0)
-  state = jax.device_put(state, mesh.replicated(m))
+  visits = defences.visits(config)
+  if visits > 1:
+    state = steps.with_replay(state, batch, shape, k)
+  state = jax.device_put(state, steps.state_shardings(m, state))
   terms = defences.loss_terms(config, teacher)
-  step = steps.compile_train_step(m, graphdef, tx, terms, config.data.augment)
+  visit = steps.compile_train_steps(m, graphdef, tx, terms, config.data.augment, state, visits)
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
   y = rng.integers(0, k, batch).astype(np.int32)
   xb, yb = mesh.global_batch(m, x, y)
-  holder = {}
+  holder = {'state': state, 'step': 0}
+
+  def run(n: int) -> None:
+    for _ in range(n):  # a replayed batch's visits in turn, as training runs them
+      s = holder['step']
+      holder['state'], metrics = visit[s % visits](holder['state'], xb, yb)
+      holder['step'] = s + 1
+    jax.block_until_ready(metrics)
+
   t0 = time.perf_counter()
-  holder['state'], metrics = step(state, xb, yb)
-  jax.block_until_ready(metrics)
+  run(visits)  # every visit's step compiles
   first = time.perf_counter() - t0
 
   def timed(steps: int) -> float:
     t0 = time.perf_counter()
-    for _ in range(steps):
-      holder['state'], metrics = step(holder['state'], xb, yb)
-    jax.block_until_ready(metrics)
+    run(steps)
     return (time.perf_counter() - t0) / steps
 
   return timed, first
