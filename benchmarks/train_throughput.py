@@ -11,13 +11,25 @@ first one is the reference and each line also gives its step time relative to
 it, and the compile step's time. ``spec|field=value,field=value`` overrides
 config fields of one entry. ``--repeats`` measures every config that many
 times, interleaved, and reports the median (the machine is shared and noisy).
+
+``--run-lengths N1 N2`` times what a user runs instead: ``run.py`` on the
+real data for N1 and for N2 steps (fresh workdirs, everything the run does:
+start-up, compilation, checkpoints, the closing evaluation), and the step
+time is the difference of the two wall times over N2 - N1 (what both runs
+do once cancels; each run compiles afresh, in a compilation cache of its
+own). With ``defence.replay`` give even lengths (a batch's two
+visits differ in cost).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
+import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -93,6 +105,58 @@ def compare(specs, batch: int, steps: int, repeats: int) -> list[dict]:
   return rows
 
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_seconds(spec: str, steps: int, workdir: pathlib.Path) -> float:
+  """Wall seconds of ``run.py`` training ``spec`` for ``steps`` steps from scratch."""
+  name, _, overrides = spec.partition('|')
+  args = [sys.executable, str(ROOT / 'run.py'), f'--config=configs/{name}']
+  args += [f'--config.{kv}' for kv in overrides.split(',') if kv]
+  args += [f'--config.train.steps={steps}', '--config.train.progress=False', f'--workdir={workdir}']
+  # A cache of its own: both lengths compile (a shared one would let the
+  # second run of a config skip what the first compiled, and the
+  # difference would no longer cancel it).
+  args += [f'--compilation_cache={workdir}_xla']
+  t0 = time.perf_counter()
+  done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+  if done.returncode:
+    raise RuntimeError(f'{" ".join(args)} failed:\n{done.stderr[-3000:]}')
+  return time.perf_counter() - t0
+
+
+def through_run(specs, lengths: tuple[int, int], repeats: int) -> list[dict]:
+  """Step time of each config from two ``run.py`` lengths, relative to the
+  first config; ``repeats`` rounds interleaved, medians reported."""
+  n1, n2 = lengths
+  if not 0 < n1 < n2:
+    raise ValueError(f'--run-lengths needs 0 < N1 < N2, got {n1} {n2}')
+  walls = {spec: {n1: [], n2: []} for spec in specs}
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in range(repeats):
+      for i, spec in enumerate(specs):
+        for n in lengths:
+          walls[spec][n].append(run_seconds(spec, n, pathlib.Path(tmp) / f'{r}_{i}_{n}'))
+  per_step = {
+    spec: float(np.median([(b - a) / (n2 - n1) for a, b in zip(w[n1], w[n2], strict=True)]))
+    for spec, w in walls.items()
+  }
+  ref = per_step[specs[0]]
+  return [
+    dict(
+      config=spec,
+      **_describe(config_of(spec)),
+      method='run.py, two lengths',
+      run_lengths=[n1, n2],
+      repeats=repeats,
+      wall_seconds={str(n): w for n, w in walls[spec].items()},
+      seconds_per_step=per_step[spec],
+      relative_step_time=per_step[spec] / ref,
+    )
+    for spec, w in walls.items()
+  ]
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument('--models', nargs='*', default=['resnet18@0.25', 'resnet18@1'])
@@ -100,7 +164,14 @@ def main(argv=None):
   ap.add_argument('--batch', type=int, default=128)
   ap.add_argument('--steps', type=int, default=5)
   ap.add_argument('--repeats', type=int, default=1)
+  ap.add_argument('--run-lengths', type=int, nargs=2, metavar=('N1', 'N2'))
   args = ap.parse_args(argv)
+  if args.run_lengths:
+    if not args.configs:
+      ap.error('--run-lengths times --configs through run.py: name them')
+    for r in through_run(args.configs, tuple(args.run_lengths), args.repeats):
+      print(json.dumps(r), flush=True)
+    return
   if args.configs:
     for r in compare(args.configs, args.batch, args.steps, args.repeats):
       print(json.dumps(r), flush=True)

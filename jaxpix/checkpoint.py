@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
@@ -39,6 +40,10 @@ def _quiet_closed_loop_noise() -> None:
 
   hook._jaxpix_quiet = True
   sys.unraisablehook = hook
+
+
+# The flat key prefix of a replayed run's between-visits state.
+REPLAY = "['replay']"
 
 
 def flat(tree) -> dict[str, Any]:
@@ -161,6 +166,12 @@ class Checkpointer:
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, 'sharding', None))
       for k, v in flat_like.items()
     }
+    # A replayed run's checkpoint also holds what a batch keeps between its
+    # visits (jaxpix.steps.with_replay, float32); a loader that wants the
+    # model only reads it and drops it.
+    for k, shape in self.shapes(step).items():
+      if k.startswith(REPLAY) and k not in abstract:
+        abstract[k] = jax.ShapeDtypeStruct(shape, jnp.float32)
     try:
       got = self._mngr.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxpix import build, checkpoint, data, defences, mesh, steps, train
+from jaxpix import build, checkpoint, data, defences, mesh, restore, steps, train
 from jaxpix.configs import cifar_apr, cifar_at, cifar_baseline
 from jaxpix.defences import apr
 
@@ -120,3 +120,7 @@ def test_replayed_training_resumed_between_visits_equals_uninterrupted(shared_da
   assert got[0].keys() == got[1].keys() and any('replay' in k for k in got[0])
   for k in got[0]:
     np.testing.assert_allclose(got[0][k], got[1][k], rtol=1e-6, atol=1e-7, err_msg=k)
+  # Eval mode and the zoo load the model alone (the kept gradients are dropped).
+  model = restore.from_workdir(whole).model
+  kernel = np.asarray(model.attention.conv.kernel.get_value())
+  np.testing.assert_array_equal(kernel, got[0]["['params']['attention']['conv']['kernel'].value"])
