@@ -9,11 +9,15 @@ its optimiser state and step, so the learning rate is the run's there), for
 each batch of the run's epoch order (unaugmented): the plain visit's step
 (theta -> theta', the run's optimiser), which records every image's train-mode
 input gradient at theta; then, at theta', the run's first-order adversary
-attacks every image of the batch, its candidates ranked by
+attacks every image of the batch:
 
-- ``stale``: the recorded gradient (what the replayed batch's defended visit uses);
-- ``fresh``: the train-mode input gradient at theta' (what the step without
-  replay computes), over the same batch.
+- ``replay``: candidates ranked by the recorded gradient, the verifications
+  split by the train-mode logits at theta' (what the replayed batch's
+  defended visit does);
+- ``fresh``: ranked by the train-mode input gradient at theta' (what the step
+  without replay computes), the same logits;
+- ``replay_stale_logits``: the recorded gradient and the logits at theta
+  (what the plain visit's own pass could have kept).
 
 Every batch starts from the checkpoint. Paired per image: still correct after
 each (eval mode, as the adversary verifies, and train mode, as the training
@@ -44,8 +48,7 @@ def measure(workdir: str, step: int, images: int, batch: int) -> dict:
   if not cfg.defence.adversarial or cfg.defence.adv.method != 'first_order':
     raise SystemExit(f'{workdir}: not a run with the first-order adversary')
   train, _, _ = data.load(cfg.data)
-  k = train.num_classes
-  graphdef, state, at = restore.load_state(cfg, k)
+  graphdef, state, at = restore.load_state(cfg, train.num_classes)
   steps_per_epoch = len(train) // cfg.train.batch_size
   total = cfg.train.steps or cfg.train.epochs * steps_per_epoch
   tx = build.optimizer_for(cfg, total)
@@ -53,16 +56,26 @@ def measure(workdir: str, step: int, images: int, batch: int) -> dict:
   adversary = apr.make_adversary(cfg.defence.adv)
 
   @jax.jit
-  def attack_both(after, xu8, y, grads, logits):
+  def logits_at(state, xu8):
+    model = nnx.merge(graphdef, state['params'], state['rest'])
+    model.train()
+    return apr.current_logits(model, data.levels(xu8))
+
+  @jax.jit
+  def attack_all(after, xu8, y, grads, old_logits):
     model = nnx.merge(graphdef, after['params'], after['rest'])
     model.train()
     x = data.levels(xu8)
-    fresh_g, fresh_logits = apr.input_gradient(model, x, y, False)
+    fresh_g, _ = apr.input_gradient(model, x, y, False)
+    logits = apr.current_logits(model, x)
     predict = models.as_predict(model)
     key = jax.random.key(0)  # the first-order adversary draws nothing
     out = {'clean': x}
-    out['stale'], _ = adversary(predict, x, y, key, grads, logits)
-    out['fresh'], _ = adversary(predict, x, y, key, fresh_g, fresh_logits)
+    out['fresh'], _ = adversary(predict, x, y, key, fresh_g, logits)
+    out['replay'], _ = adversary(predict, x, y, key, grads, logits)
+    # The logits at theta instead: the split of the verifications by which
+    # images the model got right before the plain step trained on them.
+    out['replay_stale_logits'], _ = adversary(predict, x, y, key, grads, old_logits)
     correct = {}
     for name, a in out.items():
       correct[f'{name}_eval'] = jnp.argmax(predict(a), -1) == y
@@ -78,12 +91,13 @@ def measure(workdir: str, step: int, images: int, batch: int) -> dict:
   for i in range(0, n, batch):
     idx = order[i : i + batch]
     xu8, y = jnp.asarray(train.images[idx]), jnp.asarray(train.labels[idx])
-    start = steps.with_replay(state, batch, train.images.shape[1:], k)
-    after, _ = record(start, xu8, y)
-    out = attack_both(after, xu8, y, after['replay']['grads'], after['replay']['logits'])
+    old_logits = logits_at(state, xu8)
+    after, _ = record(steps.with_replay(state, batch, train.images.shape[1:]), xu8, y)
+    out = attack_all(after, xu8, y, after['replay']['grads'], old_logits)
     for key, v in out.items():
       per.setdefault(key, []).append(np.asarray(v))
   per = {key: np.concatenate(v) for key, v in per.items()}
+  out_names = [key[: -len('_eval')] for key in per if key.endswith('_eval') and key != 'clean_eval']
   acc = {key: float(v.mean()) for key, v in per.items()}
   result = dict(
     workdir=str(workdir),
@@ -96,10 +110,14 @@ def measure(workdir: str, step: int, images: int, batch: int) -> dict:
   )
   for mode in ('eval', 'train'):
     result[f'drop_{mode}'] = {
-      name: acc[f'clean_{mode}'] - acc[f'{name}_{mode}'] for name in ('stale', 'fresh')
+      name: acc[f'clean_{mode}'] - acc[f'{name}_{mode}'] for name in out_names
     }
     # Robust (still correct) per image: the adversary that fools more leaves fewer.
-    result[f'mcnemar_{mode}'] = stats.mcnemar(per[f'stale_{mode}'], per[f'fresh_{mode}'])
+    result[f'mcnemar_{mode}'] = {
+      name: stats.mcnemar(per[f'{name}_{mode}'], per[f'fresh_{mode}'])
+      for name in out_names
+      if name != 'fresh'
+    }
   return result
 
 

@@ -27,7 +27,7 @@ def make_train_step(graphdef, tx, terms, augment: bool, visits: int = 1, visit: 
   ``visits`` consecutive steps with the same augmentation, and this is the
   step of visit ``visit``. Visit 0 is a plain step (the clean cross-entropy)
   whose backward pass also gives the input gradient of every example's loss:
-  it is kept, with the logits, in ``state['replay']``. The later visits pass
+  it is kept in ``state['replay']``. The later visits pass
   it to the loss terms (keyword ``given``), whose adversary and penalty then
   need no gradient pass of their own (a gradient one step old: "free"
   adversarial training, Shafahi et al. 2019).
@@ -51,7 +51,7 @@ def make_train_step(graphdef, tx, terms, augment: bool, visits: int = 1, visit: 
         losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
         total = jnp.mean(losses)
         correct = jnp.mean(jnp.argmax(logits, -1) == labels)
-        return total, ({'loss': total, 'clean_loss': total, 'accuracy': correct}, logits)
+        return total, {'loss': total, 'clean_loss': total, 'accuracy': correct}
       total, metrics = 0.0, {}
       extra = {'given': state['replay']} if given else {}
       for i, (_, weight, term) in enumerate(terms):
@@ -59,19 +59,17 @@ def make_train_step(graphdef, tx, terms, augment: bool, visits: int = 1, visit: 
         total = total + weight * value
         metrics.update(m)
       metrics['loss'] = total
-      return total, (metrics, None)
+      return total, metrics
 
     # Gradients w.r.t. the parameters (and, on a recording visit, the
     # images); batch statistics update in place.
     argnums = (0, 1) if record else 0
-    (_, (metrics, logits)), grads = nnx.value_and_grad(loss_fn, argnums=argnums, has_aux=True)(
-      model, x
-    )
+    (_, metrics), grads = nnx.value_and_grad(loss_fn, argnums=argnums, has_aux=True)(model, x)
     new = {}
     if record:
       grads, gx = grads
       # The loss is the batch mean: times B, each image's own gradient.
-      new['replay'] = {'grads': gx * x.shape[0], 'logits': logits.astype(jnp.float32)}
+      new['replay'] = {'grads': gx * x.shape[0]}
     _, _, rest = nnx.split(model, nnx.Param, ...)
     updates, opt = tx.update(grads, state['opt'], state['params'])
     params = optax.apply_updates(state['params'], updates)
@@ -80,15 +78,11 @@ def make_train_step(graphdef, tx, terms, augment: bool, visits: int = 1, visit: 
   return train_step
 
 
-def with_replay(state, batch: int, image_shape, num_classes: int) -> dict:
-  """``state`` with the (empty) input gradients and logits a replayed batch
-  keeps between its visits; they are saved with it, so a run stopped between
-  two visits resumes exactly."""
-  replay = {
-    'grads': jnp.zeros((batch,) + tuple(image_shape), jnp.float32),
-    'logits': jnp.zeros((batch, num_classes), jnp.float32),
-  }
-  return dict(state, replay=replay)
+def with_replay(state, batch: int, image_shape) -> dict:
+  """``state`` with the (empty) input gradients a replayed batch keeps
+  between its visits; they are saved with it, so a run stopped between two
+  visits resumes exactly."""
+  return dict(state, replay={'grads': jnp.zeros((batch,) + tuple(image_shape), jnp.float32)})
 
 
 def state_shardings(m, state) -> dict:

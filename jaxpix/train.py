@@ -248,7 +248,7 @@ def _train(config, workdir: pathlib.Path, devices) -> dict:
   tx = build.optimizer_for(config, plan.total)
   graphdef, state = build.init_state(build.build_model(config, k, classifier), tx, config.seed)
   if plan.visits > 1:
-    state = with_replay(state, plan.batch, train.images.shape[1:], k)
+    state = with_replay(state, plan.batch, train.images.shape[1:])
   state = jax.device_put(state, state_shardings(m, state))
   terms = defences.loss_terms(config, teacher)
   run = _Run(

@@ -39,7 +39,7 @@ def train_step_timer(config, batch: int | None = None):
   graphdef, state = build.init_state(build.build_model(config, k, classifier), tx, 0)
   visits = defences.visits(config)
   if visits > 1:
-    state = steps.with_replay(state, batch, shape, k)
+    state = steps.with_replay(state, batch, shape)
   state = jax.device_put(state, steps.state_shardings(m, state))
   terms = defences.loss_terms(config, teacher)
   visit = steps.compile_train_steps(m, graphdef, tx, terms, config.data.augment, state, visits)
