@@ -30,6 +30,7 @@ def _steps_of(cfg, batch):
   return graphdef, state, visits
 
 
+@pytest.mark.slow  # two train steps' compilations: ~12 s, kept out of the quick loop
 def test_the_plain_visit_records_each_images_gradient_and_the_next_reads_it():
   cfg = cifar_apr.get_config('test,replay')
   b = 16
