@@ -141,3 +141,17 @@ def test_replay_on_one_and_four_devices_gives_the_same_trajectory(shared_data, t
   np.testing.assert_allclose(
     [x['grad_penalty'] for x in one[1::2]], [x['grad_penalty'] for x in four[1::2]], rtol=1e-3
   )
+
+
+def test_run_lengths_step_time_is_the_wall_difference_over_the_extra_steps(monkeypatch):
+  from benchmarks import train_throughput as tt
+
+  # A run: 30 s of start-up and compilation, then 0.5 s per step (APR 0.8 s).
+  per_step = {'cifar_baseline.py:cpu': 0.5, 'cifar_apr.py:cpu': 0.8}
+  monkeypatch.setattr(tt, 'run_seconds', lambda spec, n, workdir: 30.0 + per_step[spec] * n)
+  rows = tt.through_run(list(per_step), (20, 100), repeats=2)
+  assert [r['seconds_per_step'] for r in rows] == pytest.approx([0.5, 0.8])
+  assert rows[1]['relative_step_time'] == pytest.approx(1.6)
+  assert rows[1]['wall_seconds'] == {'20': [46.0, 46.0], '100': [110.0, 110.0]}
+  with pytest.raises(ValueError, match='0 < N1 < N2'):
+    tt.through_run(list(per_step), (100, 20), repeats=1)
