@@ -17,6 +17,8 @@ from jaxpix import data, mesh
 # A loss term: (model in train mode, images [B, H, W, C] in [0, 1], labels [B],
 # key) -> (scalar, metrics). Defences add terms (adversarial examples, the
 # input-gradient penalty, distillation); the clean cross-entropy is the base.
+# On a replayed batch's defended visit the terms also get ``given=`` (APR's
+# term reads it; see make_train_step).
 LossTerm = Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]
 
 
