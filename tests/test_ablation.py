@@ -162,6 +162,7 @@ def test_eval_certifies_attacks_and_resumes(ablated_run):
     assert again[key] == res[key]
 
 
+@pytest.mark.slow  # seconds of compilation: kept out of the quick loop (< 3 min)
 def test_eval_bad_input(tmp_path):
   # Checked before any checkpoint is read (there is none here).
   d = tmp_path

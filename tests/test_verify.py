@@ -113,6 +113,7 @@ def test_certificates_hold_for_every_8_bit_colour_on_a_tiny_model():
         assert np.all(np.asarray(f(jnp.asarray(_with_pixel(x[i], pos, colours)))) == y[i])
 
 
+@pytest.mark.slow  # seconds of compilation: kept out of the quick loop (< 3 min)
 def test_bounds_are_exact_at_a_point_and_enclose_the_function():
   predict = _small_cnn(6, 6, seed=3)
   x = jnp.asarray(_images(1, 6, 6, seed=2))
@@ -312,6 +313,7 @@ def test_zonotope_keeps_a_deep_network_tight_where_forward_bounds_explode():
   assert np.all(lin_width > 100 * z_width)  # ~1,000x
 
 
+@pytest.mark.slow  # seconds of compilation: kept out of the quick loop (< 3 min)
 def test_certificates_with_zonotope_bounds_hold_against_the_corner_sweep():
   h = w = 4
   predict = _small_cnn(h, w, seed=2, classes=3)

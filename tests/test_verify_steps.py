@@ -33,7 +33,7 @@ def _lin_input(x, pos):
 @pytest.mark.parametrize(
   'name',
   [
-    'bits',
+    pytest.param('bits', marks=pytest.mark.slow),  # 7 s: the quick loop stays < 3 min
     pytest.param('jpeg', marks=pytest.mark.slow),
     pytest.param('bits+jpeg', marks=pytest.mark.slow),
   ],
