@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxpix import build, data, models, restore, stats, steps
+from jaxpix import build, data, defences, models, restore, stats, steps
+from jaxpix import train as train_module
 from jaxpix.defences import apr
 
 
@@ -49,8 +50,8 @@ def measure(workdir: str, step: int, images: int, batch: int) -> dict:
     raise SystemExit(f'{workdir}: not a run with the first-order adversary')
   train, _, _ = data.load(cfg.data)
   graphdef, state, at = restore.load_state(cfg, train.num_classes)
-  steps_per_epoch = len(train) // cfg.train.batch_size
-  total = cfg.train.steps or cfg.train.epochs * steps_per_epoch
+  # The run's own schedule (a replayed run has twice the steps per epoch).
+  total = train_module._Plan(cfg.train, len(train), 1, defences.visits(cfg)).total
   tx = build.optimizer_for(cfg, total)
   record = jax.jit(steps.make_train_step(graphdef, tx, [], False, visits=2, visit=0))
   adversary = apr.make_adversary(cfg.defence.adv)

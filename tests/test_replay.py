@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxpix import build, checkpoint, data, defences, mesh, restore, steps, train
+from jaxpix import build, checkpoint, configs, data, defences, mesh, restore, steps, train
 from jaxpix.configs import cifar_apr, cifar_at, cifar_baseline
 from jaxpix.defences import apr
 
@@ -71,11 +71,7 @@ def test_the_plain_visit_records_each_images_gradient_and_the_next_reads_it():
 def test_replay_without_a_gradient_reader_is_a_clear_error(make, field, value, message):
   cfg = make('test,replay' if make is not cifar_baseline.get_config else 'test')
   cfg.defence.replay = True
-  *path, last = field.split('.')
-  target = cfg.defence
-  for part in path:
-    target = target[part]
-  target[last] = value
+  configs.set_field(cfg, f'defence.{field}', value)
   with pytest.raises(ValueError, match=message):
     defences.visits(cfg)
 
