@@ -8,7 +8,21 @@ module touches a device.
 import os
 import pathlib
 
-import jax
+# The tests compile hundreds of small programs and run each briefly, so
+# compilation is most of their time: on the CPU (jax 0.10) every parameter
+# shape a model initialises compiles its own random-number program, 1.5-2.5 s
+# each at XLA's default optimisation level and about 0.15 s at level 0 (the
+# quick loop: 4 min 15 s -> 2 min 49 s on one core, 2026-12-06). Level 0
+# changes how fast the compiled code runs, not what it computes, and the tests
+# assert values, never speed (benchmarks/ measures speed). Set before JAX
+# reads XLA_FLAGS, and inherited by the subprocesses the tests start;
+# JAXPIX_TEST_XLA_DEFAULT=1 keeps XLA's default.
+if not os.environ.get('JAXPIX_TEST_XLA_DEFAULT'):
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
+  ).strip()
+
+import jax  # noqa: E402
 import pytest
 
 jax.config.update('jax_num_cpu_devices', 4)
