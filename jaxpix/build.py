@@ -109,7 +109,11 @@ def build_model(config, num_classes: int, classifier_predict=None) -> nnx.Module
   if config.defence.name == 'autoencoder':
     if classifier_predict is None:
       raise ValueError('the autoencoder defence needs its frozen classifier')
-    ae = defences.autoencoder.ConvAutoencoder(config.defence.ae_width, rngs=nnx.Rngs(config.seed))
+    ae = models.initialise(
+      lambda: defences.autoencoder.ConvAutoencoder(
+        config.defence.ae_width, rngs=nnx.Rngs(config.seed)
+      )
+    )
     return defences.autoencoder.Reconstructed(ae, classifier_predict)
   d = config.defence
   ablated = d.name == 'ablation'

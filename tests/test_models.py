@@ -40,6 +40,25 @@ def test_parameter_count(name):
   assert _count(name) == PARAMS[name]
 
 
+@pytest.mark.parametrize('name', ['cnn6', 'resnet18'])
+def test_create_draws_the_eager_parameters_in_one_program(name):
+  # The same module and the same draws as the constructor called eagerly (a
+  # program per parameter shape), up to float32 rounding; batch norm's
+  # statistics and counts exactly.
+  ctor, _ = models.REGISTRY[name]
+  eager = ctor(num_classes=10, width=0.125, rngs=nnx.Rngs(4))
+  made = models.create(name, num_classes=10, width=0.125, seed=4)
+  assert type(made) is type(eager)
+  want = jax.tree_util.tree_leaves_with_path(nnx.state(eager))
+  got = jax.tree_util.tree_leaves_with_path(nnx.state(made))
+  assert [p for p, _ in got] == [p for p, _ in want]
+  for (path, g), (_, w) in zip(got, want, strict=True):
+    assert g.dtype == w.dtype and g.shape == w.shape, jax.tree_util.keystr(path)
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+  other = models.create(name, num_classes=10, width=0.125, seed=5)
+  assert not np.allclose(other.head.kernel[...], made.head.kernel[...])  # the seed is used
+
+
 def test_width_shrinks_the_model():
   assert _count('resnet18', width=0.25) < PARAMS['resnet18'] / 10
 
