@@ -43,8 +43,7 @@ def test_parameter_count(name):
 @pytest.mark.parametrize('name', ['cnn6', 'resnet18'])
 def test_create_draws_the_eager_parameters_in_one_program(name):
   # The same module and the same draws as the constructor called eagerly (a
-  # program per parameter shape), up to float32 rounding; batch norm's
-  # statistics and counts exactly.
+  # program per parameter shape), up to float32 rounding.
   ctor, _ = models.REGISTRY[name]
   eager = ctor(num_classes=10, width=0.125, rngs=nnx.Rngs(4))
   made = models.create(name, num_classes=10, width=0.125, seed=4)

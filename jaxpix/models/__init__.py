@@ -85,11 +85,12 @@ def initialise(build: Callable[[], nnx.Module]) -> nnx.Module:
 
   Built eagerly, each initialiser call compiles a random-number program of
   its own for each parameter shape: on the CPU (jax 0.10) 1.5-2.5 s apiece
-  at XLA's default optimisation level, so ``create('cnn6', ...)`` took 17 s
-  and ResNet-18 9-16 s before a single image was seen. One program compiled
+  at XLA's default optimisation level, so ``create('cnn6', ...)`` took 12 s
+  and ResNet-18 7.5 s before a single image was seen. One program compiled
   at optimisation level 0 (on the CPU; it runs once, so its speed does not
-  matter) takes 1-2.5 s. The values are the same draws (the same keys and
-  initialisers), equal to the eager ones up to float32 rounding (1 ulp).
+  matter) takes 0.8 and 2.2 s (benchmarks/model_init.py). The values are the
+  same draws (the same keys and initialisers), equal to the eager ones up to
+  float32 rounding (differences under 1e-7 measured).
   """
   if isinstance(jax.numpy.zeros(()), jax.core.Tracer):
     return build()  # already inside a traced function (jit, eval_shape): nothing compiles here
